@@ -1,0 +1,155 @@
+//! Body types. Request bodies stream to the node through [`CappedBody`], which enforces `max_body` on
+//! the bytes actually seen (chunked bodies included). Response bodies are [`ProxyBody`]: either a small
+//! body the gateway made or the node's streamed body, carrying the request's [`RequestGuard`] so the
+//! access log line and the in-flight count close when the last byte is sent, not at the headers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::RequestGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body grew past `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// An error of the client's own body (the client went away mid-upload), told apart from the node's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// Streams the client's body and fails once more than `limit` bytes have passed.
+pub struct CappedBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+}
+
+impl CappedBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        CappedBody { inner, seen: 0, limit }
+    }
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.seen += data.len() as u64;
+            if self.seen > self.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: self.limit }))));
+            }
+        }
+        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+/// The body of every response the gateway sends.
+pub struct ProxyBody {
+    kind: Kind,
+    guard: Option<RequestGuard>,
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None }
+    }
+
+    pub fn stream(body: Incoming) -> Self {
+        ProxyBody { kind: Kind::Stream(body), guard: None }
+    }
+
+    /// Attaches the request's guard, finished when this body is done or dropped.
+    pub fn with_guard(mut self, guard: RequestGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(g) = &mut self.guard {
+            g.bytes_sent += n as u64;
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match &mut this.kind {
+            Kind::Full(data) => {
+                let frame = data.take().map(|d| {
+                    let n = d.len();
+                    (Frame::data(d), n)
+                });
+                match frame {
+                    Some((f, n)) => {
+                        this.count(n);
+                        Poll::Ready(Some(Ok(f)))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+            Kind::Stream(body) => match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        let n = d.len();
+                        this.count(n);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    if let Some(g) = &mut this.guard {
+                        g.upstream_body_error = true;
+                    }
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(d) => d.is_none(),
+            Kind::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream(b) => b.size_hint(),
+        }
+    }
+}

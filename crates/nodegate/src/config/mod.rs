@@ -1,0 +1,280 @@
+//! Configuration: a raw serde model that mirrors the TOML file (unknown keys are errors), validated
+//! into the typed model the gateway runs on. Every error names `FILE:LINE:COLUMN` and the key.
+
+mod raw;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+
+pub use raw::{LogFormat, Profile};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub nodes: Vec<Node>,
+    pub upstream: Upstream,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub listen: Vec<SocketAddr>,
+    pub profile: Profile,
+    pub max_body: u64,
+    pub max_header_size: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Runtime worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    /// Scheme and authority the node is reached at.
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix requests are mounted under ("" when the URL has none).
+    pub base_path: String,
+    pub weight: u32,
+    pub pow: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_node: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub access: bool,
+    pub level: String,
+}
+
+/// A configuration error with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key the error is about, when known (`gateway.listen`, `node[1].url`).
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::parse(&src, &file)
+    }
+
+    /// Parses and validates config text; `file` is only used in error messages.
+    pub fn parse(src: &str, file: &str) -> Result<Config, ConfigError> {
+        let locate = Locator { src, file };
+        let raw: raw::RawConfig = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            // toml's message can span lines (it repeats the source); the first line is the point.
+            let message = e.message().lines().next().unwrap_or("invalid config").to_string();
+            locate.error(span.clone(), locate.key_at(span.start), message)
+        })?;
+        validate(raw, &locate)
+    }
+}
+
+struct Locator<'a> {
+    src: &'a str,
+    file: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, key: Option<String>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_column(self.src, span.start);
+        ConfigError { file: self.file.to_string(), line, column, key, message: message.into() }
+    }
+
+    /// The dotted key whose line holds `offset`: the nearest `[table]` header above plus the key on
+    /// the line. toml does not expose the key path of an error, the source does.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.src.len());
+        let line_start = self.src[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.src[line_start..].lines().next().unwrap_or("");
+        let table = self.src[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        let key =
+            line.split_once('=').map(|(k, _)| k.trim().to_string()).filter(|k| !k.is_empty() && !k.starts_with('['));
+        match (table, key) {
+            (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+            (None, Some(k)) => Some(k),
+            (Some(_), None) if line.trim().starts_with('[') => {
+                Some(line.trim().trim_matches(|c| c == '[' || c == ']').to_string())
+            }
+            (t, None) => t,
+        }
+    }
+}
+
+fn line_column(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    (line, column)
+}
+
+fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
+    let g = raw.gateway;
+    let mut listen = Vec::new();
+    if g.listen.get_ref().is_empty() {
+        return Err(at.error(g.listen.span(), Some("gateway.listen".into()), "needs at least one address"));
+    }
+    for addr in g.listen.get_ref() {
+        let parsed = addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at.error(
+                addr.span(),
+                Some("gateway.listen".into()),
+                format!("`{}` is not an address:port (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")", addr.get_ref()),
+            )
+        })?;
+        listen.push(parsed);
+    }
+    let max_header_size = usize::try_from(g.max_header_size.0).unwrap_or(usize::MAX);
+    if max_header_size < 1024 {
+        return Err(at.error(0..0, Some("gateway.max_header_size".into()), "must be at least 1KiB"));
+    }
+
+    if raw.node.is_empty() {
+        return Err(at.error(
+            0..0,
+            Some("node".into()),
+            "no [[node]] is configured: add at least one, e.g.\n[[node]]\nname = \"hornet-1\"\nurl = \"http://127.0.0.1:14265\"",
+        ));
+    }
+    let mut nodes: Vec<Node> = Vec::with_capacity(raw.node.len());
+    for (i, n) in raw.node.into_iter().enumerate() {
+        let key = |field: &str| Some(format!("node[{i}].{field}"));
+        let name = n.name.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(at.error(
+                n.name.span(),
+                key("name"),
+                format!("`{name}` must be non-empty letters, digits, `-`, `_` or `.`"),
+            ));
+        }
+        if nodes.iter().any(|prev| prev.name == *name) {
+            return Err(at.error(
+                n.name.span(),
+                key("name"),
+                format!("duplicate node name `{name}`: each node needs its own"),
+            ));
+        }
+        if n.weight == 0 {
+            return Err(at.error(n.name.span(), key("weight"), "must be 1 or more (remove the node to stop using it)"));
+        }
+        let (scheme, authority, base_path) =
+            parse_node_url(n.url.get_ref()).map_err(|m| at.error(n.url.span(), key("url"), m))?;
+        nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: n.weight, pow: n.pow });
+    }
+
+    let u = raw.upstream;
+    Ok(Config {
+        gateway: Gateway {
+            listen,
+            profile: g.profile,
+            max_body: g.max_body.0,
+            max_header_size,
+            header_timeout: g.header_timeout.0,
+            idle_timeout: g.idle_timeout.0,
+            drain_timeout: g.drain_timeout.0,
+            workers: g.workers,
+        },
+        nodes,
+        upstream: Upstream {
+            connect_timeout: u.connect_timeout.0,
+            response_timeout: u.response_timeout.0,
+            pool_idle_timeout: u.pool_idle_timeout.0,
+            pool_max_idle_per_node: u.pool_max_idle_per_node,
+        },
+        log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
+    })
+}
+
+fn parse_node_url(url: &str) -> Result<(Scheme, Authority, String), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
+    if scheme != Scheme::HTTP {
+        return Err(format!(
+            "`{url}`: only http:// node URLs are supported so far (TLS toward nodes comes with the TLS work)"
+        ));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` needs a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}`: credentials in node URLs are not allowed"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("`{url}` needs a host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}`: a node URL cannot have a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok((scheme, authority, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n", "t.toml").unwrap();
+        assert_eq!(c.gateway.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(c.gateway.max_body, 1 << 20);
+        assert_eq!(c.nodes[0].authority.as_str(), "127.0.0.1:14265");
+        assert_eq!(c.nodes[0].base_path, "");
+        assert_eq!(c.nodes[0].weight, 1);
+        assert!(c.log.access);
+    }
+
+    #[test]
+    fn line_columns_are_one_based() {
+        assert_eq!(line_column("a\nbc\n", 0), (1, 1));
+        assert_eq!(line_column("a\nbc\n", 3), (2, 2));
+    }
+}

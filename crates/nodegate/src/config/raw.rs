@@ -1,0 +1,114 @@
+//! The TOML file as written. `deny_unknown_fields` everywhere: a typo is an error, not a silent default.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{Dur, Size};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub node: Vec<RawNode>,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGateway {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    pub profile: Profile,
+    pub max_body: Size,
+    pub max_header_size: Size,
+    pub header_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub drain_timeout: Dur,
+    pub workers: usize,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        RawGateway {
+            listen: Spanned::new(0..0, vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]),
+            profile: Profile::IotaChrysalis,
+            max_body: Size(1 << 20),
+            max_header_size: Size(32 << 10),
+            header_timeout: Dur(std::time::Duration::from_secs(10)),
+            idle_timeout: Dur(std::time::Duration::from_secs(60)),
+            drain_timeout: Dur(std::time::Duration::from_secs(30)),
+            workers: 0,
+        }
+    }
+}
+
+/// Which node API the gateway knows how to protect and health-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    IotaChrysalis,
+    IotaStardust,
+    Generic,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub pow: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub connect_timeout: Dur,
+    pub response_timeout: Dur,
+    pub pool_idle_timeout: Dur,
+    pub pool_max_idle_per_node: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: Dur(std::time::Duration::from_secs(2)),
+            response_timeout: Dur(std::time::Duration::from_secs(30)),
+            pool_idle_timeout: Dur(std::time::Duration::from_secs(90)),
+            pool_max_idle_per_node: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: LogFormat,
+    pub access: bool,
+    /// tracing filter directive, e.g. "info" or "nodegate=debug".
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { format: LogFormat::Text, access: true, level: "info".into() }
+    }
+}

@@ -1,0 +1,103 @@
+//! Human-written units in config files: durations ("500ms", "5s", "10m"), sizes ("64KiB", "1MiB").
+//! Parse errors come back through serde, so toml attaches the value's line and column.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+
+/// A duration written as `<integer><unit>` with unit `ms`, `s`, `m` or `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// A byte size written as `<integer><unit>` with unit `B`, `KiB`, `MiB`, `GiB` (or `KB`, `MB`, `GB`, decimal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = split_number(s)?;
+    let per_unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("bad duration `{s}`: unit must be ms, s, m or h (e.g. \"500ms\", \"5s\")")),
+    };
+    num.checked_mul(per_unit_ms).map(Duration::from_millis).ok_or_else(|| format!("bad duration `{s}`: too large"))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, unit) = split_number(s)?;
+    let mult: u64 = match unit {
+        "B" | "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("bad size `{s}`: unit must be B, KiB, MiB or GiB (e.g. \"64KiB\")")),
+    };
+    num.checked_mul(mult).ok_or_else(|| format!("bad size `{s}`: too large"))
+}
+
+fn split_number(s: &str) -> Result<(u64, &str), String> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("`{s}` must start with a whole number (e.g. \"5s\", \"64KiB\")"));
+    }
+    let num = s[..digits].parse::<u64>().map_err(|_| format!("`{s}`: number too large"))?;
+    Ok((num, s[digits..].trim_start()))
+}
+
+struct StrVisitor<F>(&'static str, F);
+
+impl<T, F: Fn(&str) -> Result<T, String>> Visitor<'_> for StrVisitor<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.1)(v).map_err(E::custom)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a duration string such as \"5s\"", |s: &str| parse_duration(s).map(Dur)))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a size string such as \"1MiB\"", |s: &str| parse_size(s).map(Size)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "5", "5 parsecs", "-5s", "1.5s", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should fail");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        for bad in ["", "MiB", "1 lb", "-1KiB", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad} should fail");
+        }
+    }
+}

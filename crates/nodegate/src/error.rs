@@ -1,0 +1,65 @@
+//! Every answer the gateway produces itself, in one place: one variant, one status, one JSON body in
+//! the node API's own error shape `{"error":{"code":"502","message":"..."}}`.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("request headers are larger than the {limit} bytes allowed")]
+    HeadersTooLarge { limit: usize },
+    #[error("request body is larger than the {limit} bytes allowed")]
+    BodyTooLarge { limit: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("node {node} could not be reached")]
+    NodeUnreachable { node: String },
+    #[error("node {node} did not accept a connection within {0:?}", .timeout)]
+    NodeConnectTimeout { node: String, timeout: Duration },
+    #[error("node {node} did not answer within {0:?}", .timeout)]
+    NodeResponseTimeout { node: String, timeout: Duration },
+    #[error("node {node} closed the connection without an answer")]
+    NodeReset { node: String },
+    #[error("the client stopped sending its request body")]
+    ClientBodyAborted,
+    #[error("this gateway does not proxy CONNECT")]
+    MethodNotAllowed,
+    #[error("no node is available")]
+    NoNode,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequest(_) | ClientBodyAborted => StatusCode::BAD_REQUEST,
+            NodeUnreachable { .. } | NodeReset { .. } => StatusCode::BAD_GATEWAY,
+            NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            NoNode => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut resp = json_error(self.status(), &self.to_string());
+        if matches!(self, GatewayError::NoNode) {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+/// A JSON error response in the node API's shape.
+pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": {"code": status.as_str(), "message": message}});
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

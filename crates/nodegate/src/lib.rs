@@ -1,0 +1,16 @@
+//! nodegate: a security gateway for distributed-ledger nodes. See shared/design.md for the request
+//! flow; each step is a module named after it.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod listener;
+pub mod logging;
+pub mod proxy;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::Gateway;

@@ -1,0 +1,226 @@
+//! One client connection: hyper serves it while a watchdog enforces two guards hyper does not give us
+//! for both protocols at once:
+//! - header timeout: once a request head has started (or the connection is new), it must be complete
+//!   within `header_timeout`, or the connection is dropped (slowloris);
+//! - idle timeout: a connection with nothing in flight for `idle_timeout` is closed gracefully.
+//!
+//! The watchdog sleeps until the next deadline, so an idle connection costs no wake-ups in between.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use super::Phase;
+use crate::proxy::Proxy;
+
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// What the connection's watchdog and its requests share.
+pub struct ConnState {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch`, plus one, when an unanswered request head began; 0 = none.
+    head_since: AtomicU64,
+    /// Milliseconds since `epoch` when the last request finished.
+    idle_since: AtomicU64,
+    h2: AtomicBool,
+    wake: Notify,
+    /// For work that outlives the request (WebSocket tunnels): the server's phase, and a handle that
+    /// keeps the server's drain waiting while held.
+    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) alive: mpsc::Sender<()>,
+}
+
+enum Verdict {
+    Fine,
+    SlowHead,
+    Idle,
+}
+
+impl ConnState {
+    fn new(peer: SocketAddr, local: SocketAddr, phase: watch::Receiver<Phase>, alive: mpsc::Sender<()>) -> Self {
+        ConnState {
+            peer,
+            local,
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            // A new connection must send its first request head within the header timeout.
+            head_since: AtomicU64::new(1),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            wake: Notify::new(),
+            phase,
+            alive,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+    }
+
+    pub fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.idle_since.store(self.now_ms(), Relaxed);
+        }
+    }
+
+    fn bytes_read(&self, first_read: &[u8], is_first: bool) {
+        if is_first && first_read.starts_with(&H2_PREFACE_START[..first_read.len().min(H2_PREFACE_START.len())]) {
+            self.h2.store(true, Relaxed);
+        }
+        // HTTP/2 frames (pings, window updates) arrive between requests: only HTTP/1 bytes read on
+        // an idle connection mean a new request head has begun.
+        if self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 && !self.h2.load(Relaxed) {
+            self.head_since.store(self.now_ms() + 1, Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    fn deadline(&self, t: &Timeouts) -> Instant {
+        let ms = |v: u64| self.epoch + Duration::from_millis(v);
+        if self.in_flight.load(Relaxed) > 0 {
+            return Instant::now() + t.idle;
+        }
+        match self.head_since.load(Relaxed) {
+            0 => ms(self.idle_since.load(Relaxed)) + t.idle,
+            since => ms(since - 1) + t.header,
+        }
+    }
+
+    fn verdict(&self, t: &Timeouts) -> Verdict {
+        if self.in_flight.load(Relaxed) > 0 || Instant::now() < self.deadline(t) {
+            return Verdict::Fine;
+        }
+        if self.head_since.load(Relaxed) != 0 { Verdict::SlowHead } else { Verdict::Idle }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+}
+
+/// The TCP stream, reporting reads to the watchdog.
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    first: bool,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res
+            && buf.filled().len() > before
+        {
+            let first = std::mem::replace(&mut self.first, false);
+            self.state.bytes_read(&buf.filled()[before..], first);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
+) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let state = Arc::new(ConnState::new(peer, local, phase.clone(), alive));
+    let timeouts = proxy.timeouts();
+    let io = TokioIo::new(WatchedIo { inner: stream, state: state.clone(), first: true });
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    // A connection accepted just as the drain began is closed like any other.
+    if *phase.borrow() != Phase::Running {
+        conn.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        let deadline = state.deadline(&timeouts);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = state.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => match state.verdict(&timeouts) {
+                Verdict::Fine => {}
+                Verdict::SlowHead => {
+                    tracing::debug!(%peer, "closing connection: request head not received within the header timeout");
+                    break;
+                }
+                Verdict::Idle if closing => break,
+                Verdict::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
+            changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
+                Ok(Phase::Running) => {}
+                Ok(Phase::Draining) => {
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                Ok(Phase::Stopped) | Err(_) => break,
+            },
+        }
+    }
+}

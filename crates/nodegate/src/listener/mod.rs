@@ -1,0 +1,133 @@
+//! Listeners: bind, accept, serve each connection with HTTP/1.1 or HTTP/2 (h2c prior knowledge), and
+//! drain on shutdown. Connection guards (header-read and idle timeouts) live in [`conn`].
+
+mod conn;
+
+pub use conn::Timeouts;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
+
+pub use conn::ConnState;
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+
+/// Lifecycle of the whole server, broadcast to every accept loop and connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; connections finish what they have in flight, then close.
+    Draining,
+    /// Drain timeout passed: close everything now.
+    Stopped,
+}
+
+/// A started gateway.
+pub struct Gateway {
+    addrs: Vec<SocketAddr>,
+    phase: watch::Sender<Phase>,
+    /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
+    alive: mpsc::Receiver<()>,
+    drain_timeout: std::time::Duration,
+}
+
+impl Gateway {
+    /// Binds every `[gateway] listen` address and starts serving.
+    pub async fn start(config: Config) -> io::Result<Gateway> {
+        let config = Arc::new(config);
+        let proxy = Arc::new(Proxy::new(config.clone()));
+        let (phase, _) = watch::channel(Phase::Running);
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        let builder = Arc::new(http_builder(&config));
+        let mut addrs = Vec::new();
+        for addr in &config.gateway.listen {
+            let listener =
+                bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let local = listener.local_addr()?;
+            addrs.push(local);
+            tracing::info!(%local, "listening");
+            tokio::spawn(accept_loop(listener, proxy.clone(), builder.clone(), phase.subscribe(), alive_tx.clone()));
+        }
+        Ok(Gateway { addrs, phase, alive, drain_timeout: config.gateway.drain_timeout })
+    }
+
+    /// The bound addresses, in the order of `[gateway] listen` (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then closes
+    /// whatever is left. Returns once every connection is gone.
+    pub async fn shutdown(mut self) {
+        self.phase.send_replace(Phase::Draining);
+        let drained = tokio::time::timeout(self.drain_timeout, self.alive.recv()).await.is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections");
+            self.phase.send_replace(Phase::Stopped);
+            self.alive.recv().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let g = &config.gateway;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // Our own check answers 431 with a JSON body at max_header_size; hyper's cap, at twice that,
+    // is the backstop for heads too large to even buffer (hyper's own 431 has an empty body).
+    let hard_cap = g.max_header_size.saturating_mul(2).max(8192);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None) // the connection watchdog does this for both protocols
+        .max_buf_size(hard_cap)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(hard_cap).unwrap_or(u32::MAX))
+        .max_concurrent_streams(128);
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(conn::serve(stream, peer, proxy.clone(), builder.clone(), phase.clone(), alive.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    break;
+                }
+            }
+        }
+    }
+}

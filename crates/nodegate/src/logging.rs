@@ -1,0 +1,17 @@
+//! tracing setup from `[log]`: text for people, JSON for log pipelines; `RUST_LOG` overrides the level.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Log, LogFormat};
+
+pub fn init(log: &Log) {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    if !log.access {
+        filter = filter.add_directive("nodegate::access=off".parse().expect("static directive"));
+    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,147 @@
+//! The `nodegate` command: run, check, demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use nodegate::{Config, Gateway, demo, logging};
+
+#[derive(Parser)]
+#[command(version, about = "A security gateway for distributed-ledger nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; errors are printed as FILE:LINE:COLUMN: key: message.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
+    Demo {
+        /// Where the demo gateway listens (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Stop by itself after this many seconds (0 = run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} node(s), listening on {:?})", config.display(), c.nodes.len(), c.gateway.listen);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(&config.log);
+            let workers = config.gateway.workers;
+            runtime(workers).block_on(run(config))
+        }
+        Command::Demo { listen, seconds } => {
+            logging::init(&nodegate::config::Log { format: Default::default(), access: true, level: "info".into() });
+            runtime(0).block_on(run_demo(listen, seconds))
+        }
+    }
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build().expect("cannot start the tokio runtime")
+}
+
+async fn run(config: Config) -> ExitCode {
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts and tests started with port 0 read the bound addresses from this line.
+    for addr in gateway.local_addrs() {
+        println!("nodegate listening on {addr}");
+    }
+    wait_for_stop_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        _ = gateway.shutdown() => ExitCode::SUCCESS,
+        _ = wait_for_stop_signal() => {
+            tracing::warn!("second stop signal: exiting now");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_demo(listen: SocketAddr, seconds: u64) -> ExitCode {
+    let d = match demo::start(listen).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("nodegate demo: {e} (is something else on {listen}? try --listen 127.0.0.1:0)");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", d.banner());
+    if seconds > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+            _ = wait_for_stop_signal() => {}
+        }
+    } else {
+        wait_for_stop_signal().await;
+    }
+    d.stop(Duration::from_secs(3)).await;
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM or SIGINT. SIGHUP (config reload) is not built yet: it is logged and ignored rather than
+/// left to its default action, which would kill the gateway.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => tracing::warn!("SIGHUP: config reload is not supported yet; ignoring"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,203 @@
+//! The request flow, read top to bottom: guards on size, pick a node, clean and forward the request,
+//! clean and return the response. Later steps of shared/design.md (identity, IP filter, route policy,
+//! auth, rate limits) slot in before the node is picked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessRecord, RequestGuard};
+use crate::body::{CappedBody, ProxyBody};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::listener::ConnState;
+use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
+use crate::upstream::{self, UpstreamClient};
+
+pub struct Proxy {
+    config: Arc<Config>,
+    client: UpstreamClient,
+    nodes: Vec<Target>,
+    next: AtomicUsize,
+}
+
+/// A node as the proxy addresses it.
+struct Target {
+    name: Arc<str>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>) -> Proxy {
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| Target {
+                name: n.name.as_str().into(),
+                scheme: n.scheme.clone(),
+                authority: n.authority.clone(),
+                base_path: n.base_path.clone(),
+            })
+            .collect();
+        Proxy { client: upstream::client(&config.upstream), config, nodes, next: AtomicUsize::new(0) }
+    }
+
+    pub fn timeouts(&self) -> crate::listener::Timeouts {
+        crate::listener::Timeouts { header: self.config.gateway.header_timeout, idle: self.config.gateway.idle_timeout }
+    }
+
+    /// Serves one request. Never fails: every problem becomes a JSON answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
+        let mut guard = RequestGuard::new(conn.clone());
+        let request_id = hdr::request_id(req.headers());
+        let mut record = self.config.log.access.then(|| {
+            Box::new(AccessRecord {
+                client: conn.peer,
+                method: req.method().clone(),
+                path: req.uri().path().chars().take(512).collect(),
+                status: 0,
+                node: None,
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            })
+        });
+        let (mut resp, node) = match self.forward(req, &conn, request_id.clone()).await {
+            Ok((resp, node)) => (resp, Some(node)),
+            Err((err, node)) => (err.to_response(), node),
+        };
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+        if let Some(r) = &mut record {
+            r.status = resp.status().as_u16();
+            r.node = node;
+        }
+        guard.record = record;
+        resp.map(|b| b.with_guard(guard))
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnState,
+        request_id: HeaderValue,
+    ) -> Result<(Response<ProxyBody>, Arc<str>), (GatewayError, Option<Arc<str>>)> {
+        let g = &self.config.gateway;
+        if head_size(&req) > g.max_header_size {
+            return Err((GatewayError::HeadersTooLarge { limit: g.max_header_size }, None));
+        }
+        if req.method() == Method::CONNECT {
+            return Err((GatewayError::MethodNotAllowed, None));
+        }
+        let Some(path_and_query) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
+            return Err((GatewayError::BadRequest("the request target must be a path"), None));
+        };
+        if let Some(len) = content_length(&req)? {
+            if len > g.max_body {
+                return Err((GatewayError::BodyTooLarge { limit: g.max_body }, None));
+            }
+        }
+
+        let node = self.pick().ok_or((GatewayError::NoNode, None))?;
+        let name = node.name.clone();
+        let fail = |e: GatewayError| (e, Some(name.clone()));
+
+        let websocket = req.version() <= Version::HTTP_11 && hdr::wants_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let original_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .and_then(|a| HeaderValue::from_str(&a).ok())
+            .or_else(|| req.headers().get(header::HOST).cloned());
+
+        let (parts, body) = req.into_parts();
+        let mut up = Request::new(CappedBody::new(body, g.max_body));
+        *up.method_mut() = parts.method;
+        *up.version_mut() = Version::HTTP_11;
+        *up.uri_mut() =
+            node.uri(&path_and_query).map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
+        let headers = up.headers_mut();
+        *headers = parts.headers;
+        hdr::strip_hop_by_hop(headers);
+        // The node gets its own authority as Host (as nginx's default `$proxy_host`); the client's
+        // goes in X-Forwarded-Host.
+        headers.remove(header::HOST);
+        headers.remove(header::EXPECT);
+        if websocket {
+            hdr::set_websocket_upgrade(headers);
+        }
+        hdr::set_forwarded(headers, conn.peer.ip(), "http", original_host);
+        headers.insert(&X_REQUEST_ID, request_id);
+
+        let timeout = self.config.upstream.response_timeout;
+        let mut resp = match tokio::time::timeout(timeout, self.client.request(up)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let err = upstream::classify(&e, &name, &self.config.upstream);
+                tracing::debug!(node = %name, error = %e, "upstream request failed");
+                return Err(fail(err));
+            }
+            Err(_) => return Err(fail(GatewayError::NodeResponseTimeout { node: name.to_string(), timeout })),
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match client_upgrade {
+                Some(client_upgrade) => {
+                    let node_upgrade = hyper::upgrade::on(&mut resp);
+                    upstream::spawn_tunnel(
+                        client_upgrade,
+                        node_upgrade,
+                        g.idle_timeout,
+                        conn.phase.clone(),
+                        conn.alive.clone(),
+                    );
+                    hdr::strip_hop_by_hop(resp.headers_mut());
+                    hdr::set_websocket_upgrade(resp.headers_mut());
+                }
+                None => return Err(fail(GatewayError::NodeReset { node: name.to_string() })),
+            }
+        } else {
+            hdr::strip_hop_by_hop(resp.headers_mut());
+        }
+        Ok((resp.map(ProxyBody::stream), name))
+    }
+
+    /// Round robin for now; the balancer (issue 4) replaces this with load-aware selection.
+    fn pick(&self) -> Option<&Target> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Relaxed) % self.nodes.len();
+        self.nodes.get(i)
+    }
+}
+
+impl Target {
+    fn uri(&self, pq: &PathAndQuery) -> Result<Uri, http::Error> {
+        let pq = if self.base_path.is_empty() {
+            pq.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))?
+        };
+        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(pq).build()
+    }
+}
+
+/// Bytes of the request head as sent: request line plus `name: value\r\n` for each header.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn content_length<B>(req: &Request<B>) -> Result<Option<u64>, (GatewayError, Option<Arc<str>>)> {
+    let Some(v) = req.headers().get(header::CONTENT_LENGTH) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or((GatewayError::BadRequest("invalid Content-Length"), None))
+}

@@ -1,0 +1,144 @@
+//! Header hygiene between client and node (RFC 9110 section 7.6.1): hop-by-hop headers, and every
+//! header the `Connection` header names, are connection-specific and never forwarded in either
+//! direction. Forwarding headers are the gateway's to write: what a client sent is replaced.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes hop-by-hop headers and the ones `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request asks for a WebSocket upgrade. Only `websocket` is passed through: other
+/// upgrades (`h2c` above all) would let a client tunnel past the gateway's checks.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Puts back the two headers an upgrade needs after hop-by-hop stripping.
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Replaces every forwarding header with what the gateway itself saw.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
+    for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REAL_IP, &header::FORWARDED] {
+        headers.remove(name);
+    }
+    let ip = client.to_canonical();
+    let ip_value = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+    let mut forwarded = match ip {
+        IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+    };
+    if let Some(host) = host {
+        // Forwarded's host is a quoted-string; a Host with quote or backslash is left out of it.
+        if let Ok(h) = host.to_str()
+            && !h.contains(['"', '\\'])
+        {
+            forwarded.push_str(&format!(";host=\"{h}\""));
+        }
+        headers.insert(&X_FORWARDED_HOST, host);
+    }
+    headers.insert(&X_FORWARDED_FOR, ip_value.clone());
+    headers.insert(&X_REAL_IP, ip_value);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// The client's request id when it is a sane token, otherwise a fresh random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_pass() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(wants_websocket(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!wants_websocket(&h));
+    }
+
+    #[test]
+    fn forwarded_for_ipv6_is_quoted_and_mapped_v4_is_canonical() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "http", None);
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+        set_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), "http", Some(HeaderValue::from_static("a.example")));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=\"a.example\"");
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("a b\"c"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

@@ -1,5 +1,7 @@
 //! tracing setup from `[log]`: text for people, JSON for log pipelines; `RUST_LOG` overrides the level.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Log, LogFormat};
@@ -9,7 +11,10 @@ pub fn init(log: &Log) {
     if !log.access {
         filter = filter.add_directive("nodegate::access=off".parse().expect("static directive"));
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

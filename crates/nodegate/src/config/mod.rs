@@ -142,7 +142,7 @@ impl Locator<'_> {
         match (table, key) {
             (Some(t), Some(k)) => Some(format!("{t}.{k}")),
             (None, Some(k)) => Some(k),
-            (Some(_), None) if line.trim().starts_with('[') => {
+            (_, None) if line.trim().starts_with('[') => {
                 Some(line.trim().trim_matches(|c| c == '[' || c == ']').to_string())
             }
             (t, None) => t,
@@ -183,7 +183,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         return Err(at.error(
             0..0,
             Some("node".into()),
-            "no [[node]] is configured: add at least one, e.g.\n[[node]]\nname = \"hornet-1\"\nurl = \"http://127.0.0.1:14265\"",
+            "no [[node]] is configured: add at least one, with `name` and `url` (e.g. \"http://127.0.0.1:14265\")",
         ));
     }
     let mut nodes: Vec<Node> = Vec::with_capacity(raw.node.len());
@@ -204,12 +204,16 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
                 format!("duplicate node name `{name}`: each node needs its own"),
             ));
         }
-        if n.weight == 0 {
-            return Err(at.error(n.name.span(), key("weight"), "must be 1 or more (remove the node to stop using it)"));
+        if *n.weight.get_ref() == 0 {
+            return Err(at.error(
+                n.weight.span(),
+                key("weight"),
+                "must be 1 or more (remove the node to stop using it)",
+            ));
         }
         let (scheme, authority, base_path) =
             parse_node_url(n.url.get_ref()).map_err(|m| at.error(n.url.span(), key("url"), m))?;
-        nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: n.weight, pow: n.pow });
+        nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: *n.weight.get_ref(), pow: n.pow });
     }
 
     let u = raw.upstream;

@@ -61,13 +61,13 @@ pub struct RawNode {
     pub name: Spanned<String>,
     pub url: Spanned<String>,
     #[serde(default = "one")]
-    pub weight: u32,
+    pub weight: Spanned<u32>,
     #[serde(default)]
     pub pow: bool,
 }
 
-fn one() -> u32 {
-    1
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
 }
 
 #[derive(Debug, Deserialize)]

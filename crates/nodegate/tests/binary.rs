@@ -1,0 +1,265 @@
+//! Tests that run the real `nodegate` binary: `check` errors, memory under a 100 MiB stream, the
+//! access log in both formats, and SIGTERM draining.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+fn nodegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nodegate"))
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nodegate-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const NODE: &str = "[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n";
+
+#[test]
+fn check_accepts_a_good_config() {
+    let p = temp_file("good.toml", &format!("[gateway]\nlisten = [\"0.0.0.0:8080\", \"[::]:8080\"]\n\n{NODE}"));
+    let out = nodegate().args(["check", "--config"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
+    // (file name, text, expected "LINE:COLUMN: key" after the file name, a word of the message)
+    let cases: &[(&str, String, &str, &str)] = &[
+        ("syntax", "[gateway\nlisten = []\n".into(), ":1:9: ", "unclosed table"),
+        (
+            "unknown-key",
+            format!("[gateway]\nlisen = [\"0.0.0.0:8080\"]\n\n{NODE}"),
+            ":2:1: gateway.lisen: ",
+            "unknown field `lisen`",
+        ),
+        ("unknown-table", format!("[acess]\nallow = []\n\n{NODE}"), ":1:2: acess: ", "unknown field `acess`"),
+        ("wrong-type", format!("[gateway]\nlisten = 8080\n\n{NODE}"), ":2:10: gateway.listen: ", "invalid type"),
+        (
+            "bad-duration",
+            format!("[gateway]\nheader_timeout = \"10 parsecs\"\n\n{NODE}"),
+            ":2:18: gateway.header_timeout: ",
+            "bad duration",
+        ),
+        ("bad-size", format!("[gateway]\nmax_body = \"1 lb\"\n\n{NODE}"), ":2:12: gateway.max_body: ", "bad size"),
+        (
+            "bad-scheme",
+            "[[node]]\nname = \"a\"\nurl = \"ftp://127.0.0.1:21\"\n".into(),
+            ":3:7: node[0].url: ",
+            "only http://",
+        ),
+        ("bad-url", "[[node]]\nname = \"a\"\nurl = \"http://\"\n".into(), ":3:7: node[0].url: ", "is not a URL"),
+        ("no-node", "[gateway]\nlisten = [\"0.0.0.0:8080\"]\n".into(), ":1:1: node: ", "no [[node]]"),
+        (
+            "duplicate-node",
+            format!("{NODE}\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14266\"\n"),
+            ":6:8: node[1].name: ",
+            "duplicate node name",
+        ),
+        (
+            "bad-listen",
+            format!("[gateway]\nlisten = [\"0.0.0.0:8080\", \"localhost\"]\n\n{NODE}"),
+            ":2:27: gateway.listen: ",
+            "not an address:port",
+        ),
+        (
+            "bad-profile",
+            format!("[gateway]\nprofile = \"iota-legacy\"\n\n{NODE}"),
+            ":2:11: gateway.profile: ",
+            "unknown variant",
+        ),
+        ("zero-weight", format!("{NODE}weight = 0\n"), ":4:10: node[0].weight: ", "1 or more"),
+        (
+            "bad-log-format",
+            format!("[log]\nformat = \"xml\"\n\n{NODE}"),
+            ":2:10: log.format: ",
+            "unknown variant `xml`",
+        ),
+    ];
+    for (name, text, place, words) in cases {
+        let p = temp_file(&format!("{name}.toml"), text);
+        let out = nodegate().args(["check", "--config"]).arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        let expected_start = format!("{}{place}", p.display());
+        assert!(err.starts_with(&expected_start), "{name}: expected `{expected_start}...`, got `{err}`");
+        assert!(err.contains(words), "{name}: expected `{words}` in `{err}`");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: one line per error: {err}");
+    }
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = nodegate().args(["check", "--config", "/nonexistent/nodegate.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+/// A `nodegate run` child process, killed when dropped.
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn start(name: &str, config: &str) -> Running {
+        let p = temp_file(name, config);
+        let mut child =
+            nodegate().args(["run", "--config"]).arg(&p).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("nodegate listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
+        let addr = addr.parse().unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Running { child, addr, stderr }
+    }
+
+    /// Peak resident memory of the gateway process so far, in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    fn log_lines_until(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(l) if pred(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_upload_and_download_stream_with_flat_gateway_memory() {
+    let n = node().await;
+    let gw = Running::start(
+        "memory.toml",
+        &config_text(&[n.url()], "max_body = \"1GiB\"\nworkers = 2\n\n[log]\naccess = false"),
+    );
+    // Warm up, then take the baseline.
+    assert_eq!(get(gw.addr, "/api/v1/info").await.status, 200);
+    let baseline = gw.peak_rss();
+
+    // Upload 100 MiB from a generator: neither side holds the whole body.
+    let chunk = Bytes::from(vec![0x5au8; 256 * 1024]);
+    let chunks = (0..400).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())));
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{}/debug/count", gw.addr))
+        .header("content-length", (100 * MIB).to_string())
+        .body(body)
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let j: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["bytes"], 100 * MIB);
+
+    // Download 100 MiB, counted as it streams.
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = c
+        .request(
+            http::Request::get(format!("http://{}/debug/bytes?n={}", gw.addr, 100 * MIB))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(f) = body.frame().await {
+        got += f.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(got, 100 * MIB);
+
+    let peak = gw.peak_rss();
+    let growth = peak.saturating_sub(baseline);
+    eprintln!("gateway peak RSS: baseline {} KiB, after 2 x 100 MiB {} KiB", baseline / 1024, peak / 1024);
+    assert!(growth < 16 * MIB, "gateway memory grew by {} KiB streaming 100 MiB", growth / 1024);
+}
+
+#[tokio::test]
+async fn access_log_is_one_line_a_request_in_text_or_json_and_can_be_off() {
+    let n = node().await;
+    let text = Running::start("log-text.toml", &config_text(&[n.url()], ""));
+    get(text.addr, "/api/v1/info?secret=1").await;
+    let line = text.log_lines_until(|l| l.contains("nodegate::access")).expect("no access line");
+    for part in ["client=127.0.0.1", "method=GET", "path=/api/v1/info", "status=200", "node=n0", "duration_ms="] {
+        assert!(line.contains(part), "`{part}` missing in {line}");
+    }
+    assert!(!line.contains("secret"), "query strings stay out of the log: {line}");
+
+    let json = Running::start("log-json.toml", &config_text(&[n.url()], "\n[log]\nformat = \"json\""));
+    get(json.addr, "/nope").await;
+    let line = json.log_lines_until(|l| l.contains("nodegate::access")).expect("no access line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["status"], 404);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/nope");
+    assert_eq!(v["node"], "n0");
+    assert!(v["request_id"].as_str().is_some_and(|s| s.len() == 32));
+
+    let off = Running::start("log-off.toml", &config_text(&[n.url()], "\n[log]\naccess = false"));
+    get(off.addr, "/api/v1/info").await;
+    assert!(off.log_lines_until(|l| l.contains("nodegate::access")).is_none(), "access line logged while off");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let n = node_with(testnode::Options { delay: Duration::from_millis(600), ..Default::default() }).await;
+    let mut gw = Running::start("sigterm.toml", &config_text(&[n.url()], "drain_timeout = \"10s\""));
+    let a = gw.addr;
+    let slow = tokio::spawn(async move { get(a, "/api/v1/info").await });
+    eventually(async || n.state().requests.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.child.wait();
+        (s, gw)
+    })
+    .await
+    .unwrap()
+    .0
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,116 @@
+//! Helpers for end-to-end tests: real testnodes, a real gateway on 127.0.0.1:0, and a client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use nodegate::{Config, Gateway};
+use testnode::{Options, TestNode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub async fn node() -> TestNode {
+    node_with(Options::default()).await
+}
+
+pub async fn node_with(options: Options) -> TestNode {
+    TestNode::start("127.0.0.1:0".parse().unwrap(), options).await.unwrap()
+}
+
+/// Config text for a gateway on port 0 in front of `urls`, with `extra` TOML appended to `[gateway]`
+/// (so `extra` may set gateway keys first, then open other tables).
+pub fn config_text(urls: &[String], extra: &str) -> String {
+    let mut s = format!("[gateway]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n");
+    for (i, u) in urls.iter().enumerate() {
+        s.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{u}\"\n"));
+    }
+    s
+}
+
+pub async fn gateway(urls: &[String], extra: &str) -> Gateway {
+    let config = Config::parse(&config_text(urls, extra), "test.toml").unwrap();
+    Gateway::start(config).await.unwrap()
+}
+
+pub fn addr(gw: &Gateway) -> SocketAddr {
+    gw.local_addrs()[0]
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts this is one of the gateway's own errors: status, JSON content type, node API shape.
+    pub fn assert_gateway_error(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
+        assert_eq!(self.headers["content-type"], "application/json");
+        let j = self.json();
+        assert_eq!(j["error"]["code"], status.to_string());
+        assert!(j["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    /// Headers the node saw, from its `/debug/headers` answer (lower-case names, in order).
+    pub fn seen_headers(&self) -> Vec<(String, String)> {
+        serde_json::from_value(self.json()["headers"].clone()).unwrap()
+    }
+
+    pub fn seen(&self, name: &str) -> Vec<String> {
+        self.seen_headers().into_iter().filter(|(k, _)| k == name).map(|(_, v)| v).collect()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: String,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c.request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+}
+
+pub async fn get(gw: SocketAddr, path: &str) -> Reply {
+    send(&client(), Method::GET, format!("http://{gw}{path}"), &[], Bytes::new()).await
+}
+
+/// Writes raw bytes and reads until the server closes (or `limit` passes), for requests no
+/// well-behaved client library would send.
+pub async fn raw(gw: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `f` until it returns true or 5 s pass.
+pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

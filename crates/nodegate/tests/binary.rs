@@ -263,3 +263,32 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
+    let mut child = nodegate()
+        .args(["demo", "--listen", "127.0.0.1:0", "--seconds", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let banner: Vec<String> =
+        stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    let first = &banner[0];
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).expect("gateway URL in banner").to_owned();
+    assert_eq!(banner.iter().filter(|l| l.trim_start().starts_with("node-")).count(), 3, "{banner:?}");
+    assert!(banner.iter().any(|l| l.contains("curl")), "{banner:?}");
+    let gw: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let r = get(gw, "/api/v1/info").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"]["isHealthy"], true);
+    // Requests are spread over the three nodes.
+    let mut nodes = std::collections::HashSet::new();
+    for _ in 0..6 {
+        nodes.insert(get(gw, "/debug/headers").await.seen("host")[0].clone());
+    }
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::RequestGuard;
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,7 +68,8 @@ impl Body for CappedBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// The node's body, and the connection it came on, returned to the pool at the body's end.
+    Stream(Incoming, Option<Lease>),
 }
 
 /// The body of every response the gateway sends.
@@ -82,8 +84,8 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None }
     }
 
-    pub fn stream(body: Incoming) -> Self {
-        ProxyBody { kind: Kind::Stream(body), guard: None }
+    pub fn stream(body: Incoming, lease: Option<Lease>) -> Self {
+        ProxyBody { kind: Kind::Stream(body, lease), guard: None }
     }
 
     /// Attaches the request's guard, finished when this body is done or dropped.
@@ -119,7 +121,7 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
-            Kind::Stream(body) => match ready!(Pin::new(body).poll_frame(cx)) {
+            Kind::Stream(body, lease) => match ready!(Pin::new(body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(d) = frame.data_ref() {
                         let n = d.len();
@@ -133,7 +135,12 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(e.into())))
                 }
-                None => Poll::Ready(None),
+                None => {
+                    if let Some(lease) = lease.take() {
+                        lease.release();
+                    }
+                    Poll::Ready(None)
+                }
             },
         }
     }
@@ -141,7 +148,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(d) => d.is_none(),
-            Kind::Stream(b) => b.is_end_stream(),
+            Kind::Stream(b, _) => b.is_end_stream(),
         }
     }
 
@@ -149,7 +156,20 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream(b) => b.size_hint(),
+            Kind::Stream(b, _) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
+        // fully read body can be dropped before its end was seen: its connection is still good.
+        if let Kind::Stream(body, lease) = &mut self.kind
+            && body.is_end_stream()
+            && let Some(lease) = lease.take()
+        {
+            lease.release();
         }
     }
 }

@@ -70,11 +70,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker means a current-thread runtime: no work-stealing queues or cross-thread wake-ups to
+/// pay for when there is nobody to steal from.
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
+    let mut b = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     b.enable_all().build().expect("cannot start the tokio runtime")
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -16,11 +16,10 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{self, NodePool};
 
 pub struct Proxy {
     config: Arc<Config>,
-    client: UpstreamClient,
     nodes: Vec<Target>,
     next: AtomicUsize,
 }
@@ -28,9 +27,10 @@ pub struct Proxy {
 /// A node as the proxy addresses it.
 struct Target {
     name: Arc<str>,
-    scheme: Scheme,
-    authority: Authority,
+    /// The node's own authority, sent as `Host` (as nginx's default `$proxy_host`).
+    host: HeaderValue,
     base_path: String,
+    pool: Arc<NodePool>,
 }
 
 impl Proxy {
@@ -40,12 +40,12 @@ impl Proxy {
             .iter()
             .map(|n| Target {
                 name: n.name.as_str().into(),
-                scheme: n.scheme.clone(),
-                authority: n.authority.clone(),
+                host: HeaderValue::from_str(n.authority.as_str()).expect("an authority is a valid header value"),
                 base_path: n.base_path.clone(),
+                pool: NodePool::new(n.authority.host(), n.authority.port_u16().unwrap_or(80), &config.upstream),
             })
             .collect();
-        Proxy { client: upstream::client(&config.upstream), config, nodes, next: AtomicUsize::new(0) }
+        Proxy { config, nodes, next: AtomicUsize::new(0) }
     }
 
     pub fn timeouts(&self) -> crate::listener::Timeouts {
@@ -119,13 +119,12 @@ impl Proxy {
         *up.method_mut() = parts.method;
         *up.version_mut() = Version::HTTP_11;
         *up.uri_mut() =
-            node.uri(&path_and_query).map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
+            node.uri(path_and_query).map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
         let headers = up.headers_mut();
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
-        // The node gets its own authority as Host (as nginx's default `$proxy_host`); the client's
-        // goes in X-Forwarded-Host.
-        headers.remove(header::HOST);
+        // The node gets its own authority as Host; the client's goes in X-Forwarded-Host.
+        headers.insert(header::HOST, node.host.clone());
         headers.remove(header::EXPECT);
         if websocket {
             hdr::set_websocket_upgrade(headers);
@@ -134,17 +133,19 @@ impl Proxy {
         headers.insert(&X_REQUEST_ID, request_id);
 
         let timeout = self.config.upstream.response_timeout;
-        let mut resp = match tokio::time::timeout(timeout, self.client.request(up)).await {
-            Ok(Ok(resp)) => resp,
+        let (mut resp, lease) = match tokio::time::timeout(timeout, node.pool.send(up)).await {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
-                let err = upstream::classify(&e, &name, &self.config.upstream);
-                tracing::debug!(node = %name, error = %e, "upstream request failed");
-                return Err(fail(err));
+                tracing::debug!(node = %name, error = ?e, "upstream request failed");
+                return Err(fail(upstream::classify(&e, &name, &self.config.upstream)));
             }
             Err(_) => return Err(fail(GatewayError::NodeResponseTimeout { node: name.to_string(), timeout })),
         };
 
+        let mut lease = Some(lease);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the tunnel; it never goes back to the pool.
+            lease = None;
             match client_upgrade {
                 Some(client_upgrade) => {
                     let node_upgrade = hyper::upgrade::on(&mut resp);
@@ -163,7 +164,7 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        Ok((resp.map(ProxyBody::stream), name))
+        Ok((resp.map(|b| ProxyBody::stream(b, lease)), name))
     }
 
     /// Round robin for now; the balancer (issue 4) replaces this with load-aware selection.
@@ -177,19 +178,22 @@ impl Proxy {
 }
 
 impl Target {
-    fn uri(&self, pq: &PathAndQuery) -> Result<Uri, http::Error> {
+    /// The origin-form target the node is sent: its base path, then the client's path and query.
+    fn uri(&self, pq: PathAndQuery) -> Result<Uri, http::Error> {
         let pq = if self.base_path.is_empty() {
-            pq.clone()
+            pq
         } else {
             PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))?
         };
-        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(pq).build()
+        Ok(Uri::from(pq))
     }
 }
 
 /// Bytes of the request head as sent: request line plus `name: value\r\n` for each header.
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 20;
     req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 

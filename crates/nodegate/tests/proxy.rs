@@ -367,3 +367,49 @@ async fn uploads_stream_to_the_node_intact() {
     let hex: String = Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(r.json()["sha256"], hex);
 }
+
+#[tokio::test]
+async fn node_connections_are_pooled_and_reused() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "").await;
+    let c = client();
+    for i in 0..30 {
+        let (method, path) = if i % 3 == 0 { (Method::HEAD, "/health") } else { (Method::GET, "/api/v1/info") };
+        let r = send(&c, method, format!("http://{}{path}", addr(&gw)), &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+    }
+    // Empty-bodied answers (204, and a Content-Length: 0 error) go back to the pool too.
+    for _ in 0..5 {
+        assert_eq!(get(addr(&gw), "/debug/status?code=204").await.status, 204);
+    }
+    assert_eq!(n.state().connections.load(Relaxed), 1, "sequential requests should share one node connection");
+    // A response abandoned mid-body closes its connection rather than returning it dirty.
+    let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /debug/bytes?n=50000000 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let _ = s.read(&mut buf).await.unwrap();
+    drop(s);
+    for _ in 0..3 {
+        assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
+    }
+    assert_eq!(n.state().connections.load(Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_restarted_node_is_reached_through_new_connections_without_errors() {
+    let n = node().await;
+    let node_addr = n.addr();
+    let gw = gateway(&[n.url()], "").await;
+    for _ in 0..5 {
+        assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
+    }
+    // The node restarts: every pooled connection is now dead.
+    n.kill().await;
+    let n2 = testnode::TestNode::start(node_addr, testnode::Options::default()).await.unwrap();
+    for _ in 0..5 {
+        let r = get(addr(&gw), "/api/v1/info").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(n2.state().requests.load(Relaxed), 5);
+}

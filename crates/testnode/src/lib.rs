@@ -67,6 +67,8 @@ pub struct State {
     pub submissions: AtomicU64,
     /// Remote PoW jobs done.
     pub pow_jobs: AtomicU64,
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
     pub(crate) messages: store::Store,
 }
 
@@ -82,6 +84,7 @@ pub struct StateView {
     pub requests: u64,
     pub submissions: u64,
     pub pow_jobs: u64,
+    pub connections: u64,
 }
 
 /// A change to the state; absent fields stay as they are.
@@ -109,6 +112,7 @@ impl State {
             requests: AtomicU64::new(0),
             submissions: AtomicU64::new(0),
             pow_jobs: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             messages: store::Store::default(),
         }
     }
@@ -124,6 +128,7 @@ impl State {
             requests: self.requests.load(Relaxed),
             submissions: self.submissions.load(Relaxed),
             pow_jobs: self.pow_jobs.load(Relaxed),
+            connections: self.connections.load(Relaxed),
         }
     }
 
@@ -147,6 +152,7 @@ impl State {
             self.requests.store(0, Relaxed);
             self.submissions.store(0, Relaxed);
             self.pow_jobs.store(0, Relaxed);
+            self.connections.store(0, Relaxed);
         }
     }
 }
@@ -233,6 +239,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiv
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                state.connections.fetch_add(1, Relaxed);
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let builder = builder.clone();

@@ -35,7 +35,8 @@ async fn info_reflects_sync_state_and_pow_feature() {
     assert_eq!(s, 200);
     let (_, info) = call("GET", format!("{}/api/v1/info", n.url()), "").await;
     assert_eq!(info["data"]["isHealthy"], false);
-    let lag = info["data"]["latestMilestoneIndex"].as_u64().unwrap() - info["data"]["confirmedMilestoneIndex"].as_u64().unwrap();
+    let lag = info["data"]["latestMilestoneIndex"].as_u64().unwrap()
+        - info["data"]["confirmedMilestoneIndex"].as_u64().unwrap();
     assert!(lag > 2);
     assert_eq!(info["data"]["features"], serde_json::json!(["PoW"]));
     let (s, _) = call("GET", format!("{}/health", n.url()), "").await;
@@ -55,7 +56,12 @@ async fn remote_pow_is_refused_when_off_and_mined_when_on() {
         .await
         .unwrap();
     let url = format!("{}/api/v1/messages", n.url());
-    for body in [r#"{"payload":null}"#, r#"{"payload":null,"nonce":null}"#, r#"{"payload":null,"nonce":""}"#, r#"{"payload":null,"nonce":"0"}"#] {
+    for body in [
+        r#"{"payload":null}"#,
+        r#"{"payload":null,"nonce":null}"#,
+        r#"{"payload":null,"nonce":""}"#,
+        r#"{"payload":null,"nonce":"0"}"#,
+    ] {
         let (s, e) = call("POST", url.clone(), body).await;
         assert_eq!(s, 400, "{body}");
         assert!(e["error"]["message"].as_str().unwrap().contains("proof of work"));

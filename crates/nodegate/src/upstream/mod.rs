@@ -1,52 +1,38 @@
-//! The way to the nodes: one pooled keep-alive HTTP/1.1 client for all of them, error classification
+//! The way to the nodes: a pool of keep-alive HTTP/1.1 connections per node, error classification
 //! into the gateway's answers, and the byte tunnel behind a WebSocket upgrade.
 
 pub mod headers;
+mod pool;
+
+pub use pool::{Lease, NodePool, SendError};
 
 use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BodyTooLarge, CappedBody, ClientBodyError};
+use crate::body::{BodyTooLarge, ClientBodyError};
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::listener::Phase;
 
-pub type UpstreamClient = Client<HttpConnector, CappedBody>;
-
-pub fn client(cfg: &Upstream) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    http.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
-        .build(http)
-}
-
 /// Maps a failed exchange with a node to what the client is told.
-pub fn classify(err: &hyper_util::client::legacy::Error, node: &str, cfg: &Upstream) -> GatewayError {
-    if let Some(e) = find_source::<BodyTooLarge>(err) {
+pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
+    let sent = match err {
+        SendError::Connect(_) => return GatewayError::NodeUnreachable { node: node.into() },
+        SendError::ConnectTimeout => {
+            return GatewayError::NodeConnectTimeout { node: node.into(), timeout: cfg.connect_timeout };
+        }
+        SendError::Sent(e) => e,
+    };
+    if let Some(e) = find_source::<BodyTooLarge>(sent) {
         return GatewayError::BodyTooLarge { limit: e.limit };
     }
-    if find_source::<ClientBodyError>(err).is_some() {
+    if find_source::<ClientBodyError>(sent).is_some() {
         return GatewayError::ClientBodyAborted;
-    }
-    if err.is_connect() {
-        let timed_out = find_source::<io::Error>(err).is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
-        return if timed_out {
-            GatewayError::NodeConnectTimeout { node: node.into(), timeout: cfg.connect_timeout }
-        } else {
-            GatewayError::NodeUnreachable { node: node.into() }
-        };
     }
     GatewayError::NodeReset { node: node.into() }
 }

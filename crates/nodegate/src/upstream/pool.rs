@@ -1,0 +1,168 @@
+//! Pooled keep-alive HTTP/1.1 connections to one node.
+//!
+//! Leaner than hyper-util's general client, which is built for any host: no pool map to look up, and
+//! no task spawned per response to hand the connection back. A connection goes back to the idle list
+//! when the response body has been read to its end (see `Lease`); one whose body was abandoned is
+//! closed by hyper and never reused. Idle connections are taken last-in first-out (the warmest),
+//! and a reaper closes those idle past `pool_idle_timeout`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::CappedBody;
+use crate::config::Upstream;
+
+type Sender = SendRequest<CappedBody>;
+
+/// Why an exchange with a node failed, and whether the request may have reached it.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection: refused, unreachable, or a name that did not resolve. Nothing was sent.
+    Connect(io::Error),
+    /// No connection within the connect timeout. Nothing was sent.
+    ConnectTimeout,
+    /// The request was (at least partly) written: it may have reached the node.
+    Sent(hyper::Error),
+}
+
+pub struct NodePool {
+    host: String,
+    port: u16,
+    /// Set when the node's host is an IP literal, so no lookup is needed.
+    addr: Option<SocketAddr>,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// A connection in use; give it back with [`Lease::release`] once its response has ended.
+pub struct Lease {
+    sender: Sender,
+    pool: Arc<NodePool>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+impl NodePool {
+    pub fn new(host: &str, port: u16, cfg: &Upstream) -> Arc<NodePool> {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let addr = host.parse().ok().map(|ip| SocketAddr::new(ip, port));
+        let pool = Arc::new(NodePool {
+            host,
+            port,
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle: cfg.pool_max_idle_per_node,
+            idle_timeout: cfg.pool_idle_timeout,
+            connect_timeout: cfg.connect_timeout,
+        });
+        tokio::spawn(reap(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Sends `req` on an idle connection, or a new one. A reused connection that turns out closed
+    /// hands the request back unsent, so trying the next one is safe for any method.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<CappedBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        while let Some(mut sender) = self.take() {
+            if !sender.is_ready() {
+                // Released just as its last response ended; hyper marks it ready a moment later.
+                match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    _ => continue,
+                }
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lease { sender, pool: self.clone() })),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Sent(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { sender, pool: self.clone() })),
+            Err(e) => Err(SendError::Sent(e)),
+        }
+    }
+
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, _)) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let connect = async {
+            let stream = match self.addr {
+                Some(addr) => TcpStream::connect(addr).await?,
+                None => TcpStream::connect((self.host.as_str(), self.port)).await?,
+            };
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Err(_) => return Err(SendError::ConnectTimeout),
+        };
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "node connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Closes connections idle longer than the pool's idle timeout; ends with the pool.
+async fn reap(pool: Weak<NodePool>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(500)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let timeout = pool.idle_timeout;
+        pool.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+    }
+}

@@ -16,12 +16,12 @@ pub struct AccessRecord {
     pub status: u16,
     pub node: Option<Arc<str>>,
     pub request_id: String,
+    pub start: Instant,
 }
 
 /// Lives as long as a request: counts it in flight on its connection and logs it when dropped.
 pub struct RequestGuard {
     conn: Arc<ConnState>,
-    start: Instant,
     pub bytes_sent: u64,
     pub upstream_body_error: bool,
     pub record: Option<Box<AccessRecord>>,
@@ -30,7 +30,7 @@ pub struct RequestGuard {
 impl RequestGuard {
     pub fn new(conn: Arc<ConnState>) -> Self {
         conn.request_started();
-        RequestGuard { conn, start: Instant::now(), bytes_sent: 0, upstream_body_error: false, record: None }
+        RequestGuard { conn, bytes_sent: 0, upstream_body_error: false, record: None }
     }
 }
 
@@ -38,7 +38,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.conn.request_finished();
         if let Some(r) = self.record.take() {
-            let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+            let ms = r.start.elapsed().as_secs_f64() * 1000.0;
             tracing::info!(
                 target: "nodegate::access",
                 client = %r.client.ip(),

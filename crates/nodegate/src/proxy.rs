@@ -64,6 +64,7 @@ impl Proxy {
                 status: 0,
                 node: None,
                 request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                start: tokio::time::Instant::now(),
             })
         });
         let (mut resp, node) = match self.forward(req, &conn, request_id.clone()).await {
@@ -129,7 +130,7 @@ impl Proxy {
         if websocket {
             hdr::set_websocket_upgrade(headers);
         }
-        hdr::set_forwarded(headers, conn.peer.ip(), "http", original_host);
+        hdr::set_forwarded(headers, &conn.forwarding, original_host);
         headers.insert(&X_REQUEST_ID, request_id);
 
         let timeout = self.config.upstream.response_timeout;

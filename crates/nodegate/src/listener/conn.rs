@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::Phase;
 use crate::proxy::Proxy;
+use crate::upstream::headers::Forwarding;
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
@@ -31,6 +32,8 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 pub struct ConnState {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The forwarding headers' values for this client, computed once.
+    pub forwarding: Forwarding,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch`, plus one, when an unanswered request head began; 0 = none.
@@ -56,6 +59,7 @@ impl ConnState {
         ConnState {
             peer,
             local,
+            forwarding: Forwarding::new(peer.ip(), "http"),
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             // A new connection must send its first request head within the header timeout.

@@ -56,32 +56,47 @@ pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
+/// What the forwarding headers say about one client connection; built once per connection.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    ip: HeaderValue,
+    proto: &'static str,
+    /// `for=...;proto=...`, the part of `Forwarded` that does not depend on the request.
+    forwarded: String,
+}
+
+impl Forwarding {
+    pub fn new(client: IpAddr, proto: &'static str) -> Forwarding {
+        let ip = client.to_canonical();
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        let ip = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Forwarding { ip, proto, forwarded }
+    }
+}
+
 /// Replaces every forwarding header with what the gateway itself saw.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
+pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarding, host: Option<HeaderValue>) {
     for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REAL_IP, &header::FORWARDED] {
         headers.remove(name);
     }
-    let ip = client.to_canonical();
-    let ip_value = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
-    let mut forwarded = match ip {
-        IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
-    };
+    let mut forwarded = None;
     if let Some(host) = host {
         // Forwarded's host is a quoted-string; a Host with quote or backslash is left out of it.
         if let Ok(h) = host.to_str()
             && !h.contains(['"', '\\'])
         {
-            forwarded.push_str(&format!(";host=\"{h}\""));
+            forwarded = HeaderValue::from_str(&format!("{};host=\"{h}\"", fwd.forwarded)).ok();
         }
         headers.insert(&X_FORWARDED_HOST, host);
     }
-    headers.insert(&X_FORWARDED_FOR, ip_value.clone());
-    headers.insert(&X_REAL_IP, ip_value);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
-    }
+    let forwarded = forwarded.unwrap_or_else(|| HeaderValue::from_str(&fwd.forwarded).expect("ASCII"));
+    headers.insert(&X_FORWARDED_FOR, fwd.ip.clone());
+    headers.insert(&X_REAL_IP, fwd.ip.clone());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    headers.insert(header::FORWARDED, forwarded);
 }
 
 /// The client's request id when it is a sane token, otherwise a fresh random one.
@@ -92,7 +107,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    let n = fastrand::u128(..);
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -126,9 +146,10 @@ mod tests {
     #[test]
     fn forwarded_for_ipv6_is_quoted_and_mapped_v4_is_canonical() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "2001:db8::1".parse().unwrap(), "http", None);
+        set_forwarded(&mut h, &Forwarding::new("2001:db8::1".parse().unwrap(), "http"), None);
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=http");
-        set_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), "http", Some(HeaderValue::from_static("a.example")));
+        let fwd = Forwarding::new("::ffff:192.0.2.7".parse().unwrap(), "http");
+        set_forwarded(&mut h, &fwd, Some(HeaderValue::from_static("a.example")));
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=\"a.example\"");
     }
@@ -139,6 +160,8 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("a b\"c"));
-        assert_eq!(request_id(&h).len(), 32);
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 32);
+        assert!(fresh.as_bytes().iter().all(u8::is_ascii_hexdigit));
     }
 }

@@ -413,3 +413,60 @@ async fn a_restarted_node_is_reached_through_new_connections_without_errors() {
     }
     assert_eq!(n2.state().requests.load(Relaxed), 5);
 }
+
+#[tokio::test]
+async fn hop_by_hop_headers_from_the_node_do_not_reach_the_client() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "").await;
+    let r = get(addr(&gw), "/debug/hop-headers").await;
+    assert_eq!(r.status, 200);
+    for h in ["x-node-secret", "keep-alive", "proxy-authenticate"] {
+        assert!(!r.headers.contains_key(h), "{h} reached the client: {:?}", r.headers);
+    }
+    assert_eq!(r.headers["x-node-kept"], "1");
+    assert!(r.headers.get("connection").is_none_or(|v| v != "x-node-secret"));
+}
+
+#[tokio::test]
+async fn listens_on_ipv4_and_ipv6_at_once() {
+    let n = node().await;
+    let toml = format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n",
+        n.url()
+    );
+    let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "t.toml").unwrap()).await.unwrap();
+    let [v4, v6] = gw.local_addrs() else { panic!("two listeners expected") };
+    assert!(v4.is_ipv4() && v6.is_ipv6());
+    for a in [*v4, *v6] {
+        let r = get(a, "/debug/headers").await;
+        assert_eq!(r.status, 200);
+        let expected = if a.is_ipv4() { "127.0.0.1" } else { "::1" };
+        assert_eq!(r.seen("x-forwarded-for"), [expected]);
+    }
+    let r = get(*v6, "/debug/headers").await;
+    assert_eq!(r.seen("forwarded")[0].split(';').next().unwrap(), "for=\"[::1]\"");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle_a_request_to_the_node() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "").await;
+    // The body, read by Content-Length, would end early and leave a second request behind; read
+    // as chunked it ends at `0`. Either way the node must see exactly one request per request the
+    // gateway accepted, framed by the gateway, never the bytes the client chose.
+    let smuggled = "GET /api/v1/peers HTTP/1.1\r\nhost: x\r\n\r\n";
+    let body = format!("0\r\n\r\n{smuggled}");
+    let req = format!(
+        "POST /debug/count HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    // hyper takes the chunked framing (RFC 9112 section 6.3), drops Content-Length, and closes the
+    // connection after answering (raw() returns only when it does): the bytes after the chunked
+    // body are never read as another request.
+    let out = raw(addr(&gw), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"bytes\":0"), "framed by Content-Length instead of chunked: {out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "a second response means a second request was read: {out}");
+    assert_eq!(n.state().requests.load(Relaxed), 0, "the node served a smuggled request: {out}");
+}

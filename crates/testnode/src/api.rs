@@ -247,7 +247,20 @@ async fn debug(rest: &str, req: Request<Incoming>) -> Result<Response<RespBody>,
             json_ok(json!({"slept_ms": num("ms").unwrap_or(0)}))
         }
         "reset" => return Err(Box::new(Reset)),
-        _ => error(StatusCode::NOT_FOUND, "debug routes: headers, echo, count, bytes, status, sleep, reset"),
+        "hop-headers" => {
+            // Hop-by-hop headers a careless node might send; a proxy must not pass them on.
+            let mut r = json_ok(json!({"ok": true}));
+            let h = r.headers_mut();
+            h.insert("connection", HeaderValue::from_static("x-node-secret"));
+            h.insert("x-node-secret", HeaderValue::from_static("internal"));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h.insert("proxy-authenticate", HeaderValue::from_static("Basic realm=\"node\""));
+            h.insert("x-node-kept", HeaderValue::from_static("1"));
+            r
+        }
+        _ => {
+            error(StatusCode::NOT_FOUND, "debug routes: headers, echo, count, bytes, status, sleep, reset, hop-headers")
+        }
     })
 }
 

@@ -24,6 +24,8 @@ pub enum GatewayError {
     NodeResponseTimeout { node: String, timeout: Duration },
     #[error("node {node} closed the connection without an answer")]
     NodeReset { node: String },
+    #[error("node {node} sent an invalid answer: {what}")]
+    NodeBadAnswer { node: String, what: &'static str },
     #[error("the client stopped sending its request body")]
     ClientBodyAborted,
     #[error("this gateway does not proxy CONNECT")]
@@ -39,7 +41,7 @@ impl GatewayError {
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) | ClientBodyAborted => StatusCode::BAD_REQUEST,
-            NodeUnreachable { .. } | NodeReset { .. } => StatusCode::BAD_GATEWAY,
+            NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => StatusCode::BAD_GATEWAY,
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NoNode => StatusCode::SERVICE_UNAVAILABLE,

@@ -160,7 +160,10 @@ impl Proxy {
                     hdr::strip_hop_by_hop(resp.headers_mut());
                     hdr::set_websocket_upgrade(resp.headers_mut());
                 }
-                None => return Err(fail(GatewayError::NodeReset { node: name.to_string() })),
+                None => {
+                    let what = "101 Switching Protocols to a request that asked for no upgrade";
+                    return Err(fail(GatewayError::NodeBadAnswer { node: name.to_string(), what }));
+                }
             }
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());

@@ -292,3 +292,27 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn run_fails_clearly_when_the_listen_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let p = temp_file(
+        "taken.toml",
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:{port}\"]\n\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n"
+        ),
+    );
+    let out = nodegate().args(["run", "--config"]).arg(&p).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test]
+async fn a_quiet_log_level_does_not_silence_the_access_log() {
+    let n = node().await;
+    let gw = Running::start("log-quiet.toml", &config_text(&[n.url()], "\n[log]\nlevel = \"warn\""));
+    get(gw.addr, "/api/v1/info").await;
+    assert!(gw.log_lines_until(|l| l.contains("nodegate::access")).is_some(), "access log silenced by level = warn");
+}

@@ -295,6 +295,25 @@ async fn slow_request_head_is_cut_off_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn slow_head_on_a_kept_alive_connection_is_cut_off_within_two_header_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = node().await;
+    let gw = gateway(&[n.url()], "header_timeout = \"300ms\"\nidle_timeout = \"30s\"").await;
+    let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let k = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..k]).starts_with("HTTP/1.1 200"));
+    // Half of a second head, then silence.
+    s.write_all(b"GET /health HTTP/1.1\r\nhost:").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("not closed").unwrap();
+    assert_eq!(k, 0, "got {:?}", String::from_utf8_lossy(&buf[..k]));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500), "closed after {waited:?}");
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let n = node().await;

@@ -71,6 +71,9 @@ impl Proxy {
             Ok((resp, node)) => (resp, Some(node)),
             Err((err, node)) => (err.to_response(), node),
         };
+        // Unique per response: HTTP/2's HPACK would only churn its table indexing it.
+        let mut request_id = request_id;
+        request_id.set_sensitive(true);
         resp.headers_mut().insert(&X_REQUEST_ID, request_id);
         if let Some(r) = &mut record {
             r.status = resp.status().as_u16();

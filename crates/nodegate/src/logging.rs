@@ -7,10 +7,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Log, LogFormat};
 
 pub fn init(log: &Log) {
+    // The access log is written by access_log.rs, decided by `[log] access` alone, not by `level`.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    // `[log] access` decides the access log alone: a quieter `level` must not silence it.
-    let access = if log.access { "nodegate::access=info" } else { "nodegate::access=off" };
-    let filter = filter.add_directive(access.parse().expect("static directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -58,6 +58,7 @@ impl Proxy {
         let request_id = hdr::request_id(req.headers());
         let mut record = self.config.log.access.then(|| {
             Box::new(AccessRecord {
+                format: self.config.log.format,
                 client: conn.peer,
                 method: req.method().clone(),
                 path: req.uri().path().chars().take(512).collect(),

@@ -450,7 +450,7 @@ async fn hop_by_hop_headers_from_the_node_do_not_reach_the_client() {
 async fn listens_on_ipv4_and_ipv6_at_once() {
     let n = node().await;
     let toml = format!(
-        "[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n",
+        "[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n\n[log]\naccess = false\n",
         n.url()
     );
     let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "t.toml").unwrap()).await.unwrap();

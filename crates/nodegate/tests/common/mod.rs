@@ -33,8 +33,14 @@ pub fn config_text(urls: &[String], extra: &str) -> String {
     s
 }
 
+/// An in-process gateway; its access log is off (it would write to the test's stderr) unless
+/// `extra` configures `[log]` itself. tests/binary.rs checks the access log.
 pub async fn gateway(urls: &[String], extra: &str) -> Gateway {
-    let config = Config::parse(&config_text(urls, extra), "test.toml").unwrap();
+    let mut text = config_text(urls, extra);
+    if !extra.contains("[log]") {
+        text.push_str("\n[log]\naccess = false\n");
+    }
+    let config = Config::parse(&text, "test.toml").unwrap();
     Gateway::start(config).await.unwrap()
 }
 

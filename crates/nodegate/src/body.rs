@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::RequestGuard;
+use crate::balancer::InFlight;
 use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,16 +77,18 @@ enum Kind {
 pub struct ProxyBody {
     kind: Kind,
     guard: Option<RequestGuard>,
+    /// Keeps the request counted in flight on its node until the body is done.
+    _node: Option<InFlight>,
 }
 
 impl ProxyBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None }
+        ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None, _node: None }
     }
 
-    pub fn stream(body: Incoming, lease: Option<Lease>) -> Self {
-        ProxyBody { kind: Kind::Stream(body, lease), guard: None }
+    pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight) -> Self {
+        ProxyBody { kind: Kind::Stream(body, lease), guard: None, _node: Some(node) }
     }
 
     /// Attaches the request's guard, finished when this body is done or dropped.

@@ -48,6 +48,19 @@ impl GatewayError {
         }
     }
 
+    /// Whether this counts against the node in passive health (not the client's doing).
+    pub fn is_node_fault(&self) -> bool {
+        use GatewayError::*;
+        matches!(
+            self,
+            NodeUnreachable { .. }
+                | NodeConnectTimeout { .. }
+                | NodeResponseTimeout { .. }
+                | NodeReset { .. }
+                | NodeBadAnswer { .. }
+        )
+    }
+
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut resp = json_error(self.status(), &self.to_string());
         if matches!(self, GatewayError::NoNode) {

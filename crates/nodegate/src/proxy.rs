@@ -1,9 +1,8 @@
 //! The request flow, read top to bottom: guards on size, pick a node, clean and forward the request,
-//! clean and return the response. Later steps of shared/design.md (identity, IP filter, route policy,
+//! clean and return the response, telling the balancer how the node did. Later steps of shared/design.md (identity, IP filter, route policy,
 //! auth, rate limits) slot in before the node is picked.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -11,41 +10,24 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessRecord, RequestGuard};
+use crate::balancer::{Balancer, Node, Passive};
 use crate::body::{CappedBody, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
+use crate::upstream;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
-use crate::upstream::{self, NodePool};
 
 pub struct Proxy {
     config: Arc<Config>,
-    nodes: Vec<Target>,
-    next: AtomicUsize,
-}
-
-/// A node as the proxy addresses it.
-struct Target {
-    name: Arc<str>,
-    /// The node's own authority, sent as `Host` (as nginx's default `$proxy_host`).
-    host: HeaderValue,
-    base_path: String,
-    pool: Arc<NodePool>,
+    balancer: Arc<Balancer>,
+    passive: Passive,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>) -> Proxy {
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|n| Target {
-                name: n.name.as_str().into(),
-                host: HeaderValue::from_str(n.authority.as_str()).expect("an authority is a valid header value"),
-                base_path: n.base_path.clone(),
-                pool: NodePool::new(n.authority.host(), n.authority.port_u16().unwrap_or(80), &config.upstream),
-            })
-            .collect();
-        Proxy { config, nodes, next: AtomicUsize::new(0) }
+    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>) -> Proxy {
+        let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
+        Proxy { config, balancer, passive }
     }
 
     pub fn timeouts(&self) -> crate::listener::Timeouts {
@@ -106,7 +88,7 @@ impl Proxy {
             }
         }
 
-        let node = self.pick().ok_or((GatewayError::NoNode, None))?;
+        let node = self.balancer.pick(false, None).ok_or((GatewayError::NoNode, None))?.clone();
         let name = node.name.clone();
         let fail = |e: GatewayError| (e, Some(name.clone()));
 
@@ -123,8 +105,8 @@ impl Proxy {
         let mut up = Request::new(CappedBody::new(body, g.max_body));
         *up.method_mut() = parts.method;
         *up.version_mut() = Version::HTTP_11;
-        *up.uri_mut() =
-            node.uri(path_and_query).map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
+        *up.uri_mut() = node_uri(&node, path_and_query)
+            .map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
         let headers = up.headers_mut();
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
@@ -138,14 +120,28 @@ impl Proxy {
         headers.insert(&X_REQUEST_ID, request_id);
 
         let timeout = self.config.upstream.response_timeout;
+        let in_flight = node.start();
         let (mut resp, lease) = match tokio::time::timeout(timeout, node.pool.send(up)).await {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 tracing::debug!(node = %name, error = ?e, "upstream request failed");
-                return Err(fail(upstream::classify(&e, &name, &self.config.upstream)));
+                let err = upstream::classify(&e, &name, &self.config.upstream);
+                if err.is_node_fault() {
+                    node.failure(&self.passive);
+                }
+                return Err(fail(err));
             }
-            Err(_) => return Err(fail(GatewayError::NodeResponseTimeout { node: name.to_string(), timeout })),
+            Err(_) => {
+                node.failure(&self.passive);
+                return Err(fail(GatewayError::NodeResponseTimeout { node: name.to_string(), timeout }));
+            }
         };
+        in_flight.answered();
+        if resp.status().is_server_error() {
+            node.failure(&self.passive);
+        } else {
+            node.success();
+        }
 
         let mut lease = Some(lease);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -172,29 +168,18 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        Ok((resp.map(|b| ProxyBody::stream(b, lease)), name))
-    }
-
-    /// Round robin for now; the balancer (issue 4) replaces this with load-aware selection.
-    fn pick(&self) -> Option<&Target> {
-        if self.nodes.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Relaxed) % self.nodes.len();
-        self.nodes.get(i)
+        Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }
 }
 
-impl Target {
-    /// The origin-form target the node is sent: its base path, then the client's path and query.
-    fn uri(&self, pq: PathAndQuery) -> Result<Uri, http::Error> {
-        let pq = if self.base_path.is_empty() {
-            pq
-        } else {
-            PathAndQuery::try_from(format!("{}{}", self.base_path, pq.as_str()))?
-        };
-        Ok(Uri::from(pq))
-    }
+/// The origin-form target a node is sent: its base path, then the client's path and query.
+fn node_uri(node: &Node, pq: PathAndQuery) -> Result<Uri, http::Error> {
+    let pq = if node.base_path.is_empty() {
+        pq
+    } else {
+        PathAndQuery::try_from(format!("{}{}", node.base_path, pq.as_str()))?
+    };
+    Ok(Uri::from(pq))
 }
 
 /// Bytes of the request head as sent: request line plus `name: value\r\n` for each header.

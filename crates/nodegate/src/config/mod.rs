@@ -21,7 +21,27 @@ pub struct Config {
     pub gateway: Gateway,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
+    pub health: Health,
+    /// Where `/status` is served; no admin listener when `[admin]` is absent.
+    pub admin: Option<SocketAddr>,
     pub log: Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub max_milestone_lag: u64,
+    /// Consecutive passed probes that make an unhealthy node healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that make a healthy node unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Health route for the generic profile.
+    pub path: String,
+    /// Consecutive connect failures or 5xx answers that eject a node between probes.
+    pub eject_after: u32,
+    /// First ejection's length; doubled for each ejection in a row, up to 16 times.
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -216,8 +236,42 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: *n.weight.get_ref(), pow: n.pow });
     }
 
+    let h = raw.health;
+    for (key, v) in [
+        ("health.healthy_threshold", h.healthy_threshold),
+        ("health.unhealthy_threshold", h.unhealthy_threshold),
+        ("health.eject_after", h.eject_after),
+    ] {
+        if v == 0 {
+            return Err(at.error(0..0, Some(key.into()), "must be 1 or more"));
+        }
+    }
+    if !h.path.starts_with('/') {
+        return Err(at.error(0..0, Some("health.path".into()), format!("`{}` must start with /", h.path)));
+    }
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => Some(a.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at.error(
+                a.listen.span(),
+                Some("admin.listen".into()),
+                format!("`{}` is not an address:port", a.listen.get_ref()),
+            )
+        })?),
+    };
     let u = raw.upstream;
     Ok(Config {
+        health: Health {
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            max_milestone_lag: h.max_milestone_lag,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+            path: h.path,
+            eject_after: h.eject_after,
+            eject_for: h.eject_for.0,
+        },
+        admin,
         gateway: Gateway {
             listen,
             profile: g.profile,

@@ -15,6 +15,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub health: RawHealth,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
     pub log: RawLog,
 }
 
@@ -111,4 +114,44 @@ impl Default for RawLog {
     fn default() -> Self {
         RawLog { format: LogFormat::Text, access: true, level: "info".into() }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub max_milestone_lag: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// The generic profile's health route.
+    pub path: String,
+    pub eject_after: u32,
+    pub eject_for: Dur,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval: Dur(std::time::Duration::from_secs(5)),
+            timeout: Dur(std::time::Duration::from_secs(2)),
+            max_milestone_lag: 2,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            path: "/health".into(),
+            eject_after: 5,
+            eject_for: Dur(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "admin_listen")]
+    pub listen: Spanned<String>,
+}
+
+fn admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9090".into())
 }

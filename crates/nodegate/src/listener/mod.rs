@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use conn::ConnState;
 
+use crate::balancer::{Balancer, Node};
 use crate::config::Config;
 use crate::proxy::Proxy;
 
@@ -42,7 +43,9 @@ impl Gateway {
     /// Binds every `[gateway] listen` address and starts serving.
     pub async fn start(config: Config) -> io::Result<Gateway> {
         let config = Arc::new(config);
-        let proxy = Arc::new(Proxy::new(config.clone()));
+        let nodes = config.nodes.iter().map(|n| Node::new(n, &config.upstream)).collect();
+        let balancer = Arc::new(Balancer::new(nodes));
+        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
         let (phase, _) = watch::channel(Phase::Running);
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let builder = Arc::new(http_builder(&config));

@@ -8,6 +8,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod proxy;

@@ -283,13 +283,13 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
     let r = get(gw, "/api/v1/info").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["data"]["isHealthy"], true);
-    // Requests are spread over the three nodes (equal nodes tie, and ties go either way at random:
-    // one node missing from 60 requests has a probability of about 1e-10).
-    let mut nodes = std::collections::HashSet::new();
-    for _ in 0..60 {
-        nodes.insert(get(gw, "/debug/headers").await.seen("host")[0].clone());
+    // Each node in the banner answers by itself. (How requests spread over them is the balancer's
+    // business, tested in tests/balance.rs.)
+    for line in banner.iter().filter(|l| l.trim_start().starts_with("node-")) {
+        let node_url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+        let node: std::net::SocketAddr = node_url.trim_start_matches("http://").parse().unwrap();
+        assert_eq!(get(node, "/api/v1/info").await.status, 200, "{line}");
     }
-    assert_eq!(nodes.len(), 3, "{nodes:?}");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -130,7 +130,7 @@ async fn forwarded_headers_are_set_and_spoofed_ones_replaced() {
 #[tokio::test]
 async fn request_id_is_generated_when_absent_and_kept_when_sane() {
     let n = node().await;
-    let gw = gateway(&[n.url()], "").await;
+    let gw = gateway(&[n.url()], NO_PROBES).await;
     let c = client();
     let url = format!("http://{}/debug/headers", addr(&gw));
     let r = send(&c, Method::GET, url.clone(), &[], Bytes::new()).await;
@@ -171,19 +171,35 @@ async fn websocket_echo_through_mqtt_routes() {
     }
 }
 
+/// Active health probes off: what a request meets before any probe has noticed.
+const NO_PROBES: &str = "\n[health]\nactive = false";
+
 #[tokio::test]
 async fn node_down_is_502_json() {
     let n = node().await;
     let url = n.url();
     n.kill().await;
-    let gw = gateway(&[url], "").await;
+    let gw = gateway(&[url], NO_PROBES).await;
     get(addr(&gw), "/api/v1/info").await.assert_gateway_error(502);
+}
+
+#[tokio::test]
+async fn no_healthy_node_is_503_json_with_retry_after() {
+    let n = node().await;
+    let url = n.url();
+    n.kill().await;
+    let gw = gateway(&[url], "").await;
+    // The probe at start finds the node down; from then on the gateway does not even try it.
+    eventually(async || get(addr(&gw), "/api/v1/info").await.status == 503).await;
+    let r = get(addr(&gw), "/api/v1/info").await;
+    r.assert_gateway_error(503);
+    assert!(r.headers.contains_key("retry-after"));
 }
 
 #[tokio::test]
 async fn node_resetting_the_connection_is_502_json() {
     let n = node().await;
-    let gw = gateway(&[n.url()], "").await;
+    let gw = gateway(&[n.url()], NO_PROBES).await;
     get(addr(&gw), "/debug/reset").await.assert_gateway_error(502);
     // The pool recovers: the next request works.
     assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
@@ -192,7 +208,7 @@ async fn node_resetting_the_connection_is_502_json() {
 #[tokio::test]
 async fn slow_node_is_504_json() {
     let n = node().await;
-    let gw = gateway(&[n.url()], "[upstream]\nresponse_timeout = \"200ms\"").await;
+    let gw = gateway(&[n.url()], &format!("[upstream]\nresponse_timeout = \"200ms\"{NO_PROBES}")).await;
     get(addr(&gw), "/debug/sleep?ms=3000").await.assert_gateway_error(504);
 }
 
@@ -211,7 +227,8 @@ async fn node_not_accepting_connections_is_504_json() {
             fillers.push(s);
         }
     }
-    let gw = gateway(&[format!("http://{target}")], "[upstream]\nconnect_timeout = \"200ms\"").await;
+    let gw =
+        gateway(&[format!("http://{target}")], &format!("[upstream]\nconnect_timeout = \"200ms\"{NO_PROBES}")).await;
     let r = get(addr(&gw), "/api/v1/info").await;
     r.assert_gateway_error(504);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("connection"), "{:?}", r.body);
@@ -390,7 +407,8 @@ async fn uploads_stream_to_the_node_intact() {
 #[tokio::test]
 async fn node_connections_are_pooled_and_reused() {
     let n = node().await;
-    let gw = gateway(&[n.url()], "").await;
+    // Probes open connections of their own; only the proxy's are counted here.
+    let gw = gateway(&[n.url()], NO_PROBES).await;
     let c = client();
     for i in 0..30 {
         let (method, path) = if i % 3 == 0 { (Method::HEAD, "/health") } else { (Method::GET, "/api/v1/info") };
@@ -419,7 +437,7 @@ async fn node_connections_are_pooled_and_reused() {
 async fn a_restarted_node_is_reached_through_new_connections_without_errors() {
     let n = node().await;
     let node_addr = n.addr();
-    let gw = gateway(&[n.url()], "").await;
+    let gw = gateway(&[n.url()], NO_PROBES).await;
     for _ in 0..5 {
         assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
     }

@@ -33,7 +33,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         return debug(rest, req).await;
     }
 
-    state.requests.fetch_add(1, Relaxed);
+    let probe = req.headers().get(http::header::USER_AGENT).is_some_and(|v| v == "nodegate-health");
+    if probe {
+        state.probes.fetch_add(1, Relaxed);
+    } else {
+        state.requests.fetch_add(1, Relaxed);
+    }
     let delay = state.delay_ms.load(Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

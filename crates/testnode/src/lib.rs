@@ -61,8 +61,10 @@ pub struct State {
     pub failing: AtomicBool,
     pub pow: AtomicBool,
     pub pow_difficulty: AtomicU32,
-    /// Requests to API routes (not control or debug).
+    /// Requests to API routes (not control or debug, not health probes).
     pub requests: AtomicU64,
+    /// Health probes: requests whose User-Agent is `nodegate-health`.
+    pub probes: AtomicU64,
     /// Messages/blocks accepted.
     pub submissions: AtomicU64,
     /// Remote PoW jobs done.
@@ -82,6 +84,7 @@ pub struct StateView {
     pub pow: bool,
     pub pow_difficulty: u32,
     pub requests: u64,
+    pub probes: u64,
     pub submissions: u64,
     pub pow_jobs: u64,
     pub connections: u64,
@@ -110,6 +113,7 @@ impl State {
             pow: AtomicBool::new(o.pow),
             pow_difficulty: AtomicU32::new(o.pow_difficulty),
             requests: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             submissions: AtomicU64::new(0),
             pow_jobs: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -126,6 +130,7 @@ impl State {
             pow: self.pow.load(Relaxed),
             pow_difficulty: self.pow_difficulty.load(Relaxed),
             requests: self.requests.load(Relaxed),
+            probes: self.probes.load(Relaxed),
             submissions: self.submissions.load(Relaxed),
             pow_jobs: self.pow_jobs.load(Relaxed),
             connections: self.connections.load(Relaxed),
@@ -150,6 +155,7 @@ impl State {
         }
         if p.reset_counters == Some(true) {
             self.requests.store(0, Relaxed);
+            self.probes.store(0, Relaxed);
             self.submissions.store(0, Relaxed);
             self.pow_jobs.store(0, Relaxed);
             self.connections.store(0, Relaxed);

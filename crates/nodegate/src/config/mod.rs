@@ -29,6 +29,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct Health {
+    /// Active probes on or off; passive ejection works either way.
+    pub active: bool,
     pub interval: Duration,
     pub timeout: Duration,
     pub max_milestone_lag: u64,
@@ -262,6 +264,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let u = raw.upstream;
     Ok(Config {
         health: Health {
+            active: h.active,
             interval: h.interval.0,
             timeout: h.timeout.0,
             max_milestone_lag: h.max_milestone_lag,

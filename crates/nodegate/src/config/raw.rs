@@ -119,6 +119,8 @@ impl Default for RawLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealth {
+    /// Active probes on or off; passive ejection works either way.
+    pub active: bool,
     pub interval: Dur,
     pub timeout: Dur,
     pub max_milestone_lag: u64,
@@ -133,11 +135,12 @@ pub struct RawHealth {
 impl Default for RawHealth {
     fn default() -> Self {
         RawHealth {
+            active: true,
             interval: Dur(std::time::Duration::from_secs(5)),
             timeout: Dur(std::time::Duration::from_secs(2)),
             max_milestone_lag: 2,
             healthy_threshold: 2,
-            unhealthy_threshold: 2,
+            unhealthy_threshold: 1,
             path: "/health".into(),
             eject_after: 5,
             eject_for: Dur(std::time::Duration::from_secs(10)),

@@ -18,6 +18,7 @@ pub use conn::ConnState;
 
 use crate::balancer::{Balancer, Node};
 use crate::config::Config;
+use crate::health;
 use crate::proxy::Proxy;
 
 /// Lifecycle of the whole server, broadcast to every accept loop and connection.
@@ -47,6 +48,11 @@ impl Gateway {
         let balancer = Arc::new(Balancer::new(nodes));
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
         let (phase, _) = watch::channel(Phase::Running);
+        if config.health.active {
+            for node in balancer.nodes() {
+                health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
+            }
+        }
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let builder = Arc::new(http_builder(&config));
         let mut addrs = Vec::new();

@@ -74,6 +74,14 @@ impl NodePool {
         pool
     }
 
+    /// The node's `host:port`, for connections outside the pool (health probes).
+    pub fn address(&self) -> String {
+        match self.addr {
+            Some(addr) => addr.to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
     /// Sends `req` on an idle connection, or a new one. A reused connection that turns out closed
     /// hands the request back unsent, so trying the next one is safe for any method.
     pub async fn send(

@@ -1,0 +1,168 @@
+//! Active health checks, per node profile, pushed to the balancer by a background task per node
+//! (requests never wait for a probe).
+//!
+//! - iota-chrysalis: `GET /health` is 200, and `GET /api/v1/info` has `data.isHealthy` true and
+//!   `latestMilestoneIndex - confirmedMilestoneIndex <= max_milestone_lag`; `features` containing
+//!   "PoW" means the node can do remote PoW.
+//! - iota-stardust: the same on `/api/core/v2/info` (`status.isHealthy`,
+//!   `status.latestMilestone.index`, `status.confirmedMilestone.index`, feature "pow").
+//! - generic: `[health] path` answers 2xx.
+//!
+//! A healthy node turns unhealthy after `unhealthy_threshold` failed probes in a row (default 1:
+//! an unsynced node is out after one interval) and back after `healthy_threshold` passed probes in a
+//! row (default 2). Nodes count as healthy until their first probe, which runs at start.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::balancer::Node;
+use crate::config::{Health, Profile};
+use crate::listener::Phase;
+
+/// What a passed probe learned.
+#[derive(Debug)]
+struct Passed {
+    pow_feature: bool,
+}
+
+/// Probes `node` every interval until the gateway stops.
+pub fn spawn(node: Arc<Node>, profile: Profile, cfg: Health, mut phase: watch::Receiver<Phase>) {
+    tokio::spawn(async move {
+        let (mut passed_in_row, mut failed_in_row, mut first) = (0u32, 0u32, true);
+        loop {
+            let result = match tokio::time::timeout(cfg.timeout, probe(&node, profile, &cfg)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+            };
+            let healthy = node.status().healthy;
+            match result {
+                Ok(p) => {
+                    passed_in_row += 1;
+                    failed_in_row = 0;
+                    if first || healthy || passed_in_row >= cfg.healthy_threshold {
+                        node.set_health(true, "ok".into(), p.pow_feature);
+                    } else {
+                        node.set_health(
+                            false,
+                            format!("recovering: {passed_in_row} of {} probes passed", cfg.healthy_threshold),
+                            false,
+                        );
+                    }
+                }
+                Err(reason) => {
+                    failed_in_row += 1;
+                    passed_in_row = 0;
+                    if first || !healthy || failed_in_row >= cfg.unhealthy_threshold {
+                        node.set_health(false, reason, false);
+                    }
+                }
+            }
+            first = false;
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.interval) => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            }
+        }
+    });
+}
+
+async fn probe(node: &Node, profile: Profile, cfg: &Health) -> Result<Passed, String> {
+    match profile {
+        Profile::Generic => {
+            get(node, &cfg.path).await?;
+            Ok(Passed { pow_feature: false })
+        }
+        Profile::IotaChrysalis | Profile::IotaStardust => {
+            get(node, "/health").await?;
+            let info_path = if profile == Profile::IotaChrysalis { "/api/v1/info" } else { "/api/core/v2/info" };
+            let body = get(node, info_path).await?;
+            let info: Value = serde_json::from_slice(&body).map_err(|e| format!("{info_path}: not JSON: {e}"))?;
+            judge_info(&info, profile, cfg.max_milestone_lag).map_err(|e| format!("{info_path}: {e}"))
+        }
+    }
+}
+
+/// Reads an info document: healthy, synced within `max_lag` milestones, and whether it offers PoW.
+fn judge_info(info: &Value, profile: Profile, max_lag: u64) -> Result<Passed, String> {
+    let (healthy, latest, confirmed, features) = match profile {
+        Profile::IotaChrysalis => {
+            let d = &info["data"];
+            (&d["isHealthy"], &d["latestMilestoneIndex"], &d["confirmedMilestoneIndex"], &d["features"])
+        }
+        _ => {
+            let s = &info["status"];
+            (&s["isHealthy"], &s["latestMilestone"]["index"], &s["confirmedMilestone"]["index"], &info["features"])
+        }
+    };
+    if healthy.as_bool() != Some(true) {
+        return Err("the node reports itself unhealthy".into());
+    }
+    let (Some(latest), Some(confirmed)) = (latest.as_u64(), confirmed.as_u64()) else {
+        return Err("no milestone indexes".into());
+    };
+    let lag = latest.saturating_sub(confirmed);
+    if lag > max_lag {
+        return Err(format!("milestone lag {lag} is over max_milestone_lag {max_lag}"));
+    }
+    let pow_feature = features
+        .as_array()
+        .is_some_and(|f| f.iter().any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("pow"))));
+    Ok(Passed { pow_feature })
+}
+
+/// One GET on a fresh connection (a probe also checks that the node accepts connections);
+/// the body is capped at 1 MiB.
+async fn get(node: &Node, path: &str) -> Result<Bytes, String> {
+    let stream = TcpStream::connect(node.pool.address().as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = Request::get(format!("{}{path}", node.base_path))
+        .header(http::header::HOST, node.host.clone())
+        .header(http::header::USER_AGENT, "nodegate-health")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("{path}: {e}"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| format!("{path}: reading the answer: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{path} answered {status}"));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chrysalis_info_is_judged() {
+        let ok = json!({"data": {"isHealthy": true, "latestMilestoneIndex": 10, "confirmedMilestoneIndex": 9, "features": ["PoW"]}});
+        assert!(judge_info(&ok, Profile::IotaChrysalis, 2).unwrap().pow_feature);
+        let lagging = json!({"data": {"isHealthy": true, "latestMilestoneIndex": 10, "confirmedMilestoneIndex": 5, "features": []}});
+        assert!(judge_info(&lagging, Profile::IotaChrysalis, 2).unwrap_err().contains("lag 5"));
+        let sick = json!({"data": {"isHealthy": false, "latestMilestoneIndex": 10, "confirmedMilestoneIndex": 10}});
+        assert!(judge_info(&sick, Profile::IotaChrysalis, 2).is_err());
+        assert!(judge_info(&json!({}), Profile::IotaChrysalis, 2).is_err());
+    }
+
+    #[test]
+    fn stardust_info_is_judged() {
+        let ok = json!({"status": {"isHealthy": true, "latestMilestone": {"index": 7}, "confirmedMilestone": {"index": 7}}, "features": ["pow"]});
+        assert!(judge_info(&ok, Profile::IotaStardust, 2).unwrap().pow_feature);
+        let no_pow = json!({"status": {"isHealthy": true, "latestMilestone": {"index": 7}, "confirmedMilestone": {"index": 6}}, "features": []});
+        assert!(!judge_info(&no_pow, Profile::IotaStardust, 2).unwrap().pow_feature);
+    }
+}

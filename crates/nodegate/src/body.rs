@@ -28,16 +28,41 @@ pub struct BodyTooLarge {
 #[error("client request body: {0}")]
 pub struct ClientBodyError(#[source] pub hyper::Error);
 
-/// Streams the client's body and fails once more than `limit` bytes have passed.
+/// Streams the client's body and fails once more than `limit` bytes have passed; or a body read
+/// whole beforehand (to look inside it), which can be sent again.
 pub struct CappedBody {
-    inner: Incoming,
+    source: Source,
     seen: u64,
     limit: u64,
 }
 
+enum Source {
+    Client(Incoming),
+    Buffered(Option<Bytes>),
+}
+
 impl CappedBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        CappedBody { inner, seen: 0, limit }
+        CappedBody { source: Source::Client(inner), seen: 0, limit }
+    }
+
+    pub fn buffered(data: Bytes) -> Self {
+        let limit = data.len() as u64;
+        CappedBody { source: Source::Buffered((!data.is_empty()).then_some(data)), seen: 0, limit }
+    }
+
+    /// A copy of a buffered body, for sending again; `None` for a streamed one.
+    pub fn try_clone(&self) -> Option<Self> {
+        match &self.source {
+            Source::Buffered(d) => Some(CappedBody { source: Source::Buffered(d.clone()), seen: 0, limit: self.limit }),
+            Source::Client(_) => None,
+        }
+    }
+
+    /// Reads the whole body (still capped), for the routes whose body decides where they go.
+    pub async fn read_all(self) -> Result<Bytes, BoxError> {
+        use http_body_util::BodyExt;
+        Ok(self.collect().await?.to_bytes())
     }
 }
 
@@ -46,7 +71,11 @@ impl Body for CappedBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let inner = match &mut self.source {
+            Source::Client(inner) => inner,
+            Source::Buffered(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -59,11 +88,17 @@ impl Body for CappedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Buffered(d) => d.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Buffered(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }
 

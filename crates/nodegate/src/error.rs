@@ -32,6 +32,8 @@ pub enum GatewayError {
     MethodNotAllowed,
     #[error("no node is available")]
     NoNode,
+    #[error("remote proof of work is not offered here: send the message with its nonce")]
+    NoPowNode,
 }
 
 impl GatewayError {
@@ -44,7 +46,7 @@ impl GatewayError {
             NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => StatusCode::BAD_GATEWAY,
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            NoNode | NoPowNode => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -63,7 +65,7 @@ impl GatewayError {
 
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut resp = json_error(self.status(), &self.to_string());
-        if matches!(self, GatewayError::NoNode) {
+        if matches!(self, GatewayError::NoNode | GatewayError::NoPowNode) {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp

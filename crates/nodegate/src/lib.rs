@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod profile;
 pub mod proxy;
 pub mod upstream;
 

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::access_log::{AccessRecord, RequestGuard};
-use crate::balancer::{Balancer, Node, Passive};
+use crate::balancer::{Balancer, InFlight, Node, Passive};
 use crate::body::{CappedBody, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
-use crate::upstream;
+use crate::profile;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
+use crate::upstream::{self, Lease};
 
 pub struct Proxy {
     config: Arc<Config>,
@@ -82,15 +83,11 @@ impl Proxy {
         let Some(path_and_query) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
             return Err((GatewayError::BadRequest("the request target must be a path"), None));
         };
-        if let Some(len) = content_length(&req)? {
-            if len > g.max_body {
-                return Err((GatewayError::BodyTooLarge { limit: g.max_body }, None));
-            }
+        if let Some(len) = content_length(&req)?
+            && len > g.max_body
+        {
+            return Err((GatewayError::BodyTooLarge { limit: g.max_body }, None));
         }
-
-        let node = self.balancer.pick(false, None).ok_or((GatewayError::NoNode, None))?.clone();
-        let name = node.name.clone();
-        let fail = |e: GatewayError| (e, Some(name.clone()));
 
         let websocket = req.version() <= Version::HTTP_11 && hdr::wants_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -102,16 +99,23 @@ impl Proxy {
             .or_else(|| req.headers().get(header::HOST).cloned());
 
         let (parts, body) = req.into_parts();
-        let mut up = Request::new(CappedBody::new(body, g.max_body));
+        let mut body = CappedBody::new(body, g.max_body);
+        // A submission's body decides whether it asks for remote PoW, so it is read before a node
+        // is chosen (it is capped by max_body); read whole, it can also be resent.
+        let mut need_pow = false;
+        if profile::is_submission(g.profile, &parts.method, path_and_query.path()) {
+            let data = body.read_all().await.map_err(|e| (upstream::classify_body(&*e), None))?;
+            need_pow = profile::needs_pow(parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), &data);
+            body = CappedBody::buffered(data);
+        }
+
+        let mut up = Request::new(body);
         *up.method_mut() = parts.method;
         *up.version_mut() = Version::HTTP_11;
-        *up.uri_mut() = node_uri(&node, path_and_query)
-            .map_err(|_| fail(GatewayError::BadRequest("the request target is not valid")))?;
+        *up.uri_mut() = Uri::from(path_and_query);
         let headers = up.headers_mut();
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
-        // The node gets its own authority as Host; the client's goes in X-Forwarded-Host.
-        headers.insert(header::HOST, node.host.clone());
         headers.remove(header::EXPECT);
         if websocket {
             hdr::set_websocket_upgrade(headers);
@@ -119,29 +123,46 @@ impl Proxy {
         hdr::set_forwarded(headers, &conn.forwarding, original_host);
         headers.insert(&X_REQUEST_ID, request_id);
 
-        let timeout = self.config.upstream.response_timeout;
-        let in_flight = node.start();
-        let (mut resp, lease) = match tokio::time::timeout(timeout, node.pool.send(up)).await {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => {
-                tracing::debug!(node = %name, error = ?e, "upstream request failed");
-                let err = upstream::classify(&e, &name, &self.config.upstream);
-                if err.is_node_fault() {
-                    node.failure(&self.passive);
+        let no_node = || if need_pow { GatewayError::NoPowNode } else { GatewayError::NoNode };
+        let node = self.balancer.pick(need_pow, None).ok_or_else(|| (no_node(), None))?.clone();
+        // An idempotent request with no body can be rebuilt for a retry if its connection breaks
+        // before any answer; copying its head is only worth it when there is another node to try.
+        let idempotent = matches!(*up.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let copy = (idempotent && up.body().is_end_stream() && self.balancer.nodes().len() > 1 && !websocket)
+            .then(|| (up.method().clone(), up.uri().clone(), up.headers().clone()));
+
+        let (mut resp, lease, in_flight, node) = match self.send(&node, up).await {
+            Ok((resp, lease, in_flight)) => (resp, lease, in_flight, node),
+            Err((err, unsent)) => {
+                // Retry once on another node: a request that never left (no connection), or an
+                // idempotent one whose connection broke before any answer. A POST that may have
+                // reached a node is never resent: a message must not be submitted twice.
+                let again = match unsent {
+                    Some(req) => Some(req),
+                    None if matches!(err, GatewayError::NodeReset { .. }) => copy.map(|(method, uri, headers)| {
+                        let mut req = Request::new(CappedBody::buffered(bytes::Bytes::new()));
+                        *req.method_mut() = method;
+                        *req.uri_mut() = uri;
+                        *req.headers_mut() = headers;
+                        req
+                    }),
+                    None => None,
+                };
+                let other = self.balancer.pick(need_pow, Some(&node)).cloned();
+                match (again, other) {
+                    (Some(req), Some(other)) => {
+                        tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
+                        match self.send(&other, req).await {
+                            Ok((resp, lease, in_flight)) => (resp, lease, in_flight, other),
+                            Err((err, _)) => return Err((err, Some(other.name.clone()))),
+                        }
+                    }
+                    _ => return Err((err, Some(node.name.clone()))),
                 }
-                return Err(fail(err));
-            }
-            Err(_) => {
-                node.failure(&self.passive);
-                return Err(fail(GatewayError::NodeResponseTimeout { node: name.to_string(), timeout }));
             }
         };
-        in_flight.answered();
-        if resp.status().is_server_error() {
-            node.failure(&self.passive);
-        } else {
-            node.success();
-        }
+        let name = node.name.clone();
+        let fail = |e: GatewayError| (e, Some(name.clone()));
 
         let mut lease = Some(lease);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -170,16 +191,54 @@ impl Proxy {
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }
+
+    /// One exchange with one node, reported to the balancer. On failure, the request comes back if
+    /// it never left the gateway.
+    async fn send(
+        &self,
+        node: &Arc<Node>,
+        mut req: Request<CappedBody>,
+    ) -> Result<(Response<Incoming>, Lease, InFlight), (GatewayError, Option<Request<CappedBody>>)> {
+        let base = Uri::from(req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        *req.uri_mut() =
+            node_uri(node, base).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
+        // The node gets its own authority as Host; the client's went into X-Forwarded-Host.
+        req.headers_mut().insert(header::HOST, node.host.clone());
+        let timeout = self.config.upstream.response_timeout;
+        let in_flight = node.start();
+        match tokio::time::timeout(timeout, node.pool.send(req)).await {
+            Ok(Ok((resp, lease))) => {
+                in_flight.answered();
+                if resp.status().is_server_error() {
+                    node.failure(&self.passive);
+                } else {
+                    node.success();
+                }
+                Ok((resp, lease, in_flight))
+            }
+            Ok(Err((e, unsent))) => {
+                tracing::debug!(node = %node.name, error = ?e, "upstream request failed");
+                let err = upstream::classify(&e, &node.name, &self.config.upstream);
+                if err.is_node_fault() {
+                    node.failure(&self.passive);
+                }
+                Err((err, unsent))
+            }
+            Err(_) => {
+                node.failure(&self.passive);
+                Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
+            }
+        }
+    }
 }
 
 /// The origin-form target a node is sent: its base path, then the client's path and query.
-fn node_uri(node: &Node, pq: PathAndQuery) -> Result<Uri, http::Error> {
-    let pq = if node.base_path.is_empty() {
-        pq
-    } else {
-        PathAndQuery::try_from(format!("{}{}", node.base_path, pq.as_str()))?
-    };
-    Ok(Uri::from(pq))
+fn node_uri(node: &Node, target: Uri) -> Result<Uri, http::Error> {
+    if node.base_path.is_empty() {
+        return Ok(target);
+    }
+    let pq = target.path_and_query().map_or("/", |p| p.as_str());
+    Ok(Uri::from(PathAndQuery::try_from(format!("{}{pq}", node.base_path))?))
 }
 
 /// Bytes of the request head as sent: request line plus `name: value\r\n` for each header.

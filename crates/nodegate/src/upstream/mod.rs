@@ -37,6 +37,14 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
     GatewayError::NodeReset { node: node.into() }
 }
 
+/// Maps a failure reading the client's body (before any node was involved).
+pub fn classify_body(err: &(dyn StdError + 'static)) -> GatewayError {
+    match find_source::<BodyTooLarge>(err) {
+        Some(e) => GatewayError::BodyTooLarge { limit: e.limit },
+        None => GatewayError::ClientBodyAborted,
+    }
+}
+
 fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {

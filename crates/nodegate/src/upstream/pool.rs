@@ -83,11 +83,12 @@ impl NodePool {
     }
 
     /// Sends `req` on an idle connection, or a new one. A reused connection that turns out closed
-    /// hands the request back unsent, so trying the next one is safe for any method.
+    /// hands the request back unsent, so trying the next one is safe for any method. When no
+    /// connection could be made the request comes back with the error: it never left.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<CappedBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<Incoming>, Lease), (SendError, Option<Request<CappedBody>>)> {
         while let Some(mut sender) = self.take() {
             if !sender.is_ready() {
                 // Released just as its last response ended; hyper marks it ready a moment later.
@@ -100,14 +101,17 @@ impl NodePool {
                 Ok(resp) => return Ok((resp, Lease { sender, pool: self.clone() })),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Sent(e.into_error())),
+                    None => return Err((SendError::Sent(e.into_error()), None)),
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return Err((e, Some(req))),
+        };
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, Lease { sender, pool: self.clone() })),
-            Err(e) => Err(SendError::Sent(e)),
+            Err(e) => Err((SendError::Sent(e), None)),
         }
     }
 

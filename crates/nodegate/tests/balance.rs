@@ -1,0 +1,204 @@
+//! End-to-end: balancing over three real testnodes by spare capacity, health, retries, PoW routing.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use testnode::{Options, TestNode};
+
+/// A gateway over `nodes`, each `(url, weight, pow)`, with fast probes.
+async fn gateway_over(nodes: &[(String, u32, bool)], health: &str) -> nodegate::Gateway {
+    let mut toml = String::from("[gateway]\nlisten = [\"127.0.0.1:0\"]\n");
+    for (i, (url, weight, pow)) in nodes.iter().enumerate() {
+        toml.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{url}\"\nweight = {weight}\npow = {pow}\n"));
+    }
+    toml.push_str(&format!("\n[health]\ninterval = \"100ms\"\n{health}\n\n[log]\naccess = false\n"));
+    nodegate::Gateway::start(nodegate::Config::parse(&toml, "balance.toml").unwrap()).await.unwrap()
+}
+
+/// Sends `total` GETs from `concurrency` clients; returns how many were not 200.
+async fn load(gw: std::net::SocketAddr, path: &'static str, total: usize, concurrency: usize) -> usize {
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (failures, next) = (failures.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while next.fetch_add(1, Relaxed) < total {
+                let r = send(&c, Method::GET, format!("http://{gw}{path}"), &[], Bytes::new()).await;
+                if r.status != 200 {
+                    failures.fetch_add(1, Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    failures.load(Relaxed)
+}
+
+/// Waits until each node has been probed `rounds` more times (a probe round is two requests).
+async fn probed(nodes: &[&TestNode], rounds: u64) {
+    let start: Vec<u64> = nodes.iter().map(|n| n.state().probes.load(Relaxed)).collect();
+    eventually(async || nodes.iter().zip(&start).all(|(n, s)| n.state().probes.load(Relaxed) >= s + 2 * rounds)).await;
+}
+
+fn served(nodes: &[&TestNode]) -> Vec<u64> {
+    nodes.iter().map(|n| n.state().requests.load(Relaxed)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shifts_away_from_a_slowed_node() {
+    let a = node().await;
+    let b = node().await;
+    let slow = node().await;
+    let gw = gateway_over(&[(a.url(), 1, false), (b.url(), 1, false), (slow.url(), 1, false)], "").await;
+    load(addr(&gw), "/api/v1/info", 100, 4).await;
+    // The third node becomes busy: every answer now takes 50 ms instead of well under one.
+    slow.state().delay_ms.store(50, Relaxed);
+    for n in [&a, &b, &slow] {
+        n.state().requests.store(0, Relaxed);
+    }
+    assert_eq!(load(addr(&gw), "/api/v1/info", 1500, 8).await, 0);
+    let s = served(&[&a, &b, &slow]);
+    let share = s[2] as f64 / s.iter().sum::<u64>() as f64;
+    eprintln!("served {s:?}; slowed node's share {:.1}%", share * 100.0);
+    // An even spread would give it a third.
+    assert!(share < 0.05, "slowed node got {:.1}% of requests: {s:?}", share * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_node_gets_nothing_after_one_interval_and_comes_back_when_synced() {
+    let a = node().await;
+    let b = node().await;
+    let c = node().await;
+    let gw = gateway_over(&[(a.url(), 1, false), (b.url(), 1, false), (c.url(), 1, false)], "").await;
+    probed(&[&c], 1).await;
+    c.state().synced.store(false, Relaxed);
+    // One probe round after the change, the node is out.
+    probed(&[&c], 1).await;
+    c.state().requests.store(0, Relaxed);
+    assert_eq!(load(addr(&gw), "/api/v1/info", 300, 4).await, 0);
+    assert_eq!(c.state().requests.load(Relaxed), 0, "an unsynced node was sent requests");
+    // Synced again: back after two passed probes.
+    c.state().synced.store(true, Relaxed);
+    probed(&[&c], 2).await;
+    assert_eq!(load(addr(&gw), "/api/v1/info", 300, 4).await, 0);
+    assert!(c.state().requests.load(Relaxed) > 0, "a synced node did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_steady_load_fails_no_client_request() {
+    let a = node().await;
+    let b = node().await;
+    let victim = node().await;
+    // Each answer takes a little while, so requests are in flight on the victim when it dies.
+    for n in [&a, &b, &victim] {
+        n.state().delay_ms.store(5, Relaxed);
+    }
+    let gw = gateway_over(&[(a.url(), 1, false), (b.url(), 1, false), (victim.url(), 1, false)], "").await;
+    let g = addr(&gw);
+    let running = tokio::spawn(async move { load(g, "/api/v1/info", 2000, 8).await });
+    eventually(async || victim.state().requests.load(Relaxed) > 50).await;
+    victim.kill().await;
+    assert_eq!(running.await.unwrap(), 0, "client requests failed when a node died");
+    assert!(a.state().requests.load(Relaxed) + b.state().requests.load(Relaxed) > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_resent_when_its_node_dies_mid_request() {
+    // Two nodes doing slow remote PoW; the submission dies with the node that took it.
+    let opts = || Options { pow: true, pow_difficulty: 18, ..Default::default() };
+    let a = TestNode::start("127.0.0.1:0".parse().unwrap(), opts()).await.unwrap();
+    let b = TestNode::start("127.0.0.1:0".parse().unwrap(), opts()).await.unwrap();
+    let gw = gateway_over(&[(a.url(), 1, true), (b.url(), 1, true)], "").await;
+    probed(&[&a, &b], 1).await;
+    let g = addr(&gw);
+    let post = tokio::spawn(async move {
+        send(
+            &client(),
+            Method::POST,
+            format!("http://{g}/api/v1/messages"),
+            &[("content-type", "application/json")],
+            r#"{"payload":null}"#,
+        )
+        .await
+    });
+    eventually(async || a.state().requests.load(Relaxed) + b.state().requests.load(Relaxed) == 1).await;
+    let (taker, other) = if a.state().requests.load(Relaxed) == 1 { (a, b) } else { (b, a) };
+    taker.kill().await;
+    let r = post.await.unwrap();
+    r.assert_gateway_error(502);
+    assert_eq!(other.state().requests.load(Relaxed), 0, "the POST was resent to the other node");
+    assert_eq!(other.state().submissions.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_pow_requests_reach_only_nodes_that_may_and_can_do_it() {
+    let pow = |on| Options { pow: on, pow_difficulty: 8, ..Default::default() };
+    let allowed = TestNode::start("127.0.0.1:0".parse().unwrap(), pow(true)).await.unwrap();
+    // Can do PoW, but the operator did not allow it here.
+    let not_allowed = TestNode::start("127.0.0.1:0".parse().unwrap(), pow(true)).await.unwrap();
+    // Allowed by the operator, but the node does not offer it.
+    let cannot = TestNode::start("127.0.0.1:0".parse().unwrap(), pow(false)).await.unwrap();
+    let gw =
+        gateway_over(&[(allowed.url(), 1, true), (not_allowed.url(), 1, false), (cannot.url(), 1, true)], "").await;
+    probed(&[&allowed, &not_allowed, &cannot], 1).await;
+    let c = client();
+    let url = format!("http://{}/api/v1/messages", addr(&gw));
+    let json = [("content-type", "application/json")];
+    for _ in 0..30 {
+        let r = send(&c, Method::POST, url.clone(), &json, r#"{"payload":null}"#).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    assert_eq!(allowed.state().pow_jobs.load(Relaxed), 30);
+    assert_eq!(not_allowed.state().submissions.load(Relaxed) + cannot.state().submissions.load(Relaxed), 0);
+    // Messages that carry their nonce go anywhere.
+    for _ in 0..60 {
+        let r = send(&c, Method::POST, url.clone(), &json, r#"{"payload":null,"nonce":"42"}"#).await;
+        assert_eq!(r.status, 201);
+    }
+    assert!(not_allowed.state().submissions.load(Relaxed) + cannot.state().submissions.load(Relaxed) > 0);
+    // Without a node that may and can, remote PoW is refused with a reason, not sent anywhere.
+    allowed.state().pow.store(false, Relaxed);
+    probed(&[&allowed], 1).await;
+    let r = send(&c, Method::POST, url, &json, r#"{"payload":null}"#).await;
+    r.assert_gateway_error(503);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("remote proof of work"));
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_are_honoured_within_ten_percent_on_equal_nodes() {
+    let nodes = [node().await, node().await, node().await];
+    // Equal nodes that each take 5 ms, under 16 concurrent clients: requests are in flight on
+    // every node, which is when weights decide the shares.
+    for n in &nodes {
+        n.state().delay_ms.store(5, Relaxed);
+    }
+    let weights = [1u32, 2, 3];
+    let spec: Vec<_> = nodes.iter().zip(weights).map(|(n, w)| (n.url(), w, false)).collect();
+    let gw = gateway_over(&spec, "").await;
+    load(addr(&gw), "/api/v1/info", 200, 16).await;
+    for n in &nodes {
+        n.state().requests.store(0, Relaxed);
+    }
+    assert_eq!(load(addr(&gw), "/api/v1/info", 3000, 32).await, 0);
+    let s = served(&[&nodes[0], &nodes[1], &nodes[2]]);
+    let total: u64 = s.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        let share = s[i] as f64 / total as f64;
+        let want = f64::from(*w) / 6.0;
+        assert!(
+            (share - want).abs() <= want * 0.1,
+            "node {i} (weight {w}): {share:.3} of requests, want {want:.3}; {s:?}"
+        );
+    }
+}

@@ -201,3 +201,41 @@ async fn weights_are_honoured_within_ten_percent_on_equal_nodes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_status_shows_each_node() {
+    let a = node().await;
+    let b = node().await;
+    let mut toml = String::from("[gateway]\nlisten = [\"127.0.0.1:0\"]\n");
+    for (i, n) in [&a, &b].iter().enumerate() {
+        toml.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{}\"\nweight = {}\n", n.url(), i + 1));
+    }
+    toml.push_str("\n[health]\ninterval = \"100ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\naccess = false\n");
+    let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "admin.toml").unwrap()).await.unwrap();
+    let admin = gw.admin_addr().expect("admin listener");
+    load(addr(&gw), "/api/v1/info", 50, 2).await;
+    b.state().synced.store(false, Relaxed);
+    probed(&[&b], 1).await;
+    let status = get(admin, "/status").await;
+    assert_eq!(status.status, 200);
+    let j = status.json();
+    assert_eq!(j["available"], 1);
+    let nodes = j["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0]["name"], "n0");
+    assert_eq!(nodes[0]["healthy"], true);
+    assert_eq!(nodes[1]["healthy"], false);
+    // An unsynced node fails /health first (503, as Hornet does), before its info route is read.
+    assert!(nodes[1]["reason"].as_str().unwrap().contains("/health answered 503"), "{}", nodes[1]);
+    assert_eq!(nodes[1]["weight"], 2);
+    let requests: u64 = nodes.iter().map(|n| n["requests"].as_u64().unwrap()).sum();
+    assert_eq!(requests, 50);
+    for n in nodes {
+        for key in ["in_flight", "latency_ms", "ejections", "url", "pow_feature"] {
+            assert!(!n[key].is_null(), "{key} missing: {n}");
+        }
+    }
+    // The admin routes are the admin listener's alone.
+    assert_eq!(get(addr(&gw), "/status").await.json()["error"]["code"], "404");
+    assert_eq!(get(admin, "/nope").await.status, 404);
+}

@@ -18,8 +18,8 @@ pub use conn::ConnState;
 
 use crate::balancer::{Balancer, Node};
 use crate::config::Config;
-use crate::health;
 use crate::proxy::Proxy;
+use crate::{admin, health};
 
 /// Lifecycle of the whole server, broadcast to every accept loop and connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,7 @@ pub enum Phase {
 /// A started gateway.
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
     phase: watch::Sender<Phase>,
     /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
     alive: mpsc::Receiver<()>,
@@ -53,6 +54,10 @@ impl Gateway {
                 health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
             }
         }
+        let admin = match config.admin {
+            Some(addr) => Some(admin::start(addr, balancer.clone(), phase.subscribe()).await?),
+            None => None,
+        };
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let builder = Arc::new(http_builder(&config));
         let mut addrs = Vec::new();
@@ -64,12 +69,17 @@ impl Gateway {
             tracing::info!(%local, "listening");
             tokio::spawn(accept_loop(listener, proxy.clone(), builder.clone(), phase.subscribe(), alive_tx.clone()));
         }
-        Ok(Gateway { addrs, phase, alive, drain_timeout: config.gateway.drain_timeout })
+        Ok(Gateway { addrs, admin, phase, alive, drain_timeout: config.gateway.drain_timeout })
     }
 
     /// The bound addresses, in the order of `[gateway] listen` (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then closes

@@ -51,8 +51,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             };
             logging::init(&config.log);
             let workers = config.gateway.workers;
-            runtime(workers).block_on(run(config))
+            runtime(workers).block_on(run(config, path))
         }
         Command::Demo { listen, seconds } => {
             logging::init(&nodegate::config::Log { format: Default::default(), access: true, level: "info".into() });
@@ -85,7 +85,7 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     b.enable_all().build().expect("cannot start the tokio runtime")
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf) -> ExitCode {
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -97,7 +97,19 @@ async fn run(config: Config) -> ExitCode {
     for addr in gateway.local_addrs() {
         println!("nodegate listening on {addr}");
     }
-    wait_for_stop_signal().await;
+    // SIGHUP reloads the config file; a broken file keeps the running config and says why.
+    let mut reloads = reload_signals();
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = reloads.recv() => match Config::load(&path) {
+                Ok(new) => gateway.reload(&new),
+                Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
+            },
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         _ = gateway.shutdown() => ExitCode::SUCCESS,
@@ -129,26 +141,37 @@ async fn run_demo(listen: SocketAddr, seconds: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM or SIGINT. SIGHUP (config reload) is not built yet: it is logged and ignored rather than
-/// left to its default action, which would kill the gateway.
+/// SIGTERM or SIGINT.
 async fn wait_for_stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                _ = hup.recv() => tracing::warn!("SIGHUP: config reload is not supported yet; ignoring"),
-            }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGHUPs, as a channel. Registered once at start, so a SIGHUP never falls to its default
+/// action, which would kill the gateway.
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }

@@ -124,7 +124,7 @@ impl Proxy {
         headers.insert(&X_REQUEST_ID, request_id);
 
         let no_node = || if need_pow { GatewayError::NoPowNode } else { GatewayError::NoNode };
-        let node = self.balancer.pick(need_pow, None).ok_or_else(|| (no_node(), None))?.clone();
+        let node = self.balancer.pick(need_pow, None).ok_or_else(|| (no_node(), None))?;
         // An idempotent request with no body can be rebuilt for a retry if its connection breaks
         // before any answer; copying its head is only worth it when there is another node to try.
         let idempotent = matches!(*up.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -148,7 +148,7 @@ impl Proxy {
                     }),
                     None => None,
                 };
-                let other = self.balancer.pick(need_pow, Some(&node)).cloned();
+                let other = self.balancer.pick(need_pow, Some(&node));
                 match (again, other) {
                     (Some(req), Some(other)) => {
                         tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");

@@ -239,3 +239,40 @@ async fn the_admin_status_shows_each_node() {
     assert_eq!(get(addr(&gw), "/status").await.json()["error"]["code"], "404");
     assert_eq!(get(admin, "/nope").await.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_added_removed_and_reweighted_on_reload_without_failed_requests() {
+    let a = node().await;
+    let b = node().await;
+    let c = node().await;
+    for n in [&a, &b, &c] {
+        n.state().delay_ms.store(2, Relaxed);
+    }
+    let config = |nodes: &[(&TestNode, &str, u32)]| {
+        let mut toml = String::from("[gateway]\nlisten = [\"127.0.0.1:0\"]\n");
+        for (n, name, w) in nodes {
+            toml.push_str(&format!("\n[[node]]\nname = \"{name}\"\nurl = \"{}\"\nweight = {w}\n", n.url()));
+        }
+        toml.push_str(
+            "\n[health]\ninterval = \"100ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\naccess = false\n",
+        );
+        nodegate::Config::parse(&toml, "reload.toml").unwrap()
+    };
+    let gw = nodegate::Gateway::start(config(&[(&a, "a", 1), (&b, "b", 1)])).await.unwrap();
+    let g = addr(&gw);
+    let running = tokio::spawn(async move { load(g, "/api/v1/info", 1500, 8).await });
+    eventually(async || a.state().requests.load(Relaxed) > 100).await;
+    gw.reload(&config(&[(&b, "b", 3), (&c, "c", 1)]));
+    assert_eq!(running.await.unwrap(), 0, "requests failed across the reload");
+
+    let before_a = a.state().requests.load(Relaxed);
+    assert_eq!(load(g, "/api/v1/info", 300, 4).await, 0);
+    assert_eq!(a.state().requests.load(Relaxed), before_a, "a removed node was sent requests");
+    assert!(c.state().requests.load(Relaxed) > 0, "an added node got no requests");
+    let status = get(gw.admin_addr().unwrap(), "/status").await.json();
+    let names: Vec<&str> = status["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(status["nodes"][0]["weight"], 3);
+    // b kept its state across the reload: its request count did not start again.
+    assert!(status["nodes"][0]["requests"].as_u64().unwrap() > 300);
+}

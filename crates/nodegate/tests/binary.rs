@@ -124,7 +124,10 @@ impl Drop for Running {
 
 impl Running {
     fn start(name: &str, config: &str) -> Running {
-        let p = temp_file(name, config);
+        Running::start_path(&temp_file(name, config))
+    }
+
+    fn start_path(p: &std::path::Path) -> Running {
         let mut child =
             nodegate().args(["run", "--config"]).arg(&p).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -316,4 +319,34 @@ async fn a_quiet_log_level_does_not_silence_the_access_log() {
     let gw = Running::start("log-quiet.toml", &config_text(&[n.url()], "\n[log]\nlevel = \"warn\""));
     get(gw.addr, "/api/v1/info").await;
     assert!(gw.log_lines_until(|l| l.contains("nodegate::access")).is_some(), "access log silenced by level = warn");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
+    let a = node().await;
+    let b = node().await;
+    let path = temp_file("sighup.toml", "");
+    let write = |urls: &[String]| std::fs::write(&path, config_text(urls, "")).unwrap();
+    write(&[a.url()]);
+    let gw = Running::start_path(&path);
+    assert_eq!(get(gw.addr, "/api/v1/info").await.status, 200);
+    let pid = gw.child.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+
+    // A broken file: refused, the running config stays.
+    std::fs::write(&path, "[[node]]\nname = \"x\"\n").unwrap();
+    hup();
+    assert!(gw.log_lines_until(|l| l.contains("reload refused")).is_some(), "no refusal logged");
+    assert_eq!(get(gw.addr, "/api/v1/info").await.status, 200);
+
+    // Now node a is replaced by node b.
+    write(&[b.url()]);
+    hup();
+    assert!(gw.log_lines_until(|l| l.contains("nodes reloaded")).is_some());
+    let before = a.state().requests.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/api/v1/info").await.status, 200);
+    }
+    assert_eq!(a.state().requests.load(std::sync::atomic::Ordering::Relaxed), before);
+    assert_eq!(b.state().requests.load(std::sync::atomic::Ordering::Relaxed), 20);
 }

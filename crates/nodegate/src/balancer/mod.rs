@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -46,9 +47,12 @@ pub struct Node {
     pub host: HeaderValue,
     pub base_path: String,
     pub pool: Arc<NodePool>,
-    pub weight: u32,
+    /// Weight and `pow` can change on reload without losing the node's state.
+    weight: AtomicU32,
     /// The operator allows remote PoW on this node (`pow = true`).
-    pub pow_allowed: bool,
+    pow_allowed: AtomicBool,
+    /// Removed by a reload: its probes stop; requests already on it finish.
+    retired: AtomicBool,
     healthy: AtomicBool,
     /// The node reports the PoW feature (from its info route).
     pow_feature: AtomicBool,
@@ -100,8 +104,9 @@ impl Node {
             host: HeaderValue::from_str(n.authority.as_str()).expect("an authority is a valid header value"),
             base_path: n.base_path.clone(),
             pool: NodePool::new(n.authority.host(), n.authority.port_u16().unwrap_or(80), upstream),
-            weight: n.weight,
-            pow_allowed: n.pow,
+            weight: AtomicU32::new(n.weight),
+            pow_allowed: AtomicBool::new(n.pow),
+            retired: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             pow_feature: AtomicBool::new(false),
             reason: Mutex::new("not probed yet".into()),
@@ -117,13 +122,21 @@ impl Node {
 
     fn cost(&self, now: Instant) -> f64 {
         let latency = self.latency.lock().unwrap_or_else(|e| e.into_inner()).decayed(now).max(LATENCY_FLOOR_NS);
-        latency * (f64::from(self.in_flight.load(Relaxed)) / f64::from(self.weight) + 1.0)
+        latency * (f64::from(self.in_flight.load(Relaxed)) / f64::from(self.weight()) + 1.0)
     }
 
     fn available(&self, now: Instant, need_pow: bool) -> bool {
         self.healthy.load(Relaxed)
-            && (!need_pow || (self.pow_allowed && self.pow_feature.load(Relaxed)))
+            && (!need_pow || (self.pow_allowed.load(Relaxed) && self.pow_feature.load(Relaxed)))
             && self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|until| now >= until)
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -196,8 +209,8 @@ impl Node {
             reason: self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             in_flight: self.in_flight.load(Relaxed),
             latency_ms: self.latency.lock().unwrap_or_else(|e| e.into_inner()).decayed(now) / 1e6,
-            weight: self.weight,
-            pow_allowed: self.pow_allowed,
+            weight: self.weight(),
+            pow_allowed: self.pow_allowed.load(Relaxed),
             pow_feature: self.pow_feature.load(Relaxed),
             requests: self.requests.load(Relaxed),
             ejections: self.ejections.load(Relaxed),
@@ -232,63 +245,103 @@ pub struct Passive {
     pub eject_for: Duration,
 }
 
-/// The configured nodes.
+/// The configured nodes; replaced whole on reload while requests read it without locking.
 pub struct Balancer {
-    nodes: Vec<Arc<Node>>,
+    nodes: ArcSwap<Vec<Arc<Node>>>,
+}
+
+/// What a reload changed.
+#[derive(Default)]
+pub struct Reloaded {
+    pub added: Vec<Arc<Node>>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
 }
 
 impl Balancer {
     pub fn new(nodes: Vec<Arc<Node>>) -> Balancer {
-        Balancer { nodes }
+        Balancer { nodes: ArcSwap::from_pointee(nodes) }
     }
 
-    pub fn nodes(&self) -> &[Arc<Node>] {
-        &self.nodes
+    pub fn nodes(&self) -> Arc<Vec<Arc<Node>>> {
+        self.nodes.load_full()
+    }
+
+    /// Takes a new node list: a node with the same name and URL keeps its state (health, latency,
+    /// pooled connections) and takes the new weight and `pow`; others are added or retired.
+    /// Requests in flight on a retired node finish normally.
+    pub fn reload(&self, configs: &[config::Node], upstream: &Upstream) -> Reloaded {
+        let old = self.nodes.load_full();
+        let mut next = Vec::with_capacity(configs.len());
+        let mut changes = Reloaded::default();
+        for c in configs {
+            let url = format!("{}://{}{}", c.scheme, c.authority, c.base_path);
+            match old.iter().find(|n| *n.name == *c.name && n.url == url) {
+                Some(n) => {
+                    n.weight.store(c.weight, Relaxed);
+                    n.pow_allowed.store(c.pow, Relaxed);
+                    changes.kept.push(c.name.clone());
+                    next.push(n.clone());
+                }
+                None => {
+                    let n = Node::new(c, upstream);
+                    changes.added.push(n.clone());
+                    next.push(n);
+                }
+            }
+        }
+        for n in old.iter().filter(|n| !next.iter().any(|m| Arc::ptr_eq(m, n))) {
+            n.retired.store(true, Relaxed);
+            changes.removed.push(n.name.to_string());
+        }
+        self.nodes.store(Arc::new(next));
+        changes
     }
 
     /// Picks the cheaper of two available nodes drawn at random in proportion to their weights,
     /// never one in `exclude` (a node a retry already failed on). `None` when none is available.
     ///
-    /// Drawing by weight, as well as dividing the cost by it, is what makes shares follow weights:
-    /// with uniform draws a heavy node is not even a candidate often enough (measured: 18/37/45%
-    /// for weights 1:2:3).
-    pub fn pick(&self, need_pow: bool, exclude: Option<&Node>) -> Option<&Arc<Node>> {
+    /// Drawing by weight, as well as weighing the load, is what makes shares follow weights: with
+    /// uniform draws a heavy node is not even a candidate often enough (measured: 18/37/45% for
+    /// weights 1:2:3).
+    pub fn pick(&self, need_pow: bool, exclude: Option<&Node>) -> Option<Arc<Node>> {
         let now = Instant::now();
+        let nodes = self.nodes.load();
         let ok = |n: &&Arc<Node>| n.available(now, need_pow) && !exclude.is_some_and(|x| std::ptr::eq(x, &***n));
-        let total: u64 = self.nodes.iter().filter(ok).map(|n| u64::from(n.weight)).sum();
+        let total: u64 = nodes.iter().filter(ok).map(|n| u64::from(n.weight())).sum();
         if total == 0 {
             return None;
         }
-        let x = self.draw(total, None, &ok)?;
-        let rest = total - u64::from(x.weight);
+        let x = draw(&nodes, total, None, &ok)?;
+        let rest = total - u64::from(x.weight());
         if rest == 0 {
-            return Some(x);
+            return Some(x.clone());
         }
-        let y = self.draw(rest, Some(x), &ok)?;
+        let y = draw(&nodes, rest, Some(x), &ok)?;
         // `x` was drawn first: it wins ties, so equal nodes are picked in proportion to weight.
-        Some(if y.cost(now) < x.cost(now) { y } else { x })
+        Some(if y.cost(now) < x.cost(now) { y.clone() } else { x.clone() })
     }
+}
 
-    /// One available node drawn with probability weight / `total`, skipping `skip`.
-    fn draw<'a>(
-        &'a self,
-        total: u64,
-        skip: Option<&Arc<Node>>,
-        ok: &impl Fn(&&Arc<Node>) -> bool,
-    ) -> Option<&'a Arc<Node>> {
-        let mut ticket = fastrand::u64(..total);
-        for n in self.nodes.iter().filter(ok) {
-            if skip.is_some_and(|s| Arc::ptr_eq(s, n)) {
-                continue;
-            }
-            let w = u64::from(n.weight);
-            if ticket < w {
-                return Some(n);
-            }
-            ticket -= w;
+/// One available node drawn with probability weight / `total`, skipping `skip`.
+fn draw<'a>(
+    nodes: &'a [Arc<Node>],
+    total: u64,
+    skip: Option<&Arc<Node>>,
+    ok: &impl Fn(&&Arc<Node>) -> bool,
+) -> Option<&'a Arc<Node>> {
+    let mut ticket = fastrand::u64(..total);
+    for n in nodes.iter().filter(ok) {
+        if skip.is_some_and(|s| Arc::ptr_eq(s, n)) {
+            continue;
         }
-        None
+        let w = u64::from(n.weight());
+        if ticket < w {
+            return Some(n);
+        }
+        ticket -= w;
     }
+    None
 }
 
 #[cfg(test)]

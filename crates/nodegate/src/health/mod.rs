@@ -32,11 +32,11 @@ struct Passed {
     pow_feature: bool,
 }
 
-/// Probes `node` every interval until the gateway stops.
+/// Probes `node` every interval until the gateway stops or a reload removes the node.
 pub fn spawn(node: Arc<Node>, profile: Profile, cfg: Health, mut phase: watch::Receiver<Phase>) {
     tokio::spawn(async move {
         let (mut passed_in_row, mut failed_in_row, mut first) = (0u32, 0u32, true);
-        loop {
+        while !node.is_retired() {
             let result = match tokio::time::timeout(cfg.timeout, probe(&node, profile, &cfg)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),

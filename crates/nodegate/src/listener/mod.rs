@@ -35,6 +35,8 @@ pub enum Phase {
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    config: Arc<Config>,
+    balancer: Arc<Balancer>,
     phase: watch::Sender<Phase>,
     /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
     alive: mpsc::Receiver<()>,
@@ -50,7 +52,7 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {
-            for node in balancer.nodes() {
+            for node in balancer.nodes().iter() {
                 health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
             }
         }
@@ -69,12 +71,41 @@ impl Gateway {
             tracing::info!(%local, "listening");
             tokio::spawn(accept_loop(listener, proxy.clone(), builder.clone(), phase.subscribe(), alive_tx.clone()));
         }
-        Ok(Gateway { addrs, admin, phase, alive, drain_timeout: config.gateway.drain_timeout })
+        let drain_timeout = config.gateway.drain_timeout;
+        Ok(Gateway { addrs, admin, config, balancer, phase, alive, drain_timeout })
     }
 
     /// The bound addresses, in the order of `[gateway] listen` (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Applies a new config's `[[node]]` list without dropping anything in flight: nodes are added,
+    /// removed or re-weighted (see `Balancer::reload`). Other sections take a restart; a change to
+    /// them is reported as a warning and left alone.
+    pub fn reload(&self, new: &Config) {
+        let changes = self.balancer.reload(&new.nodes, &self.config.upstream);
+        if self.config.health.active {
+            for node in &changes.added {
+                health::spawn(
+                    node.clone(),
+                    self.config.gateway.profile,
+                    self.config.health.clone(),
+                    self.phase.subscribe(),
+                );
+            }
+        }
+        let added: Vec<&str> = changes.added.iter().map(|n| &*n.name).collect();
+        tracing::info!(?added, removed = ?changes.removed, kept = ?changes.kept, "nodes reloaded");
+        let old = &self.config;
+        if new.gateway.listen != old.gateway.listen
+            || new.gateway.profile != old.gateway.profile
+            || new.admin != old.admin
+            || format!("{:?}{:?}{:?}", new.upstream, new.health, new.log)
+                != format!("{:?}{:?}{:?}", old.upstream, old.health, old.log)
+        {
+            tracing::warn!("reload applies [[node]] changes only; other changed settings take a restart");
+        }
     }
 
     /// The admin listener's bound address, when `[admin]` is configured.

@@ -129,7 +129,7 @@ impl Running {
 
     fn start_path(p: &std::path::Path) -> Running {
         let mut child =
-            nodegate().args(["run", "--config"]).arg(&p).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            nodegate().args(["run", "--config"]).arg(p).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();

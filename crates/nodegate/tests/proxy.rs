@@ -69,11 +69,9 @@ async fn http2_prior_knowledge_is_served() {
 async fn hop_by_hop_and_connection_named_headers_do_not_reach_the_node() {
     let n = node().await;
     let gw = gateway(&[n.url()], "").await;
-    let c = client();
-    let r = send(
-        &c,
-        Method::GET,
-        format!("http://{}/debug/headers", addr(&gw)),
+    let r = get_with(
+        addr(&gw),
+        "/debug/headers",
         &[
             ("connection", "keep-alive, X-Secret-Token, x-other"),
             ("x-secret-token", "hunter2"),
@@ -85,7 +83,6 @@ async fn hop_by_hop_and_connection_named_headers_do_not_reach_the_node() {
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
         ],
-        Bytes::new(),
     )
     .await;
     let seen = r.seen_headers();
@@ -102,11 +99,9 @@ async fn hop_by_hop_and_connection_named_headers_do_not_reach_the_node() {
 async fn forwarded_headers_are_set_and_spoofed_ones_replaced() {
     let n = node().await;
     let gw = gateway(&[n.url()], "").await;
-    let c = client();
-    let r = send(
-        &c,
-        Method::GET,
-        format!("http://{}/debug/headers", addr(&gw)),
+    let r = get_with(
+        addr(&gw),
+        "/debug/headers",
         &[
             ("host", "api.example.org"),
             ("x-forwarded-for", "6.6.6.6"),
@@ -115,7 +110,6 @@ async fn forwarded_headers_are_set_and_spoofed_ones_replaced() {
             ("x-real-ip", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6;proto=https"),
         ],
-        Bytes::new(),
     )
     .await;
     assert_eq!(r.seen("x-forwarded-for"), ["127.0.0.1"]);

@@ -99,7 +99,12 @@ pub async fn send(
 }
 
 pub async fn get(gw: SocketAddr, path: &str) -> Reply {
-    send(&client(), Method::GET, format!("http://{gw}{path}"), &[], Bytes::new()).await
+    get_with(gw, path, &[]).await
+}
+
+/// A GET with the given request headers.
+pub async fn get_with(gw: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&client(), Method::GET, format!("http://{gw}{path}"), headers, Bytes::new()).await
 }
 
 /// Writes raw bytes and reads until the server closes (or `limit` passes), for requests no

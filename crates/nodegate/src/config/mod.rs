@@ -27,7 +27,7 @@ pub struct Config {
     pub log: Log,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     /// Active probes on or off; passive ejection works either way.
     pub active: bool,
@@ -71,7 +71,7 @@ pub struct Node {
     pub pow: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -79,7 +79,7 @@ pub struct Upstream {
     pub pool_max_idle_per_node: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Log {
     pub format: LogFormat,
     pub access: bool,

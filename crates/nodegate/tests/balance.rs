@@ -2,56 +2,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
 use common::*;
 use http::Method;
 use testnode::{Options, TestNode};
-
-/// A gateway over `nodes`, each `(url, weight, pow)`, with fast probes.
-async fn gateway_over(nodes: &[(String, u32, bool)], health: &str) -> nodegate::Gateway {
-    let mut toml = String::from("[gateway]\nlisten = [\"127.0.0.1:0\"]\n");
-    for (i, (url, weight, pow)) in nodes.iter().enumerate() {
-        toml.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{url}\"\nweight = {weight}\npow = {pow}\n"));
-    }
-    toml.push_str(&format!("\n[health]\ninterval = \"100ms\"\n{health}\n\n[log]\naccess = false\n"));
-    nodegate::Gateway::start(nodegate::Config::parse(&toml, "balance.toml").unwrap()).await.unwrap()
-}
-
-/// Sends `total` GETs from `concurrency` clients; returns how many were not 200.
-async fn load(gw: std::net::SocketAddr, path: &'static str, total: usize, concurrency: usize) -> usize {
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (failures, next) = (failures.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            while next.fetch_add(1, Relaxed) < total {
-                let r = send(&c, Method::GET, format!("http://{gw}{path}"), &[], Bytes::new()).await;
-                if r.status != 200 {
-                    failures.fetch_add(1, Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    failures.load(Relaxed)
-}
-
-/// Waits until each node has been probed `rounds` more times (a probe round is two requests).
-async fn probed(nodes: &[&TestNode], rounds: u64) {
-    let start: Vec<u64> = nodes.iter().map(|n| n.state().probes.load(Relaxed)).collect();
-    eventually(async || nodes.iter().zip(&start).all(|(n, s)| n.state().probes.load(Relaxed) >= s + 2 * rounds)).await;
-}
-
-fn served(nodes: &[&TestNode]) -> Vec<u64> {
-    nodes.iter().map(|n| n.state().requests.load(Relaxed)).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifts_away_from_a_slowed_node() {
@@ -172,34 +127,6 @@ async fn remote_pow_requests_reach_only_nodes_that_may_and_can_do_it() {
     r.assert_gateway_error(503);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("remote proof of work"));
     assert!(r.headers.contains_key("retry-after"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_are_honoured_within_ten_percent_on_equal_nodes() {
-    let nodes = [node().await, node().await, node().await];
-    // Equal nodes that each take 5 ms, under 16 concurrent clients: requests are in flight on
-    // every node, which is when weights decide the shares.
-    for n in &nodes {
-        n.state().delay_ms.store(5, Relaxed);
-    }
-    let weights = [1u32, 2, 3];
-    let spec: Vec<_> = nodes.iter().zip(weights).map(|(n, w)| (n.url(), w, false)).collect();
-    let gw = gateway_over(&spec, "").await;
-    load(addr(&gw), "/api/v1/info", 200, 16).await;
-    for n in &nodes {
-        n.state().requests.store(0, Relaxed);
-    }
-    assert_eq!(load(addr(&gw), "/api/v1/info", 3000, 32).await, 0);
-    let s = served(&[&nodes[0], &nodes[1], &nodes[2]]);
-    let total: u64 = s.iter().sum();
-    for (i, w) in weights.iter().enumerate() {
-        let share = s[i] as f64 / total as f64;
-        let want = f64::from(*w) / 6.0;
-        assert!(
-            (share - want).abs() <= want * 0.1,
-            "node {i} (weight {w}): {share:.3} of requests, want {want:.3}; {s:?}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

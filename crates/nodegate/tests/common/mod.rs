@@ -125,3 +125,52 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A gateway over `nodes`, each `(url, weight, pow)`, with fast probes.
+pub async fn gateway_over(nodes: &[(String, u32, bool)], health: &str) -> nodegate::Gateway {
+    let mut toml = String::from("[gateway]\nlisten = [\"127.0.0.1:0\"]\n");
+    for (i, (url, weight, pow)) in nodes.iter().enumerate() {
+        toml.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{url}\"\nweight = {weight}\npow = {pow}\n"));
+    }
+    toml.push_str(&format!("\n[health]\ninterval = \"100ms\"\n{health}\n\n[log]\naccess = false\n"));
+    nodegate::Gateway::start(nodegate::Config::parse(&toml, "balance.toml").unwrap()).await.unwrap()
+}
+
+/// Sends `total` GETs from `concurrency` clients; returns how many were not 200.
+pub async fn load(gw: std::net::SocketAddr, path: &'static str, total: usize, concurrency: usize) -> usize {
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (failures, next) = (failures.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let r = send(&c, Method::GET, format!("http://{gw}{path}"), &[], Bytes::new()).await;
+                if r.status != 200 {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    failures.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until each node has been probed `rounds` more times (a probe round is two requests).
+pub async fn probed(nodes: &[&TestNode], rounds: u64) {
+    let start: Vec<u64> = nodes.iter().map(|n| n.state().probes.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    eventually(async || {
+        nodes
+            .iter()
+            .zip(&start)
+            .all(|(n, s)| n.state().probes.load(std::sync::atomic::Ordering::Relaxed) >= s + 2 * rounds)
+    })
+    .await;
+}
+
+pub fn served(nodes: &[&TestNode]) -> Vec<u64> {
+    nodes.iter().map(|n| n.state().requests.load(std::sync::atomic::Ordering::Relaxed)).collect()
+}

@@ -135,6 +135,10 @@ impl Node {
         self.weight.load(Relaxed)
     }
 
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(Relaxed)
     }

@@ -41,7 +41,7 @@ pub fn spawn(node: Arc<Node>, profile: Profile, cfg: Health, mut phase: watch::R
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
             };
-            let healthy = node.status().healthy;
+            let healthy = node.is_healthy();
             match result {
                 Ok(p) => {
                     passed_in_row += 1;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod pipeline;
 pub mod profile;
 pub mod proxy;
 pub mod upstream;

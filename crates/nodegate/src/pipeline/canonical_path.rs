@@ -1,0 +1,187 @@
+//! One canonical form of a request path, for route decisions and for what the node is sent, so that
+//! what was checked is what is served.
+//!
+//! - percent-escapes are decoded exactly once; an encoded `/` or `\`, a `\` of any kind, a NUL, a
+//!   broken escape or bytes that are not UTF-8 are refused (400): each has been used to make a path
+//!   look different to the proxy than to the server behind it;
+//! - dot segments are resolved (RFC 3986 section 5.2.4), including decoded ones (`%2e%2e`), and
+//!   never climb above the root;
+//! - repeated slashes are merged;
+//! - the query string is not part of it (the caller passes the path alone);
+//! - case and `;` are kept: the nodes' routers are case-sensitive and treat `;` as part of a
+//!   segment, and route rules match anchored at both ends, so neither widens what a rule admits.
+//!
+//! `encoded` is the canonical path with every byte that is not safe in a path re-escaped; decoding
+//! it again gives the same canonical path (tested as a property).
+
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    /// Decoded, for matching route rules.
+    pub decoded: String,
+    /// Re-encoded, for the request line sent to the node.
+    pub encoded: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with /")]
+    NotAbsolute,
+    #[error("an encoded slash (%2F) in the path is not allowed")]
+    EncodedSlash,
+    #[error("a backslash in the path is not allowed")]
+    Backslash,
+    #[error("a NUL byte in the path is not allowed")]
+    Nul,
+    #[error("a broken percent-escape in the path")]
+    BadEscape,
+    #[error("the path is not valid UTF-8 once decoded")]
+    NotUtf8,
+}
+
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_once(raw)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    // A trailing slash (or a trailing dot segment) names a directory: keep it, as servers do.
+    let trailing = decoded.len() > 1 && (decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/.."));
+    let mut path = String::with_capacity(decoded.len());
+    for s in &segments {
+        path.push('/');
+        path.push_str(s);
+    }
+    if path.is_empty() || (trailing && !path.ends_with('/')) {
+        path.push('/');
+    }
+    let encoded = encode(&path);
+    Ok(CanonicalPath { decoded: path, encoded })
+}
+
+fn decode_once(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let value = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
+                    .ok_or(PathError::BadEscape)?;
+                match value {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::Backslash),
+                    0 => return Err(PathError::Nul),
+                    v => out.push(v),
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::Nul),
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
+}
+
+/// Escapes every byte that is not unreserved, a sub-delimiter, `:`, `@` or `/` (RFC 3986 `pchar`),
+/// and `%` itself, so the node decodes exactly the canonical path.
+fn encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        let safe = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if safe {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, PathError> {
+        canonicalize(p).map(|c| c.decoded)
+    }
+
+    #[test]
+    fn dot_segments_slashes_and_escapes() {
+        assert_eq!(canon("/api/v1/info").unwrap(), "/api/v1/info");
+        assert_eq!(canon("//api///v1//peers").unwrap(), "/api/v1/peers");
+        assert_eq!(canon("/health/../api/v1/peers").unwrap(), "/api/v1/peers");
+        assert_eq!(canon("/health/%2e%2e/api/v1/peers").unwrap(), "/api/v1/peers");
+        assert_eq!(canon("/health/%2E%2E/api/v1/peers").unwrap(), "/api/v1/peers");
+        assert_eq!(canon("/api/./v1/%2e/info").unwrap(), "/api/v1/info");
+        assert_eq!(canon("/../../../etc/passwd").unwrap(), "/etc/passwd");
+        assert_eq!(canon("/api/v1/%70eers").unwrap(), "/api/v1/peers");
+        assert_eq!(canon("/").unwrap(), "/");
+        assert_eq!(canon("/api/v1/").unwrap(), "/api/v1/");
+        assert_eq!(canon("/api/v1/peers/..").unwrap(), "/api/v1/");
+        // Decoded once: a double-encoded dot stays a literal "%2e" segment, not "..".
+        assert_eq!(canon("/health/%252e%252e/peers").unwrap(), "/health/%2e%2e/peers");
+        assert_eq!(canonicalize("/health/%252e%252e/peers").unwrap().encoded, "/health/%252e%252e/peers");
+        // Kept as they are.
+        assert_eq!(canon("/API/V1/Peers").unwrap(), "/API/V1/Peers");
+        assert_eq!(canon("/api/v1/peers;x=1").unwrap(), "/api/v1/peers;x=1");
+    }
+
+    #[test]
+    fn refused() {
+        assert_eq!(canon("/api%2fv1/peers"), Err(PathError::EncodedSlash));
+        assert_eq!(canon("/api%2Fv1/peers"), Err(PathError::EncodedSlash));
+        assert_eq!(canon("/api%5cv1"), Err(PathError::Backslash));
+        assert_eq!(canon("/api\\v1"), Err(PathError::Backslash));
+        assert_eq!(canon("/api%00/v1"), Err(PathError::Nul));
+        assert_eq!(canon("/api%zz"), Err(PathError::BadEscape));
+        assert_eq!(canon("/api%2"), Err(PathError::BadEscape));
+        assert_eq!(canon("/api%+1"), Err(PathError::BadEscape));
+        assert_eq!(canon("/api%ff"), Err(PathError::NotUtf8));
+        assert_eq!(canon("api/v1"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn encoded_form_keeps_meaning() {
+        let c = canonicalize("/a%20b/%3Fx/%23y/%25").unwrap();
+        assert_eq!(c.decoded, "/a b/?x/#y/%");
+        assert_eq!(c.encoded, "/a%20b/%3Fx/%23y/%25");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_is_idempotent(raw in "(/|\\.|\\.\\.|%2e|%2E|%2f|%5c|%00|%25|%|;|\\\\|[a-zA-Z0-9?#% ]|%[0-9a-fA-F]{2}){0,24}") {
+            let path = format!("/{raw}");
+            if let Ok(c) = canonicalize(&path) {
+                let again = canonicalize(&c.encoded).expect("the encoded form is itself a valid path");
+                proptest::prop_assert_eq!(&again, &c);
+                proptest::prop_assert!(c.decoded.starts_with('/'));
+                proptest::prop_assert!(!c.decoded.contains("//"));
+                proptest::prop_assert!(c.decoded.split('/').all(|s| s != "." && s != ".."));
+            }
+        }
+
+        #[test]
+        fn never_panics_on_any_input(raw in ".{0,64}") {
+            let _ = canonicalize(&raw);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The request flow's checks, one file each (shared/design.md): identity, ip_filter, route_policy,
+//! auth, rate_limit. Issue 5 builds them; `canonical_path` comes first, because every route
+//! decision is made on its output.
+
+pub mod canonical_path;

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,8 @@ use crate::listener::ConnState;
 /// What the access log says about one request; only built when `[log] access` is on.
 pub struct AccessRecord {
     pub format: LogFormat,
-    pub client: SocketAddr,
+    /// The client as identified (the peer, or the address a trusted proxy named).
+    pub client: IpAddr,
     pub method: http::Method,
     pub path: String,
     pub status: u16,
@@ -63,7 +64,7 @@ thread_local! {
 fn write_line(r: &AccessRecord, bytes: u64, aborted: bool) {
     let ms = (r.start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let node = r.node.as_deref().unwrap_or("-");
-    let ip = r.client.ip().to_canonical();
+    let ip = r.client;
     LINE.with_borrow_mut(|line| {
         line.clear();
         timestamp(line);

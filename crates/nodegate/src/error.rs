@@ -10,6 +10,8 @@ use crate::body::ProxyBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    #[error("your address may not use this gateway")]
+    AddressDenied,
     #[error("request headers are larger than the {limit} bytes allowed")]
     HeadersTooLarge { limit: usize },
     #[error("request body is larger than the {limit} bytes allowed")]
@@ -40,6 +42,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
+            AddressDenied => StatusCode::FORBIDDEN,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) | ClientBodyAborted => StatusCode::BAD_REQUEST,

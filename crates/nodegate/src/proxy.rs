@@ -2,6 +2,7 @@
 //! clean and return the response, telling the balancer how the node did. Later steps of shared/design.md (identity, IP filter, route policy,
 //! auth, rate limits) slot in before the node is picked.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -15,6 +16,7 @@ use crate::body::{CappedBody, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
+use crate::pipeline::identity;
 use crate::profile;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
 use crate::upstream::{self, Lease};
@@ -39,10 +41,16 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
         let mut guard = RequestGuard::new(conn.clone());
         let request_id = hdr::request_id(req.headers());
+        let trusted = &self.config.gateway.trusted_proxies;
+        let client = if trusted.is_empty() {
+            conn.peer.ip().to_canonical()
+        } else {
+            identity::client_ip(conn.peer.ip(), req.headers(), trusted)
+        };
         let mut record = self.config.log.access.then(|| {
             Box::new(AccessRecord {
                 format: self.config.log.format,
-                client: conn.peer,
+                client,
                 method: req.method().clone(),
                 path: req.uri().path().chars().take(512).collect(),
                 status: 0,
@@ -51,7 +59,7 @@ impl Proxy {
                 start: tokio::time::Instant::now(),
             })
         });
-        let (mut resp, node) = match self.forward(req, &conn, request_id.clone()).await {
+        let (mut resp, node) = match self.forward(req, &conn, client, request_id.clone()).await {
             Ok((resp, node)) => (resp, Some(node)),
             Err((err, node)) => (err.to_response(), node),
         };
@@ -71,9 +79,13 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: &ConnState,
+        client: IpAddr,
         request_id: HeaderValue,
     ) -> Result<(Response<ProxyBody>, Arc<str>), (GatewayError, Option<Arc<str>>)> {
         let g = &self.config.gateway;
+        if !self.config.access.permits(client) {
+            return Err((GatewayError::AddressDenied, None));
+        }
         if head_size(&req) > g.max_header_size {
             return Err((GatewayError::HeadersTooLarge { limit: g.max_header_size }, None));
         }
@@ -120,7 +132,12 @@ impl Proxy {
         if websocket {
             hdr::set_websocket_upgrade(headers);
         }
-        hdr::set_forwarded(headers, &conn.forwarding, original_host);
+        // The connection's precomputed values, unless a trusted proxy named another client.
+        if client == conn.peer.ip().to_canonical() {
+            hdr::set_forwarded(headers, &conn.forwarding, original_host);
+        } else {
+            hdr::set_forwarded(headers, &hdr::Forwarding::new(client, "http"), original_host);
+        }
         headers.insert(&X_REQUEST_ID, request_id);
 
         let no_node = || if need_pow { GatewayError::NoPowNode } else { GatewayError::NoNode };

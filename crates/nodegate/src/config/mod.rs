@@ -15,10 +15,13 @@ use http::uri::{Authority, Scheme};
 
 pub use raw::{LogFormat, Profile};
 
+use crate::pipeline::ip_set::IpSet;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub gateway: Gateway,
+    pub access: Access,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
     pub health: Health,
@@ -50,6 +53,8 @@ pub struct Health {
 pub struct Gateway {
     pub listen: Vec<SocketAddr>,
     pub profile: Profile,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: IpSet,
     pub max_body: u64,
     pub max_header_size: usize,
     pub header_timeout: Duration,
@@ -69,6 +74,19 @@ pub struct Node {
     pub base_path: String,
     pub weight: u32,
     pub pow: bool,
+}
+
+/// `[access]`: which client addresses may use the gateway at all; deny wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub allow: IpSet,
+    pub deny: IpSet,
+}
+
+impl Access {
+    pub fn permits(&self, client: std::net::IpAddr) -> bool {
+        self.allow.contains(client) && !self.deny.contains(client)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +256,11 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: *n.weight.get_ref(), pow: n.pow });
     }
 
+    let trusted_proxies = ip_set(&g.trusted_proxies, "gateway.trusted_proxies", at)?;
+    let access = Access {
+        allow: ip_set(&raw.access.allow, "access.allow", at)?,
+        deny: ip_set(&raw.access.deny, "access.deny", at)?,
+    };
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),
@@ -263,6 +286,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     };
     let u = raw.upstream;
     Ok(Config {
+        access,
         health: Health {
             active: h.active,
             interval: h.interval.0,
@@ -278,6 +302,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         gateway: Gateway {
             listen,
             profile: g.profile,
+            trusted_proxies,
             max_body: g.max_body.0,
             max_header_size,
             header_timeout: g.header_timeout.0,
@@ -294,6 +319,27 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
     })
+}
+
+/// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses, each error at its own place.
+fn ip_set(items: &[toml::Spanned<String>], key: &str, at: &Locator) -> Result<IpSet, ConfigError> {
+    let mut nets = Vec::with_capacity(items.len());
+    for item in items {
+        let text = item.get_ref().trim();
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .map(|n| n.trunc())
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                at.error(
+                    item.span(),
+                    Some(key.into()),
+                    format!("`{text}` is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+                )
+            })?;
+        nets.push(net);
+    }
+    Ok(IpSet::new(&nets))
 }
 
 fn parse_node_url(url: &str) -> Result<(Scheme, Authority, String), String> {

@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub health: RawHealth,
+    #[serde(default)]
+    pub access: RawAccess,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
@@ -26,6 +28,8 @@ pub struct RawConfig {
 pub struct RawGateway {
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub profile: Profile,
+    /// CIDRs whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Spanned<String>>,
     pub max_body: Size,
     pub max_header_size: Size,
     pub header_timeout: Dur,
@@ -39,6 +43,7 @@ impl Default for RawGateway {
         RawGateway {
             listen: Spanned::new(0..0, vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]),
             profile: Profile::IotaChrysalis,
+            trusted_proxies: Vec::new(),
             max_body: Size(1 << 20),
             max_header_size: Size(32 << 10),
             header_timeout: Dur(std::time::Duration::from_secs(10)),
@@ -157,4 +162,20 @@ pub struct RawAdmin {
 
 fn admin_listen() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:9090".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccess {
+    pub allow: Vec<Spanned<String>>,
+    pub deny: Vec<Spanned<String>>,
+}
+
+impl Default for RawAccess {
+    fn default() -> Self {
+        RawAccess {
+            allow: vec![Spanned::new(0..0, "0.0.0.0/0".into()), Spanned::new(0..0, "::/0".into())],
+            deny: Vec::new(),
+        }
+    }
 }

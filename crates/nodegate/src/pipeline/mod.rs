@@ -3,3 +3,5 @@
 //! decision is made on its output.
 
 pub mod canonical_path;
+pub mod identity;
+pub mod ip_set;

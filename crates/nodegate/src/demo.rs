@@ -26,6 +26,8 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error
     for (i, n) in nodes.iter().enumerate() {
         toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{}\"\npow = {}\n", i + 1, n.url(), i == 0));
     }
+    // The simulated nodes' debug routes are part of the demo: /debug/headers shows what a node receives.
+    toml.push_str("\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n");
     let config = Config::parse(&toml, "<demo>")?;
     let gateway = Gateway::start(config).await?;
     Ok(Demo { nodes, gateway })

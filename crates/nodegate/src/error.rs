@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -12,6 +12,12 @@ use crate::body::ProxyBody;
 pub enum GatewayError {
     #[error("your address may not use this gateway")]
     AddressDenied,
+    #[error("bad request: {0}")]
+    BadPath(crate::pipeline::canonical_path::PathError),
+    #[error("this route needs a credential")]
+    CredentialMissing,
+    #[error("this route is not exposed here")]
+    NotExposed,
     #[error("request headers are larger than the {limit} bytes allowed")]
     HeadersTooLarge { limit: usize },
     #[error("request body is larger than the {limit} bytes allowed")]
@@ -43,6 +49,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             AddressDenied => StatusCode::FORBIDDEN,
+            BadPath(_) => StatusCode::BAD_REQUEST,
+            CredentialMissing => StatusCode::UNAUTHORIZED,
+            NotExposed => StatusCode::NOT_FOUND,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BadRequest(_) | ClientBodyAborted => StatusCode::BAD_REQUEST,
@@ -68,8 +77,14 @@ impl GatewayError {
 
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut resp = json_error(self.status(), &self.to_string());
-        if matches!(self, GatewayError::NoNode | GatewayError::NoPowNode) {
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            GatewayError::NoNode | GatewayError::NoPowNode => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::CredentialMissing => {
+                resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
+            }
+            _ => {}
         }
         resp
     }

@@ -16,7 +16,9 @@ use crate::body::{CappedBody, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
+use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::identity;
+use crate::pipeline::route_policy::Access;
 use crate::profile;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
 use crate::upstream::{self, Lease};
@@ -92,8 +94,22 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err((GatewayError::MethodNotAllowed, None));
         }
-        let Some(path_and_query) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
+        let Some(target) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
             return Err((GatewayError::BadRequest("the request target must be a path"), None));
+        };
+        // Route policy decides on the canonical path, and the node is sent that same path.
+        let canonical = canonicalize(target.path()).map_err(|e| (GatewayError::BadPath(e), None))?;
+        match self.config.routes.decide(req.method(), &canonical.decoded) {
+            Access::Public => {}
+            Access::Key | Access::Admin => return Err((GatewayError::CredentialMissing, None)),
+            Access::Deny => return Err((GatewayError::NotExposed, None)),
+        }
+        let path_and_query = match target.query() {
+            None if canonical.encoded == target.path() => target,
+            None => PathAndQuery::try_from(canonical.encoded)
+                .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
+            Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded))
+                .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
         };
         if let Some(len) = content_length(&req)?
             && len > g.max_body

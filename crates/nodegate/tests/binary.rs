@@ -231,12 +231,12 @@ async fn access_log_is_one_line_a_request_in_text_or_json_and_can_be_off() {
     assert!(!line.contains("secret"), "query strings stay out of the log: {line}");
 
     let json = Running::start("log-json.toml", &config_text(&[n.url()], "\n[log]\nformat = \"json\""));
-    get(json.addr, "/nope").await;
+    get(json.addr, "/api/v1/messages/nope").await;
     let line = json.log_lines_until(|l| l.contains("nodegate::access")).expect("no access line");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["status"], 404);
     assert_eq!(v["method"], "GET");
-    assert_eq!(v["path"], "/nope");
+    assert_eq!(v["path"], "/api/v1/messages/nope");
     assert_eq!(v["node"], "n0");
     assert!(v["request_id"].as_str().is_some_and(|s| s.len() == 32));
 

@@ -150,7 +150,8 @@ async fn request_id_is_generated_when_absent_and_kept_when_sane() {
 #[tokio::test]
 async fn websocket_echo_through_mqtt_routes() {
     let n = node().await;
-    let gw = gateway(&[n.url()], "").await;
+    // /mqtt is chrysalis's; stardust's /api/mqtt/v1 is made public here to test both in one go.
+    let gw = gateway(&[n.url()], "\n[[route]]\npath = \"/api/mqtt/v1\"\naccess = \"public\"").await;
     for path in ["/mqtt", "/api/mqtt/v1"] {
         let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}{path}", addr(&gw))).await.unwrap();
         assert_eq!(resp.status(), 101);
@@ -462,7 +463,7 @@ async fn hop_by_hop_headers_from_the_node_do_not_reach_the_client() {
 async fn listens_on_ipv4_and_ipv6_at_once() {
     let n = node().await;
     let toml = format!(
-        "[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n\n[log]\naccess = false\n",
+        "[gateway]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n\n[log]\naccess = false\n{DEBUG_ROUTES}",
         n.url()
     );
     let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "t.toml").unwrap()).await.unwrap();

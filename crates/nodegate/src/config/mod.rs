@@ -15,13 +15,17 @@ use http::uri::{Authority, Scheme};
 
 pub use raw::{LogFormat, Profile};
 
+use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::ip_set::IpSet;
+use crate::pipeline::route_policy::{RoutePolicy, Rule};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub gateway: Gateway,
     pub access: Access,
+    /// `[[route]]` rules and the profile's defaults.
+    pub routes: RoutePolicy,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
     pub health: Health,
@@ -261,6 +265,51 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         allow: ip_set(&raw.access.allow, "access.allow", at)?,
         deny: ip_set(&raw.access.deny, "access.deny", at)?,
     };
+    let mut rules = Vec::with_capacity(raw.route.len());
+    for (i, r) in raw.route.iter().enumerate() {
+        let key = |field: &str| Some(format!("route[{i}].{field}"));
+        let pattern = r.path.get_ref();
+        let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
+        if prefix.contains('*') {
+            return Err(at.error(r.path.span(), key("path"), format!("`{pattern}`: `*` may only end a pattern")));
+        }
+        let canonical =
+            canonicalize(prefix).map_err(|e| at.error(r.path.span(), key("path"), format!("`{pattern}`: {e}")))?;
+        // A pattern is matched against canonical paths, so one in any other form would never match.
+        if canonical.decoded != prefix {
+            return Err(at.error(
+                r.path.span(),
+                key("path"),
+                format!(
+                    "`{pattern}` is not in canonical form; write `{}{}`",
+                    canonical.decoded,
+                    if pattern.ends_with('*') { "*" } else { "" }
+                ),
+            ));
+        }
+        let methods = match &r.methods {
+            None => None,
+            Some(ms) => Some(
+                ms.iter()
+                    .map(|m| {
+                        let name = m.get_ref();
+                        http::Method::from_bytes(name.as_bytes())
+                            .ok()
+                            .filter(|_| name.bytes().all(|b| b.is_ascii_uppercase()))
+                            .ok_or_else(|| {
+                                at.error(
+                                    m.span(),
+                                    key("methods"),
+                                    format!("`{name}` is not an HTTP method (e.g. \"GET\")"),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        rules.push(Rule { pattern: pattern.clone(), methods, access: r.access });
+    }
+    let routes = RoutePolicy::new(rules, g.profile);
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),
@@ -287,6 +336,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let u = raw.upstream;
     Ok(Config {
         access,
+        routes,
         health: Health {
             active: h.active,
             interval: h.interval.0,

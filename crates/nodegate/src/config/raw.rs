@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub access: RawAccess,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
@@ -178,4 +180,12 @@ impl Default for RawAccess {
             deny: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: Spanned<String>,
+    pub access: crate::pipeline::route_policy::Access,
+    pub methods: Option<Vec<Spanned<String>>>,
 }

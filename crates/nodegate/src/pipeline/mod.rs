@@ -5,3 +5,4 @@
 pub mod canonical_path;
 pub mod identity;
 pub mod ip_set;
+pub mod route_policy;

@@ -30,8 +30,13 @@ pub fn config_text(urls: &[String], extra: &str) -> String {
     for (i, u) in urls.iter().enumerate() {
         s.push_str(&format!("\n[[node]]\nname = \"n{i}\"\nurl = \"{u}\"\n"));
     }
+    // The simulated node's debug routes, which tests use to see what a node received.
+    s.push_str(DEBUG_ROUTES);
     s
 }
+
+/// A `[[route]]` making testnode's `/debug/*` routes public (no node profile exposes them).
+pub const DEBUG_ROUTES: &str = "\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n";
 
 /// An in-process gateway; its access log is off (it would write to the test's stderr) unless
 /// `extra` configures `[log]` itself. tests/binary.rs checks the access log.

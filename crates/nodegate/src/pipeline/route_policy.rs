@@ -1,0 +1,139 @@
+//! Route policy on the canonical path: `[[route]]` rules first (first match wins), then the node
+//! profile's defaults, then deny. Patterns are exact (`/api/v1/info`) or a prefix ending in `*`
+//! (`/api/v1/messages*`), matched against the whole canonical path: no query string, nothing
+//! unanchored, so `/api/v1/peers?x=/health` is `/api/v1/peers` and nothing else.
+
+use http::Method;
+use serde::Deserialize;
+
+use crate::config::Profile;
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Public,
+    /// Any valid credential (API key or JWT with the `key` role).
+    Key,
+    /// A credential with the `admin` role.
+    Admin,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub pattern: String,
+    /// `None` matches every method.
+    pub methods: Option<Vec<Method>>,
+    pub access: Access,
+}
+
+impl Rule {
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        let path_ok = match self.pattern.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == self.pattern,
+        };
+        path_ok && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    rules: Vec<Rule>,
+    defaults: Vec<Rule>,
+}
+
+impl RoutePolicy {
+    pub fn new(rules: Vec<Rule>, profile: Profile) -> RoutePolicy {
+        RoutePolicy { rules, defaults: defaults(profile) }
+    }
+
+    pub fn decide(&self, method: &Method, canonical_path: &str) -> Access {
+        self.rules
+            .iter()
+            .chain(&self.defaults)
+            .find(|r| r.matches(method, canonical_path))
+            .map_or(Access::Deny, |r| r.access)
+    }
+}
+
+/// The nodes' own default public and protected routes (shared/design.md, node profiles).
+fn defaults(profile: Profile) -> Vec<Rule> {
+    let (public, admin): (&[&str], &[&str]) = match profile {
+        Profile::IotaChrysalis => (
+            &[
+                "/health",
+                "/api/v1/info",
+                "/api/v1/tips",
+                "/api/v1/messages*",
+                "/api/v1/outputs*",
+                "/api/v1/addresses*",
+                "/api/v1/receipts*",
+                "/api/v1/treasury",
+                "/api/v1/transactions*",
+                "/api/v1/milestones*",
+                "/mqtt",
+            ],
+            &["/api/v1/peers*", "/api/v1/control/*", "/api/plugins/*"],
+        ),
+        Profile::IotaStardust => (
+            &[
+                "/health",
+                "/api/core/v2/info",
+                "/api/core/v2/tips",
+                "/api/core/v2/blocks*",
+                "/api/core/v2/outputs*",
+                "/api/core/v2/receipts*",
+                "/api/core/v2/treasury",
+                "/api/core/v2/transactions*",
+                "/api/core/v2/milestones*",
+                "/api/indexer/v1/*",
+                "/api/mqtt/v1",
+            ],
+            &["/api/core/v2/peers*", "/api/core/v2/control/*", "/api/plugins/*"],
+        ),
+        Profile::Generic => (&[], &[]),
+    };
+    let rule = |access| move |p: &&str| Rule { pattern: (*p).to_owned(), methods: None, access };
+    public.iter().map(rule(Access::Public)).chain(admin.iter().map(rule(Access::Admin))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chrysalis_defaults() {
+        let p = RoutePolicy::new(vec![], Profile::IotaChrysalis);
+        let get = |path| p.decide(&Method::GET, path);
+        assert_eq!(get("/api/v1/info"), Access::Public);
+        assert_eq!(get("/api/v1/messages/abc/metadata"), Access::Public);
+        assert_eq!(get("/api/v1/peers"), Access::Admin);
+        assert_eq!(get("/api/v1/peers/12D3"), Access::Admin);
+        assert_eq!(get("/api/v1/info/"), Access::Deny, "exact patterns are exact");
+        assert_eq!(get("/API/V1/INFO"), Access::Deny);
+        assert_eq!(get("/debug/headers"), Access::Deny);
+        assert_eq!(get("/"), Access::Deny);
+    }
+
+    #[test]
+    fn rules_come_first_and_can_name_methods() {
+        let rules = vec![
+            Rule { pattern: "/api/v1/messages".into(), methods: Some(vec![Method::POST]), access: Access::Key },
+            Rule { pattern: "/api/v1/peers*".into(), methods: None, access: Access::Deny },
+            Rule { pattern: "/debug/*".into(), methods: None, access: Access::Public },
+        ];
+        let p = RoutePolicy::new(rules, Profile::IotaChrysalis);
+        assert_eq!(p.decide(&Method::POST, "/api/v1/messages"), Access::Key);
+        assert_eq!(p.decide(&Method::GET, "/api/v1/messages"), Access::Public, "falls through to the profile");
+        assert_eq!(p.decide(&Method::GET, "/api/v1/peers"), Access::Deny);
+        assert_eq!(p.decide(&Method::GET, "/debug/headers"), Access::Public);
+    }
+
+    #[test]
+    fn generic_exposes_only_what_is_configured() {
+        let p = RoutePolicy::new(vec![], Profile::Generic);
+        assert_eq!(p.decide(&Method::GET, "/health"), Access::Deny);
+    }
+}

@@ -1,0 +1,126 @@
+//! End-to-end: route policy on the canonical path, and a corpus of tricks aimed at reaching an
+//! admin route without a credential. None may reach the node.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+
+/// Request targets that try to reach an admin route (`/api/v1/peers`, `/api/v1/control/*`,
+/// `/api/plugins/*`) by looking like something else.
+const BYPASS_TARGETS: &[&str] = &[
+    "/api/v1/peers",
+    "/api/v1/peers/",
+    "/api/v1/peers/12D3KooW",
+    "/api/v1/peers?x=/health",
+    "/api/v1/peers?/api/v1/info",
+    "//api/v1/peers",
+    "/api//v1/peers",
+    "/api/v1//peers",
+    "/./api/v1/peers",
+    "/api/./v1/peers",
+    "/health/../api/v1/peers",
+    "/health/%2e%2e/api/v1/peers",
+    "/health/%2E%2E/api/v1/peers",
+    "/health/.%2e/api/v1/peers",
+    "/health/%2e./api/v1/peers",
+    "/api/v1/info/../peers",
+    "/api/v1/info/%2e%2e/peers",
+    "/api/v1/messages/../peers",
+    "/api/v1/messages/%2e%2e/peers",
+    "/api/v1/messages/..%2fpeers",
+    "/api/v1/messages/%2e%2e%2fpeers",
+    "/mqtt/../api/v1/peers",
+    "/api/v1/%70eers",
+    "/api/v1/peer%73",
+    "/%61pi/v1/peers",
+    "/api%2fv1%2fpeers",
+    "/api/v1%2Fpeers",
+    "/api%5cv1%5cpeers",
+    "/api/v1/peers%00",
+    "/api/v1/peers%00.json",
+    "/api/v1/peers;",
+    "/api/v1/peers;.json",
+    "/api/v1;x/peers",
+    "/API/V1/PEERS",
+    "/Api/v1/Peers",
+    "/api/v1/PEERS",
+    "/api/v1/peers%20",
+    "/api/v1/peers%09",
+    "/api/v1/peers/.",
+    "/api/v1/peers/..;/",
+    "/api/v1/peers%3F/health",
+    "/api/v1/peers%23/health",
+    "/api/v1/peers%2f..",
+    "/api/v1/control/database/prune",
+    "/api/v1/control/../control/snapshots/create",
+    "/api/plugins/spammer/start",
+    "/health/../api/plugins/spammer/start",
+    "/api/v1/peers%",
+    "/api/v1/peers%zz",
+    "/api/v1/%252e%252e/peers",
+];
+
+async fn status_of(gw: std::net::SocketAddr, request: &str) -> String {
+    let out = raw(gw, request.as_bytes(), Duration::from_secs(5)).await;
+    out.get(9..12).unwrap_or("(no answer)").to_owned()
+}
+
+#[tokio::test]
+async fn no_trick_reaches_an_admin_route_without_a_credential() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false").await;
+    let g = addr(&gw);
+    let mut answers = Vec::new();
+    for target in BYPASS_TARGETS {
+        let req = format!("GET {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+        answers.push((*target, status_of(g, &req).await));
+    }
+    // The same, in absolute form and with Host games.
+    for (req, what) in [
+        ("GET http://127.0.0.1/api/v1/peers HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n", "absolute-form"),
+        (
+            "GET http://gw/health/../api/v1/peers HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+            "absolute-form with dots",
+        ),
+        (
+            "GET /api/v1/peers HTTP/1.1\r\nhost: localhost\r\nx-original-url: /health\r\nx-rewrite-url: /health\r\nconnection: close\r\n\r\n",
+            "rewrite headers",
+        ),
+        ("GET /api/v1/peers HTTP/1.0\r\n\r\n", "HTTP/1.0 without Host"),
+        ("POST /api/v1/peers HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}", "POST"),
+        ("DELETE /api/v1/peers/12D3 HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n", "DELETE"),
+    ] {
+        answers.push((what, status_of(g, req).await));
+    }
+    let bad: Vec<_> = answers.iter().filter(|(_, s)| !["400", "401", "404"].contains(&s.as_str())).collect();
+    assert!(bad.is_empty(), "answered other than 400/401/404: {bad:?}");
+    assert_eq!(n.state().requests.load(Relaxed), 0, "an admin request reached the node: {answers:?}");
+    assert!(answers.len() >= 56, "{} tricks", answers.len());
+}
+
+#[tokio::test]
+async fn answers_and_what_the_node_is_sent() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false").await;
+    let g = addr(&gw);
+    // Admin routes want a credential: 401 with a challenge.
+    let r = get(g, "/api/v1/peers").await;
+    r.assert_gateway_error(401);
+    assert!(r.headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    // Routes the profile does not expose: 404 from the gateway, not the node.
+    get(g, "/api/v2/whatever").await.assert_gateway_error(404);
+    get(g, "/control/state").await.assert_gateway_error(404);
+    // Encoded slashes are refused.
+    let out =
+        raw(g, b"GET /api%2fv1/info HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 400") && out.contains("encoded slash"), "{out}");
+    // The node is sent the canonical path, so what was checked is what is served.
+    let r = get(g, "/debug/../debug/./headers?a=%2F").await;
+    assert_eq!(r.json()["uri"], "/debug/headers?a=%2F");
+    let r = get(g, "//debug//%68eaders").await;
+    assert_eq!(r.json()["uri"], "/debug/headers");
+    assert_eq!(get(g, "/api/v1/%69nfo").await.status, 200);
+}

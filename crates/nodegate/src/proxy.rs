@@ -106,7 +106,7 @@ impl Proxy {
         }
         let path_and_query = match target.query() {
             None if canonical.encoded == target.path() => target,
-            None => PathAndQuery::try_from(canonical.encoded)
+            None => PathAndQuery::try_from(canonical.encoded.as_ref())
                 .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
             Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded))
                 .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,

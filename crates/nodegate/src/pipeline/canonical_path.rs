@@ -14,14 +14,15 @@
 //! `encoded` is the canonical path with every byte that is not safe in a path re-escaped; decoding
 //! it again gives the same canonical path (tested as a property).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CanonicalPath {
+pub struct CanonicalPath<'a> {
     /// Decoded, for matching route rules.
-    pub decoded: String,
+    pub decoded: Cow<'a, str>,
     /// Re-encoded, for the request line sent to the node.
-    pub encoded: String,
+    pub encoded: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,9 +41,13 @@ pub enum PathError {
     NotUtf8,
 }
 
-pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    // Nearly every real path is canonical already: borrow it (no decoding, no allocation).
+    if is_plain(raw) {
+        return Ok(CanonicalPath { decoded: Cow::Borrowed(raw), encoded: Cow::Borrowed(raw) });
     }
     let decoded = decode_once(raw)?;
     let mut segments: Vec<&str> = Vec::new();
@@ -66,7 +71,23 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathError> {
         path.push('/');
     }
     let encoded = encode(&path);
-    Ok(CanonicalPath { decoded: path, encoded })
+    Ok(CanonicalPath { decoded: Cow::Owned(path), encoded: Cow::Owned(encoded) })
+}
+
+/// Only safe path bytes (no `%`, so nothing to decode), no empty segment (`//`) and no `.` or `..`
+/// segment: such a path is its own canonical and encoded form.
+fn is_plain(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    bytes.iter().all(|&b| is_safe(b))
+        && raw[1..].split('/').enumerate().all(|(i, seg)| match seg {
+            "" => i == raw[1..].split('/').count() - 1,
+            "." | ".." => false,
+            _ => true,
+        })
+}
+
+fn is_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
 }
 
 fn decode_once(raw: &str) -> Result<String, PathError> {
@@ -106,8 +127,7 @@ fn decode_once(raw: &str) -> Result<String, PathError> {
 fn encode(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for &b in path.as_bytes() {
-        let safe = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
-        if safe {
+        if is_safe(b) {
             out.push(b as char);
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -121,7 +141,7 @@ mod tests {
     use super::*;
 
     fn canon(p: &str) -> Result<String, PathError> {
-        canonicalize(p).map(|c| c.decoded)
+        canonicalize(p).map(|c| c.decoded.into_owned())
     }
 
     #[test]
@@ -143,6 +163,16 @@ mod tests {
         // Kept as they are.
         assert_eq!(canon("/API/V1/Peers").unwrap(), "/API/V1/Peers");
         assert_eq!(canon("/api/v1/peers;x=1").unwrap(), "/api/v1/peers;x=1");
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_not_rebuilt() {
+        for p in ["/", "/api/v1/info", "/api/v1/", "/api/v1/messages/abc;x=1"] {
+            assert!(matches!(canonicalize(p).unwrap().decoded, Cow::Borrowed(_)), "{p}");
+        }
+        for p in ["//api", "/api/./v1", "/api/%70", "/a/.."] {
+            assert!(matches!(canonicalize(p).unwrap().decoded, Cow::Owned(_)), "{p}");
+        }
     }
 
     #[test]
@@ -171,6 +201,11 @@ mod tests {
         fn never_panics_and_is_idempotent(raw in "(/|\\.|\\.\\.|%2e|%2E|%2f|%5c|%00|%25|%|;|\\\\|[a-zA-Z0-9?#% ]|%[0-9a-fA-F]{2}){0,24}") {
             let path = format!("/{raw}");
             if let Ok(c) = canonicalize(&path) {
+                // The fast path and the full one must agree.
+                let full = canonicalize(&format!("{path}/x/..")).ok().map(|f| f.decoded.trim_end_matches('/').to_owned());
+                if !c.decoded.ends_with('/') {
+                    proptest::prop_assert_eq!(full.as_deref(), Some(&*c.decoded));
+                }
                 let again = canonicalize(&c.encoded).expect("the encoded form is itself a valid path");
                 proptest::prop_assert_eq!(&again, &c);
                 proptest::prop_assert!(c.decoded.starts_with('/'));

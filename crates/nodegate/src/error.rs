@@ -14,8 +14,10 @@ pub enum GatewayError {
     AddressDenied,
     #[error("bad request: {0}")]
     BadPath(crate::pipeline::canonical_path::PathError),
-    #[error("this route needs a credential")]
+    #[error("this route needs a valid credential")]
     CredentialMissing,
+    #[error("your credential does not open this route")]
+    CredentialNotEnough,
     #[error("this route is not exposed here")]
     NotExposed,
     #[error("request headers are larger than the {limit} bytes allowed")]
@@ -51,6 +53,7 @@ impl GatewayError {
             AddressDenied => StatusCode::FORBIDDEN,
             BadPath(_) => StatusCode::BAD_REQUEST,
             CredentialMissing => StatusCode::UNAUTHORIZED,
+            CredentialNotEnough => StatusCode::FORBIDDEN,
             NotExposed => StatusCode::NOT_FOUND,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nodegate::pipeline::auth;
 use nodegate::{Config, Gateway, demo, logging};
 
 #[derive(Parser)]
@@ -27,6 +28,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// API keys: `key new` prints a fresh key and the hash to put in [[api_key]]; `key hash KEY`
+    /// (or the key on standard input) prints a key's hash.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
         /// Where the demo gateway listens (port 0 picks a free one).
@@ -38,9 +45,44 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a fresh random key and its hash.
+    New,
+    /// Print the hash of a key (from the argument, or the first line of standard input).
+    Hash { key: Option<String> },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Key { command: KeyCommand::New } => match auth::new_key() {
+            Ok(key) => {
+                println!("key:  {key}\nhash: {}", auth::hash(&key));
+                println!(
+                    "\nGive the key to the client; put only the hash in the config:\n[[api_key]]\nname = \"...\"\nhash = \"{}\"\nroles = [\"key\"]",
+                    auth::hash(&key)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot read the system's random source: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Key { command: KeyCommand::Hash { key } } => {
+            let key = key.unwrap_or_else(|| {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                line.trim().to_owned()
+            });
+            if key.is_empty() {
+                eprintln!("no key given");
+                return ExitCode::from(2);
+            }
+            println!("{}", auth::hash(&key));
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} node(s), listening on {:?})", config.display(), c.nodes.len(), c.gateway.listen);

@@ -16,6 +16,7 @@ use crate::body::{CappedBody, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
+use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::identity;
 use crate::pipeline::route_policy::Access;
@@ -101,7 +102,13 @@ impl Proxy {
         let canonical = canonicalize(target.path()).map_err(|e| (GatewayError::BadPath(e), None))?;
         match self.config.routes.decide(req.method(), &canonical.decoded) {
             Access::Public => {}
-            Access::Key | Access::Admin => return Err((GatewayError::CredentialMissing, None)),
+            needed @ (Access::Key | Access::Admin) => {
+                match auth::authorize(&self.config.api_keys, req.headers(), needed) {
+                    Verdict::Allowed { .. } => {}
+                    Verdict::Unauthenticated => return Err((GatewayError::CredentialMissing, None)),
+                    Verdict::Forbidden { .. } => return Err((GatewayError::CredentialNotEnough, None)),
+                }
+            }
             Access::Deny => return Err((GatewayError::NotExposed, None)),
         }
         let path_and_query = match target.query() {
@@ -145,6 +152,8 @@ impl Proxy {
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
         headers.remove(header::EXPECT);
+        // The credential was for the gateway; the node never sees it.
+        auth::strip(headers);
         if websocket {
             hdr::set_websocket_upgrade(headers);
         }

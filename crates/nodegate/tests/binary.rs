@@ -350,3 +350,19 @@ async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
     assert_eq!(a.state().requests.load(std::sync::atomic::Ordering::Relaxed), before);
     assert_eq!(b.state().requests.load(std::sync::atomic::Ordering::Relaxed), 20);
 }
+
+#[test]
+fn key_new_prints_a_key_and_its_hash_and_key_hash_agrees() {
+    let out = nodegate().args(["key", "new"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text.lines().find_map(|l| l.strip_prefix("key:")).unwrap().trim().to_owned();
+    let hash = text.lines().find_map(|l| l.strip_prefix("hash:")).unwrap().trim().to_owned();
+    assert!(key.starts_with("ng_") && hash.starts_with("sha256:"));
+    let again = nodegate().args(["key", "hash", &key]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), hash);
+    // The printed snippet is a valid config.
+    let p =
+        temp_file("key.toml", &format!("{NODE}\n[[api_key]]\nname = \"k\"\nhash = \"{hash}\"\nroles = [\"key\"]\n"));
+    assert!(nodegate().args(["check", "--config"]).arg(&p).output().unwrap().status.success());
+}

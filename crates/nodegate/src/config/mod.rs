@@ -15,6 +15,7 @@ use http::uri::{Authority, Scheme};
 
 pub use raw::{LogFormat, Profile};
 
+use crate::pipeline::auth::{ApiKey, parse_hash};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::ip_set::IpSet;
 use crate::pipeline::route_policy::{RoutePolicy, Rule};
@@ -26,6 +27,8 @@ pub struct Config {
     pub access: Access,
     /// `[[route]]` rules and the profile's defaults.
     pub routes: RoutePolicy,
+    /// `[[api_key]]`: hashes and roles.
+    pub api_keys: Vec<ApiKey>,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
     pub health: Health,
@@ -310,6 +313,25 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         rules.push(Rule { pattern: pattern.clone(), methods, access: r.access });
     }
     let routes = RoutePolicy::new(rules, g.profile);
+    let mut api_keys: Vec<ApiKey> = Vec::with_capacity(raw.api_key.len());
+    for (i, k) in raw.api_key.iter().enumerate() {
+        let key = |field: &str| Some(format!("api_key[{i}].{field}"));
+        let name = k.name.get_ref();
+        if name.is_empty() || api_keys.iter().any(|other| other.name == *name) {
+            return Err(at.error(k.name.span(), key("name"), format!("`{name}` must be a non-empty name used once")));
+        }
+        let hash = parse_hash(k.hash.get_ref()).ok_or_else(|| {
+            at.error(
+                k.hash.span(),
+                key("hash"),
+                "must be `sha256:` and 64 hex digits, as `nodegate key hash` prints it (never the key itself)",
+            )
+        })?;
+        if k.roles.get_ref().is_empty() {
+            return Err(at.error(k.roles.span(), key("roles"), "needs at least one role: \"key\" or \"admin\""));
+        }
+        api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone() });
+    }
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),
@@ -337,6 +359,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     Ok(Config {
         access,
         routes,
+        api_keys,
         health: Health {
             active: h.active,
             interval: h.interval.0,

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub access: RawAccess,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+    #[serde(default)]
+    pub api_key: Vec<RawApiKey>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
@@ -188,4 +190,12 @@ pub struct RawRoute {
     pub path: Spanned<String>,
     pub access: crate::pipeline::route_policy::Access,
     pub methods: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: Spanned<String>,
+    pub hash: Spanned<String>,
+    pub roles: Spanned<Vec<crate::pipeline::auth::Role>>,
 }

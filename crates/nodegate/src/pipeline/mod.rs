@@ -2,6 +2,7 @@
 //! auth, rate_limit. Issue 5 builds them; `canonical_path` comes first, because every route
 //! decision is made on its output.
 
+pub mod auth;
 pub mod canonical_path;
 pub mod identity;
 pub mod ip_set;

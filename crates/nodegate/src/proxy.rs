@@ -103,7 +103,7 @@ impl Proxy {
         match self.config.routes.decide(req.method(), &canonical.decoded) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
-                match auth::authorize(&self.config.api_keys, req.headers(), needed) {
+                match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
                     Verdict::Allowed { .. } => {}
                     Verdict::Unauthenticated => return Err((GatewayError::CredentialMissing, None)),
                     Verdict::Forbidden { .. } => return Err((GatewayError::CredentialNotEnough, None)),

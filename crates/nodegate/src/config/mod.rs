@@ -15,7 +15,7 @@ use http::uri::{Authority, Scheme};
 
 pub use raw::{LogFormat, Profile};
 
-use crate::pipeline::auth::{ApiKey, parse_hash};
+use crate::pipeline::auth::{ApiKey, JwtKey, parse_hash};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::ip_set::IpSet;
 use crate::pipeline::route_policy::{RoutePolicy, Rule};
@@ -29,6 +29,8 @@ pub struct Config {
     pub routes: RoutePolicy,
     /// `[[api_key]]`: hashes and roles.
     pub api_keys: Vec<ApiKey>,
+    /// `[[jwt]]`: trusted token issuers.
+    pub jwts: Vec<JwtKey>,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
     pub health: Health,
@@ -313,6 +315,52 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         rules.push(Rule { pattern: pattern.clone(), methods, access: r.access });
     }
     let routes = RoutePolicy::new(rules, g.profile);
+    let mut jwts = Vec::with_capacity(raw.jwt.len());
+    for (i, j) in raw.jwt.iter().enumerate() {
+        let key = |field: &str| Some(format!("jwt[{i}].{field}"));
+        let need = |field: &str, what: Option<&toml::Spanned<String>>| {
+            what.cloned().ok_or_else(|| {
+                at.error(j.algorithm.span(), key(field), format!("{} needs `{field}`", j.algorithm.get_ref()))
+            })
+        };
+        let (algorithm, decoding) = match j.algorithm.get_ref().as_str() {
+            "HS256" => {
+                let secret = need("secret", j.secret.as_ref())?;
+                if secret.get_ref().len() < 32 {
+                    return Err(at.error(secret.span(), key("secret"), "an HS256 secret needs at least 32 bytes"));
+                }
+                (jsonwebtoken::Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(secret.get_ref().as_bytes()))
+            }
+            "EdDSA" => {
+                let path = need("public_key", j.public_key.as_ref())?;
+                let pem = std::fs::read(path.get_ref()).map_err(|e| {
+                    at.error(path.span(), key("public_key"), format!("cannot read `{}`: {e}", path.get_ref()))
+                })?;
+                let decoding = jsonwebtoken::DecodingKey::from_ed_pem(&pem).map_err(|e| {
+                    at.error(
+                        path.span(),
+                        key("public_key"),
+                        format!("`{}` is not an Ed25519 public key in PEM: {e}", path.get_ref()),
+                    )
+                })?;
+                (jsonwebtoken::Algorithm::EdDSA, decoding)
+            }
+            other => {
+                return Err(at.error(
+                    j.algorithm.span(),
+                    key("algorithm"),
+                    format!("`{other}`: use \"HS256\" or \"EdDSA\""),
+                ));
+            }
+        };
+        jwts.push(JwtKey::new(
+            j.name.get_ref().clone(),
+            algorithm,
+            decoding,
+            j.issuer.as_deref(),
+            j.audience.as_deref(),
+        ));
+    }
     let mut api_keys: Vec<ApiKey> = Vec::with_capacity(raw.api_key.len());
     for (i, k) in raw.api_key.iter().enumerate() {
         let key = |field: &str| Some(format!("api_key[{i}].{field}"));
@@ -360,6 +408,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         access,
         routes,
         api_keys,
+        jwts,
         health: Health {
             active: h.active,
             interval: h.interval.0,

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub route: Vec<RawRoute>,
     #[serde(default)]
     pub api_key: Vec<RawApiKey>,
+    #[serde(default)]
+    pub jwt: Vec<RawJwt>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
@@ -198,4 +200,18 @@ pub struct RawApiKey {
     pub name: Spanned<String>,
     pub hash: Spanned<String>,
     pub roles: Spanned<Vec<crate::pipeline::auth::Role>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub name: Spanned<String>,
+    /// "HS256" or "EdDSA".
+    pub algorithm: Spanned<String>,
+    /// HS256: the shared secret.
+    pub secret: Option<Spanned<String>>,
+    /// EdDSA: a PEM file holding the issuer's Ed25519 public key.
+    pub public_key: Option<Spanned<String>>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }

@@ -1,8 +1,17 @@
-//! The authorization layer: API keys, stored in the config only as SHA-256 hashes
-//! (`nodegate key hash`), presented as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-//! A presented key is hashed and compared with every configured hash in constant time, so the
-//! time taken says nothing about which key, or how much of one, matched. Roles: `key` opens `key`
-//! routes; `admin` opens `admin` and `key` routes.
+//! The authorization layer.
+//!
+//! API keys are stored in the config only as SHA-256 hashes (`nodegate key hash`), presented as
+//! `Authorization: Bearer <key>` or `X-API-Key: <key>`. A presented key is hashed and compared with
+//! every configured hash in constant time, so the time taken says nothing about which key, or how
+//! much of one, matched.
+//!
+//! JWTs (`[[jwt]]`, HS256 or EdDSA) are presented as `Authorization: Bearer <token>`. A token is
+//! only tried against keys configured for the algorithm its header names, so `alg: none` and
+//! algorithm confusion (an HS256 token "signed" with an EdDSA public key) match no key. `exp` is
+//! required; `nbf`, `iss` and `aud` are checked (the last two when configured). Its `roles` claim
+//! lists roles.
+//!
+//! Roles: `key` opens `key` routes; `admin` opens `admin` and `key` routes.
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -17,6 +26,57 @@ use super::route_policy::Access;
 pub enum Role {
     Key,
     Admin,
+}
+
+/// One trusted JWT issuer: the algorithm it signs with, its key, and what its tokens must say.
+#[derive(Clone)]
+pub struct JwtKey {
+    pub name: String,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+    pub validation: jsonwebtoken::Validation,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtKey({}, {:?})", self.name, self.algorithm)
+    }
+}
+
+impl PartialEq for JwtKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.algorithm == other.algorithm
+    }
+}
+
+impl JwtKey {
+    pub fn new(
+        name: String,
+        algorithm: jsonwebtoken::Algorithm,
+        key: jsonwebtoken::DecodingKey,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> JwtKey {
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        JwtKey { name, algorithm, key, validation }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +103,7 @@ pub enum Verdict<'a> {
 pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Checks the request's credential against the route's access level (`Key` or `Admin`).
-pub fn authorize<'a>(keys: &'a [ApiKey], headers: &HeaderMap, needed: Access) -> Verdict<'a> {
+pub fn authorize<'a>(keys: &'a [ApiKey], jwts: &'a [JwtKey], headers: &HeaderMap, needed: Access) -> Verdict<'a> {
     let Some(presented) = presented(headers) else { return Verdict::Unauthenticated };
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Compare with every key, always: no early exit that timing could reveal.
@@ -53,12 +113,42 @@ pub fn authorize<'a>(keys: &'a [ApiKey], headers: &HeaderMap, needed: Access) ->
             found = Some(k);
         }
     }
-    let Some(key) = found else { return Verdict::Unauthenticated };
-    let enough = match needed {
-        Access::Admin => key.roles.contains(&Role::Admin),
-        _ => !key.roles.is_empty(),
+    let (name, roles): (&str, Vec<Role>) = match found {
+        Some(key) => (&key.name, key.roles.clone()),
+        None => match verify_jwt(jwts, presented) {
+            Some(v) => v,
+            None => return Verdict::Unauthenticated,
+        },
     };
-    if enough { Verdict::Allowed { key: &key.name } } else { Verdict::Forbidden { key: &key.name } }
+    let enough = match needed {
+        Access::Admin => roles.contains(&Role::Admin),
+        _ => !roles.is_empty(),
+    };
+    if enough { Verdict::Allowed { key: name } } else { Verdict::Forbidden { key: name } }
+}
+
+/// The issuer's name and the roles of a valid token; `None` for anything else.
+fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(&'a str, Vec<Role>)> {
+    if jwts.is_empty() || token.split('.').count() != 3 {
+        return None;
+    }
+    // The header names the algorithm; only keys configured for that one are tried. `none`
+    // is no algorithm jsonwebtoken knows, so such a token fails here.
+    let alg = jsonwebtoken::decode_header(token).ok()?.alg;
+    jwts.iter().filter(|k| k.algorithm == alg).find_map(|k| {
+        let data = jsonwebtoken::decode::<Claims>(token, &k.key, &k.validation).ok()?;
+        let roles = data
+            .claims
+            .roles
+            .iter()
+            .filter_map(|r| match r.as_str() {
+                "key" => Some(Role::Key),
+                "admin" => Some(Role::Admin),
+                _ => None,
+            })
+            .collect();
+        Some((k.name.as_str(), roles))
+    })
 }
 
 fn presented(headers: &HeaderMap) -> Option<&str> {
@@ -122,23 +212,29 @@ mod tests {
     fn keys_and_roles() {
         let k = keys();
         assert_eq!(
-            authorize(&k, &h("authorization", "Bearer k-wallet"), Access::Key),
+            authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Key),
             Verdict::Allowed { key: "wallet" }
         );
-        assert_eq!(authorize(&k, &h("x-api-key", "k-wallet"), Access::Key), Verdict::Allowed { key: "wallet" });
+        assert_eq!(authorize(&k, &[], &h("x-api-key", "k-wallet"), Access::Key), Verdict::Allowed { key: "wallet" });
         assert_eq!(
-            authorize(&k, &h("authorization", "Bearer k-wallet"), Access::Admin),
+            authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Admin),
             Verdict::Forbidden { key: "wallet" }
         );
-        assert_eq!(authorize(&k, &h("authorization", "bearer k-ops"), Access::Admin), Verdict::Allowed { key: "ops" });
-        assert_eq!(authorize(&k, &h("authorization", "Bearer k-ops"), Access::Key), Verdict::Allowed { key: "ops" });
+        assert_eq!(
+            authorize(&k, &[], &h("authorization", "bearer k-ops"), Access::Admin),
+            Verdict::Allowed { key: "ops" }
+        );
+        assert_eq!(
+            authorize(&k, &[], &h("authorization", "Bearer k-ops"), Access::Key),
+            Verdict::Allowed { key: "ops" }
+        );
         for bad in [
             h("authorization", "Bearer nope"),
             h("authorization", "Basic k-ops"),
             h("authorization", "Bearer "),
             HeaderMap::new(),
         ] {
-            assert_eq!(authorize(&k, &bad, Access::Key), Verdict::Unauthenticated);
+            assert_eq!(authorize(&k, &[], &bad, Access::Key), Verdict::Unauthenticated);
         }
     }
 

@@ -65,6 +65,12 @@ impl GatewayError {
         }
     }
 
+    /// Whether this is a refusal of the client (the ban engine's input): address, path, credential.
+    pub fn is_denial(&self) -> bool {
+        use GatewayError::*;
+        matches!(self, AddressDenied | BadPath(_) | CredentialMissing | CredentialNotEnough | NotExposed)
+    }
+
     /// Whether this counts against the node in passive health (not the client's doing).
     pub fn is_node_fault(&self) -> bool {
         use GatewayError::*;

@@ -64,7 +64,13 @@ impl Proxy {
         });
         let (mut resp, node) = match self.forward(req, &conn, client, request_id.clone()).await {
             Ok((resp, node)) => (resp, Some(node)),
-            Err((err, node)) => (err.to_response(), node),
+            Err((err, node)) => {
+                if err.is_denial() {
+                    // One event per refusal, for the ban engine to count.
+                    tracing::debug!(target: "nodegate::denial", %client, reason = %err, "request refused");
+                }
+                (err.to_response(), node)
+            }
         };
         // Unique per response: HTTP/2's HPACK would only churn its table indexing it.
         let mut request_id = request_id;
@@ -100,7 +106,11 @@ impl Proxy {
         };
         // Route policy decides on the canonical path, and the node is sent that same path.
         let canonical = canonicalize(target.path()).map_err(|e| (GatewayError::BadPath(e), None))?;
-        match self.config.routes.decide(req.method(), &canonical.decoded) {
+        let rule = self.config.routes.decide(req.method(), &canonical.decoded);
+        if rule.is_some_and(|r| !r.admits(client)) {
+            return Err((GatewayError::AddressDenied, None));
+        }
+        match rule.map_or(Access::Deny, |r| r.access) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
@@ -111,6 +121,7 @@ impl Proxy {
             }
             Access::Deny => return Err((GatewayError::NotExposed, None)),
         }
+        let pass_credential = rule.is_some_and(|r| r.pass_credential);
         let path_and_query = match target.query() {
             None if canonical.encoded == target.path() => target,
             None => PathAndQuery::try_from(canonical.encoded.as_ref())
@@ -152,8 +163,10 @@ impl Proxy {
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
         headers.remove(header::EXPECT);
-        // The credential was for the gateway; the node never sees it.
-        auth::strip(headers);
+        // The credential was for the gateway; the node sees it only where a route says so.
+        if !pass_credential {
+            auth::strip(headers);
+        }
         if websocket {
             hdr::set_websocket_upgrade(headers);
         }

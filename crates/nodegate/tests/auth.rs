@@ -175,3 +175,19 @@ mod jwt {
         }
     }
 }
+
+#[tokio::test]
+async fn a_route_can_pass_the_credential_on_and_narrow_the_addresses() {
+    let n = node().await;
+    let extra = format!(
+        "{}\n[[route]]\npath = \"/debug/headers\"\naccess = \"key\"\npass_credential = true\n\
+         \n[[route]]\npath = \"/debug/echo\"\naccess = \"public\"\nallow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1\"]\n",
+        keys_config()
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let r = get_with(addr(&gw), "/debug/headers", &[("x-api-key", "wallet-secret")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x-api-key"), ["wallet-secret"], "the route passes the credential on");
+    // The route denies the only address this test can come from.
+    get(addr(&gw), "/debug/echo").await.assert_gateway_error(403);
+}

@@ -124,3 +124,29 @@ async fn answers_and_what_the_node_is_sent() {
     assert_eq!(r.json()["uri"], "/debug/headers");
     assert_eq!(get(g, "/api/v1/%69nfo").await.status, 200);
 }
+
+#[tokio::test]
+async fn the_same_tricks_over_http2_reach_nothing_either() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false").await;
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut sent = 0;
+    for target in BYPASS_TARGETS {
+        // HTTP/2 carries the target in :path; the ones a URI can hold go as they are.
+        let Ok(uri) = format!("http://{}{target}", addr(&gw)).parse::<http::Uri>() else { continue };
+        let req = http::Request::get(uri).body(Default::default()).unwrap();
+        let status = c.request(req).await.map(|r| r.status().as_u16()).unwrap_or(400);
+        assert!([400, 401, 404].contains(&status), "{target} over HTTP/2 answered {status}");
+        sent += 1;
+    }
+    // :authority games: a Host header that disagrees with the :authority pseudo-header.
+    let req = http::Request::get(format!("http://{}/api/v1/peers", addr(&gw)))
+        .header("host", "localhost")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), 401);
+    assert!(sent >= 40, "only {sent} targets went over HTTP/2");
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+}

@@ -312,7 +312,19 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        rules.push(Rule { pattern: pattern.clone(), methods, access: r.access });
+        let allow = match &r.allow {
+            Some(list) => Some(ip_set(list, &format!("route[{i}].allow"), at)?),
+            None => None,
+        };
+        let deny = ip_set(&r.deny, &format!("route[{i}].deny"), at)?;
+        rules.push(Rule {
+            pattern: pattern.clone(),
+            methods,
+            access: r.access,
+            allow,
+            deny,
+            pass_credential: r.pass_credential,
+        });
     }
     let routes = RoutePolicy::new(rules, g.profile);
     let mut jwts = Vec::with_capacity(raw.jwt.len());

@@ -192,6 +192,11 @@ pub struct RawRoute {
     pub path: Spanned<String>,
     pub access: crate::pipeline::route_policy::Access,
     pub methods: Option<Vec<Spanned<String>>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub pass_credential: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,8 +3,12 @@
 //! (`/api/v1/messages*`), matched against the whole canonical path: no query string, nothing
 //! unanchored, so `/api/v1/peers?x=/health` is `/api/v1/peers` and nothing else.
 
+use std::net::IpAddr;
+
 use http::Method;
 use serde::Deserialize;
+
+use super::ip_set::IpSet;
 
 use crate::config::Profile;
 
@@ -26,6 +30,29 @@ pub struct Rule {
     /// `None` matches every method.
     pub methods: Option<Vec<Method>>,
     pub access: Access,
+    /// Addresses this route admits on top of `[access]`: `None` admits everyone `[access]` does.
+    pub allow: Option<IpSet>,
+    pub deny: IpSet,
+    /// Send the client's credential on to the node (normally it is removed).
+    pub pass_credential: bool,
+}
+
+impl Rule {
+    pub fn new(pattern: &str, access: Access) -> Rule {
+        Rule {
+            pattern: pattern.to_owned(),
+            methods: None,
+            access,
+            allow: None,
+            deny: IpSet::default(),
+            pass_credential: false,
+        }
+    }
+
+    /// Whether the route's own address lists admit `client`.
+    pub fn admits(&self, client: IpAddr) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.contains(client)) && !self.deny.contains(client)
+    }
 }
 
 impl Rule {
@@ -49,12 +76,9 @@ impl RoutePolicy {
         RoutePolicy { rules, defaults: defaults(profile) }
     }
 
-    pub fn decide(&self, method: &Method, canonical_path: &str) -> Access {
-        self.rules
-            .iter()
-            .chain(&self.defaults)
-            .find(|r| r.matches(method, canonical_path))
-            .map_or(Access::Deny, |r| r.access)
+    /// The first rule that matches, configured ones before the profile's; `None` means deny.
+    pub fn decide(&self, method: &Method, canonical_path: &str) -> Option<&Rule> {
+        self.rules.iter().chain(&self.defaults).find(|r| r.matches(method, canonical_path))
     }
 }
 
@@ -95,7 +119,7 @@ fn defaults(profile: Profile) -> Vec<Rule> {
         ),
         Profile::Generic => (&[], &[]),
     };
-    let rule = |access| move |p: &&str| Rule { pattern: (*p).to_owned(), methods: None, access };
+    let rule = |access| move |p: &&str| Rule::new(p, access);
     public.iter().map(rule(Access::Public)).chain(admin.iter().map(rule(Access::Admin))).collect()
 }
 
@@ -106,7 +130,7 @@ mod tests {
     #[test]
     fn chrysalis_defaults() {
         let p = RoutePolicy::new(vec![], Profile::IotaChrysalis);
-        let get = |path| p.decide(&Method::GET, path);
+        let get = |path| p.decide(&Method::GET, path).map_or(Access::Deny, |r| r.access);
         assert_eq!(get("/api/v1/info"), Access::Public);
         assert_eq!(get("/api/v1/messages/abc/metadata"), Access::Public);
         assert_eq!(get("/api/v1/peers"), Access::Admin);
@@ -120,20 +144,21 @@ mod tests {
     #[test]
     fn rules_come_first_and_can_name_methods() {
         let rules = vec![
-            Rule { pattern: "/api/v1/messages".into(), methods: Some(vec![Method::POST]), access: Access::Key },
-            Rule { pattern: "/api/v1/peers*".into(), methods: None, access: Access::Deny },
-            Rule { pattern: "/debug/*".into(), methods: None, access: Access::Public },
+            Rule { methods: Some(vec![Method::POST]), ..Rule::new("/api/v1/messages", Access::Key) },
+            Rule::new("/api/v1/peers*", Access::Deny),
+            Rule::new("/debug/*", Access::Public),
         ];
         let p = RoutePolicy::new(rules, Profile::IotaChrysalis);
-        assert_eq!(p.decide(&Method::POST, "/api/v1/messages"), Access::Key);
-        assert_eq!(p.decide(&Method::GET, "/api/v1/messages"), Access::Public, "falls through to the profile");
-        assert_eq!(p.decide(&Method::GET, "/api/v1/peers"), Access::Deny);
-        assert_eq!(p.decide(&Method::GET, "/debug/headers"), Access::Public);
+        let decide = |m, path| p.decide(&m, path).map_or(Access::Deny, |r| r.access);
+        assert_eq!(decide(Method::POST, "/api/v1/messages"), Access::Key);
+        assert_eq!(decide(Method::GET, "/api/v1/messages"), Access::Public, "falls through to the profile");
+        assert_eq!(decide(Method::GET, "/api/v1/peers"), Access::Deny);
+        assert_eq!(decide(Method::GET, "/debug/headers"), Access::Public);
     }
 
     #[test]
     fn generic_exposes_only_what_is_configured() {
         let p = RoutePolicy::new(vec![], Profile::Generic);
-        assert_eq!(p.decide(&Method::GET, "/health"), Access::Deny);
+        assert!(p.decide(&Method::GET, "/health").is_none());
     }
 }

@@ -36,6 +36,10 @@ impl Proxy {
         Proxy { config, balancer, passive }
     }
 
+    pub fn trusted_proxies(&self) -> &crate::pipeline::ip_set::IpSet {
+        &self.config.gateway.trusted_proxies
+    }
+
     pub fn timeouts(&self) -> crate::listener::Timeouts {
         crate::listener::Timeouts { header: self.config.gateway.header_timeout, idle: self.config.gateway.idle_timeout }
     }

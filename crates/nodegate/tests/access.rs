@@ -10,14 +10,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw GET from a chosen local address (127.0.0.2, ::1, ...); returns the whole answer.
 async fn get_from(local: IpAddr, gw: SocketAddr, path: &str, headers: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n");
+    raw_from(local, gw, req.as_bytes()).await
+}
+
+/// Raw bytes from a chosen local address; returns all the gateway answered before closing.
+async fn raw_from(local: IpAddr, gw: SocketAddr, bytes: &[u8]) -> String {
     let socket =
         if local.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.unwrap();
     socket.bind(SocketAddr::new(local, 0)).unwrap();
     let mut s = socket.connect(gw).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the gateway did not close");
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -86,4 +92,45 @@ async fn a_client_named_by_a_trusted_proxy_is_filtered_as_itself() {
     assert_eq!(status(&a), "403", "{a}");
     let a = get_from(local, addr(&gw), "/api/v1/info", "x-forwarded-for: 198.51.100.1\r\n").await;
     assert_eq!(status(&a), "200", "{a}");
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_takes_the_client_from_a_trusted_balancer_only() {
+    let n = node().await;
+    let gw = gateway(
+        &[n.url()],
+        "trusted_proxies = [\"127.0.0.1\"]\nlisten_proxy_protocol = [\"127.0.0.1:0\"]\nheader_timeout = \"500ms\"\n\n[access]\ndeny = [\"198.51.100.0/24\"]",
+    )
+    .await;
+    let pp = gw.local_addrs()[1];
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let http = "GET /debug/headers HTTP/1.1\r\nhost: gw\r\nx-forwarded-for: 6.6.6.6\r\nconnection: close\r\n\r\n";
+    // v1: the balancer names the client.
+    let a =
+        raw_from(ip("127.0.0.1"), pp, format!("PROXY TCP4 203.0.113.5 127.0.0.1 5555 80\r\n{http}").as_bytes()).await;
+    assert_eq!(header(&a, "x-forwarded-for"), ["203.0.113.5"], "{a}");
+    // v2, IPv6.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(&"2001:db8::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0u8; 16]);
+    v2.extend_from_slice(&[0x15, 0xb3, 0x00, 0x50]);
+    v2.extend_from_slice(http.as_bytes());
+    let a = raw_from(ip("127.0.0.1"), pp, &v2).await;
+    assert_eq!(header(&a, "x-forwarded-for"), ["2001:db8::5"], "{a}");
+    // UNKNOWN (the balancer's own requests): the peer is the trusted balancer, so the
+    // X-Forwarded-For it sends is believed, as on any listener; above, the client named by the
+    // header is not trusted, so the same X-Forwarded-For was ignored.
+    let a = raw_from(ip("127.0.0.1"), pp, format!("PROXY UNKNOWN\r\n{http}").as_bytes()).await;
+    assert_eq!(header(&a, "x-forwarded-for"), ["6.6.6.6"], "{a}");
+    // The named client is filtered as itself.
+    let a = raw_from(ip("127.0.0.1"), pp, format!("PROXY TCP4 198.51.100.9 127.0.0.1 1 80\r\n{http}").as_bytes()).await;
+    assert_eq!(status(&a), "403", "{a}");
+    // Not trusted, no header, or not a PROXY header: the connection is closed unanswered.
+    let untrusted =
+        raw_from(ip("127.0.0.2"), pp, format!("PROXY TCP4 203.0.113.5 127.0.0.1 5555 80\r\n{http}").as_bytes()).await;
+    assert!(untrusted.is_empty(), "{untrusted}");
+    assert!(raw_from(ip("127.0.0.1"), pp, http.as_bytes()).await.is_empty());
+    assert!(raw_from(ip("127.0.0.1"), pp, b"PROXY TCP4 nonsense\r\n").await.is_empty());
+    // A header that never finishes is cut off at the header timeout.
+    assert!(raw_from(ip("127.0.0.1"), pp, b"PROXY TCP4 203.0.1").await.is_empty());
 }

@@ -64,6 +64,8 @@ pub struct Gateway {
     pub profile: Profile,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: IpSet,
+    /// Listeners that expect a PROXY protocol header before HTTP.
+    pub listen_proxy_protocol: Vec<SocketAddr>,
     pub max_body: u64,
     pub max_header_size: usize,
     pub header_timeout: Duration,
@@ -266,6 +268,24 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     }
 
     let trusted_proxies = ip_set(&g.trusted_proxies, "gateway.trusted_proxies", at)?;
+    let mut listen_proxy_protocol = Vec::new();
+    for addr in &g.listen_proxy_protocol {
+        let parsed = addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at.error(
+                addr.span(),
+                Some("gateway.listen_proxy_protocol".into()),
+                format!("`{}` is not an address:port", addr.get_ref()),
+            )
+        })?;
+        if trusted_proxies.is_empty() {
+            return Err(at.error(
+                addr.span(),
+                Some("gateway.listen_proxy_protocol".into()),
+                "PROXY headers are only believed from trusted_proxies: name the balancer's addresses there",
+            ));
+        }
+        listen_proxy_protocol.push(parsed);
+    }
     let access = Access {
         allow: ip_set(&raw.access.allow, "access.allow", at)?,
         deny: ip_set(&raw.access.deny, "access.deny", at)?,
@@ -437,6 +457,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             listen,
             profile: g.profile,
             trusted_proxies,
+            listen_proxy_protocol,
             max_body: g.max_body.0,
             max_header_size,
             header_timeout: g.header_timeout.0,

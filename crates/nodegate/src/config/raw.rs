@@ -36,6 +36,8 @@ pub struct RawGateway {
     pub profile: Profile,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Listeners that expect a PROXY protocol header (from a trusted proxy) before HTTP.
+    pub listen_proxy_protocol: Vec<Spanned<String>>,
     pub max_body: Size,
     pub max_header_size: Size,
     pub header_timeout: Dur,
@@ -50,6 +52,7 @@ impl Default for RawGateway {
             listen: Spanned::new(0..0, vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]),
             profile: Profile::IotaChrysalis,
             trusted_proxies: Vec::new(),
+            listen_proxy_protocol: Vec::new(),
             max_body: Size(1 << 20),
             max_header_size: Size(32 << 10),
             header_timeout: Dur(std::time::Duration::from_secs(10)),

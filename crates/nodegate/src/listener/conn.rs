@@ -19,15 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::Phase;
-use crate::proxy::Proxy;
+use super::{Accepted, Phase, proxy_protocol};
 use crate::upstream::headers::Forwarding;
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -179,13 +177,28 @@ impl AsyncWrite for WatchedIo {
 }
 
 pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    accepted: Accepted,
     mut phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
+    let Accepted { proxy, builder, proxy_protocol } = accepted;
+    if proxy_protocol {
+        // Only a trusted balancer may say who the client is; anyone else is cut off.
+        if !proxy.trusted_proxies().contains(peer.ip()) {
+            tracing::debug!(%peer, "PROXY listener: connection from an untrusted peer closed");
+            return;
+        }
+        match proxy_protocol::read(&mut stream, proxy.timeouts().header).await {
+            Ok(proxy_protocol::Header::Client(client)) => peer = client,
+            Ok(proxy_protocol::Header::Local) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "PROXY listener: connection closed");
+                return;
+            }
+        }
+    }
     let local = stream.local_addr().unwrap_or(peer);
     let state = Arc::new(ConnState::new(peer, local, phase.clone(), alive));
     let timeouts = proxy.timeouts();

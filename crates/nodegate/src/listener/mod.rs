@@ -2,6 +2,7 @@
 //! drain on shutdown. Connection guards (header-read and idle timeouts) live in [`conn`].
 
 mod conn;
+pub mod proxy_protocol;
 
 pub use conn::Timeouts;
 
@@ -63,19 +64,23 @@ impl Gateway {
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let builder = Arc::new(http_builder(&config));
         let mut addrs = Vec::new();
-        for addr in &config.gateway.listen {
+        let plain = config.gateway.listen.iter().map(|a| (a, false));
+        let with_proxy_header = config.gateway.listen_proxy_protocol.iter().map(|a| (a, true));
+        for (addr, proxy_protocol) in plain.chain(with_proxy_header) {
             let listener =
                 bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             addrs.push(local);
-            tracing::info!(%local, "listening");
-            tokio::spawn(accept_loop(listener, proxy.clone(), builder.clone(), phase.subscribe(), alive_tx.clone()));
+            tracing::info!(%local, proxy_protocol, "listening");
+            let conns = Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol };
+            tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
         let drain_timeout = config.gateway.drain_timeout;
         Ok(Gateway { addrs, admin, config, balancer, phase, alive, drain_timeout })
     }
 
-    /// The bound addresses, in the order of `[gateway] listen` (useful with port 0).
+    /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, in order (useful
+    /// with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -153,10 +158,18 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What every connection a listener accepts is served with.
+#[derive(Clone)]
+pub(crate) struct Accepted {
+    pub proxy: Arc<Proxy>,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    conns: Accepted,
     mut phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
@@ -165,7 +178,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(conn::serve(stream, peer, proxy.clone(), builder.clone(), phase.clone(), alive.clone()));
+                    tokio::spawn(conn::serve(stream, peer, conns.clone(), phase.clone(), alive.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.

@@ -40,6 +40,8 @@ pub enum GatewayError {
     ClientBodyAborted,
     #[error("this gateway does not proxy CONNECT")]
     MethodNotAllowed,
+    #[error("too many requests: try again in {0} s", retry_after_secs(.retry_after))]
+    RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit },
     #[error("no node is available")]
     NoNode,
     #[error("remote proof of work is not offered here: send the message with its nonce")]
@@ -61,6 +63,7 @@ impl GatewayError {
             NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => StatusCode::BAD_GATEWAY,
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             NoNode | NoPowNode => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -68,7 +71,10 @@ impl GatewayError {
     /// Whether this is a refusal of the client (the ban engine's input): address, path, credential.
     pub fn is_denial(&self) -> bool {
         use GatewayError::*;
-        matches!(self, AddressDenied | BadPath(_) | CredentialMissing | CredentialNotEnough | NotExposed)
+        matches!(
+            self,
+            AddressDenied | BadPath(_) | CredentialMissing | CredentialNotEnough | NotExposed | RateLimited { .. }
+        )
     }
 
     /// Whether this counts against the node in passive health (not the client's doing).
@@ -90,12 +96,38 @@ impl GatewayError {
             GatewayError::NoNode | GatewayError::NoPowNode => {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            GatewayError::RateLimited { retry_after, limit } => {
+                let secs = retry_after_secs(retry_after);
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+                rate_limit_headers(resp.headers_mut(), *limit, 0, *retry_after);
+            }
             GatewayError::CredentialMissing => {
                 resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
             }
             _ => {}
         }
         resp
+    }
+}
+
+fn retry_after_secs(d: &Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi ratelimit headers draft): the quota (burst)
+/// and its window, what is left, and in how many seconds more is available.
+pub fn rate_limit_headers(
+    headers: &mut http::HeaderMap,
+    limit: crate::pipeline::rate_limit::Limit,
+    remaining: u32,
+    reset: Duration,
+) {
+    let window = (limit.interval * limit.burst).as_secs().max(1);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"per-client\";q={};w={window}", limit.burst)) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"per-client\";r={remaining};t={}", retry_after_secs(&reset))) {
+        headers.insert("ratelimit", v);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -19,6 +20,7 @@ use crate::listener::ConnState;
 use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::identity;
+use crate::pipeline::rate_limit::{ClientKey, Decision as RateDecision, RateLimiter};
 use crate::pipeline::route_policy::Access;
 use crate::profile;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
@@ -28,12 +30,14 @@ pub struct Proxy {
     config: Arc<Config>,
     balancer: Arc<Balancer>,
     passive: Passive,
+    limiter: Option<RateLimiter>,
 }
 
 impl Proxy {
     pub fn new(config: Arc<Config>, balancer: Arc<Balancer>) -> Proxy {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
-        Proxy { config, balancer, passive }
+        let limiter = config.rate_limit.map(|r| RateLimiter::new(r.limit, r.max_clients));
+        Proxy { config, balancer, passive, limiter }
     }
 
     pub fn trusted_proxies(&self) -> &crate::pipeline::ip_set::IpSet {
@@ -114,11 +118,12 @@ impl Proxy {
         if rule.is_some_and(|r| !r.admits(client)) {
             return Err((GatewayError::AddressDenied, None));
         }
+        let mut key_name: Option<String> = None;
         match rule.map_or(Access::Deny, |r| r.access) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
-                    Verdict::Allowed { .. } => {}
+                    Verdict::Allowed { key } => key_name = Some(key.to_owned()),
                     Verdict::Unauthenticated => return Err((GatewayError::CredentialMissing, None)),
                     Verdict::Forbidden { .. } => return Err((GatewayError::CredentialNotEnough, None)),
                 }
@@ -126,6 +131,20 @@ impl Proxy {
             Access::Deny => return Err((GatewayError::NotExposed, None)),
         }
         let pass_credential = rule.is_some_and(|r| r.pass_credential);
+        // Rate limits: per API key when the client authenticated, else per address (or /64).
+        let mut rate_headers = None;
+        if let (Some(limiter), Some(rl)) = (&self.limiter, &self.config.rate_limit) {
+            let key = match key_name {
+                Some(name) => ClientKey::ApiKey(name),
+                None => ClientKey::from_ip(client, rl.ipv6_prefix),
+            };
+            match limiter.check(key) {
+                RateDecision::Admit { remaining } => rate_headers = Some(remaining),
+                RateDecision::Reject { retry_after } => {
+                    return Err((GatewayError::RateLimited { retry_after, limit: limiter.limit() }, None));
+                }
+            }
+        }
         let path_and_query = match target.query() {
             None if canonical.encoded == target.path() => target,
             None => PathAndQuery::try_from(canonical.encoded.as_ref())
@@ -247,6 +266,9 @@ impl Proxy {
             }
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
+        }
+        if let (Some(remaining), Some(limiter)) = (rate_headers, &self.limiter) {
+            crate::error::rate_limit_headers(resp.headers_mut(), limiter.limit(), remaining, Duration::ZERO);
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }

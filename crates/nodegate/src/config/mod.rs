@@ -18,6 +18,7 @@ pub use raw::{LogFormat, Profile};
 use crate::pipeline::auth::{ApiKey, JwtKey, parse_hash};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::ip_set::IpSet;
+use crate::pipeline::rate_limit::Limit;
 use crate::pipeline::route_policy::{RoutePolicy, Rule};
 
 /// The validated configuration.
@@ -31,6 +32,8 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     /// `[[jwt]]`: trusted token issuers.
     pub jwts: Vec<JwtKey>,
+    /// `[rate_limit]`; none when the section is absent.
+    pub rate_limit: Option<RateLimit>,
     pub nodes: Vec<Node>,
     pub upstream: Upstream,
     pub health: Health,
@@ -85,6 +88,13 @@ pub struct Node {
     pub base_path: String,
     pub weight: u32,
     pub pow: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub limit: Limit,
+    pub ipv6_prefix: u8,
+    pub max_clients: usize,
 }
 
 /// `[access]`: which client addresses may use the gateway at all; deny wins.
@@ -412,6 +422,22 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         }
         api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone() });
     }
+    let rate_limit = match raw.rate_limit {
+        None => None,
+        Some(r) => {
+            if *r.burst.get_ref() == 0 {
+                return Err(at.error(r.burst.span(), Some("rate_limit.burst".into()), "must be 1 or more"));
+            }
+            if *r.ipv6_prefix.get_ref() > 128 {
+                return Err(at.error(r.ipv6_prefix.span(), Some("rate_limit.ipv6_prefix".into()), "must be 0 to 128"));
+            }
+            Some(RateLimit {
+                limit: Limit { interval: r.per_client.0, burst: *r.burst.get_ref() },
+                ipv6_prefix: *r.ipv6_prefix.get_ref(),
+                max_clients: r.max_clients,
+            })
+        }
+    };
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),
@@ -441,6 +467,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         routes,
         api_keys,
         jwts,
+        rate_limit,
         health: Health {
             active: h.active,
             interval: h.interval.0,

@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub api_key: Vec<RawApiKey>,
     #[serde(default)]
     pub jwt: Vec<RawJwt>,
+    pub rate_limit: Option<RawRateLimit>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
@@ -222,4 +223,23 @@ pub struct RawJwt {
     pub public_key: Option<Spanned<String>>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_client: super::units::Rate,
+    pub burst: Spanned<u32>,
+    #[serde(default = "sixty_four")]
+    pub ipv6_prefix: Spanned<u8>,
+    #[serde(default = "hundred_thousand")]
+    pub max_clients: usize,
+}
+
+fn sixty_four() -> Spanned<u8> {
+    Spanned::new(0..0, 64)
+}
+
+fn hundred_thousand() -> usize {
+    100_000
 }

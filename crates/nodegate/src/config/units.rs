@@ -26,6 +26,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     num.checked_mul(per_unit_ms).map(Duration::from_millis).ok_or_else(|| format!("bad duration `{s}`: too large"))
 }
 
+/// A rate written `<n>/s`, `<n>/min` or `<n>/h`, as the time between two requests.
+pub fn parse_rate(s: &str) -> Result<Duration, String> {
+    let (n, per) = s.split_once('/').ok_or_else(|| format!("bad rate `{s}`: write it as \"20/s\" or \"100/min\""))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("bad rate `{s}`: the count must be a whole number above 0"))?;
+    let per = match per.trim() {
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(format!("bad rate `{s}`: per s, min or h")),
+    };
+    Ok(per / u32::try_from(n).map_err(|_| format!("bad rate `{s}`: too large"))?)
+}
+
+/// A rate, as the interval between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a rate string such as \"20/s\"", |s: &str| parse_rate(s).map(Rate)))
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = split_number(s)?;
     let mult: u64 = match unit {
@@ -87,6 +115,16 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         for bad in ["", "s", "5", "5 parsecs", "-5s", "1.5s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should fail");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20/s"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_rate("100/min"), Ok(Duration::from_millis(600)));
+        assert_eq!(parse_rate("1/h"), Ok(Duration::from_secs(3600)));
+        for bad in ["20", "0/s", "x/s", "5/day", "-1/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }
 

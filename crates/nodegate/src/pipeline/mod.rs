@@ -6,4 +6,5 @@ pub mod auth;
 pub mod canonical_path;
 pub mod identity;
 pub mod ip_set;
+pub mod rate_limit;
 pub mod route_policy;

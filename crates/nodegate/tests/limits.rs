@@ -1,0 +1,55 @@
+//! End-to-end: per-client rate limits (exact counts are tested on a paused clock in
+//! pipeline/rate_limit.rs; here, what a client sees).
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use nodegate::pipeline::auth::hash;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn status_from(local: &str, gw: SocketAddr) -> String {
+    let local: IpAddr = local.parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local, 0)).unwrap();
+    let mut s = socket.connect(gw).await.unwrap();
+    s.write_all(b"GET /api/v1/info HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn a_client_over_its_limit_gets_429_with_retry_after_and_others_do_not() {
+    let n = node().await;
+    let extra = format!(
+        "\n[rate_limit]\nper_client = \"1/min\"\nburst = 3\n\
+         \n[[api_key]]\nname = \"wallet\"\nhash = \"{}\"\nroles = [\"key\"]\n\
+         \n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n",
+        hash("wallet-secret")
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let g = addr(&gw);
+    for left in [2, 1, 0] {
+        let r = get(g, "/api/v1/info").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["ratelimit-policy"], "\"per-client\";q=3;w=180");
+        assert_eq!(r.headers["ratelimit"].to_str().unwrap(), format!("\"per-client\";r={left};t=0"));
+    }
+    let r = get(g, "/api/v1/info").await;
+    r.assert_gateway_error(429);
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((59..=60).contains(&retry), "retry-after {retry}");
+    assert!(r.headers.contains_key("ratelimit"));
+    assert_eq!(n.state().requests.load(Relaxed), 3, "the refused request reached the node");
+    // Another address has its own budget.
+    assert_eq!(status_from("127.0.0.2", g).await, "200");
+    // An authenticated client is limited by its key, not its address.
+    for _ in 0..3 {
+        assert_eq!(get_with(g, "/api/v1/tips", &[("x-api-key", "wallet-secret")]).await.status, 200);
+    }
+    get_with(g, "/api/v1/tips", &[("x-api-key", "wallet-secret")]).await.assert_gateway_error(429);
+}

@@ -16,9 +16,10 @@ async fn status_from(local: &str, gw: SocketAddr) -> String {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(local, 0)).unwrap();
     let mut s = socket.connect(gw).await.unwrap();
-    s.write_all(b"GET /api/v1/info HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+    // A connection the gateway refuses is closed or reset: either way, no answer.
+    let _ = s.write_all(b"GET /api/v1/info HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await;
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("no close within 5 s");
     String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
 }
 
@@ -52,4 +53,30 @@ async fn a_client_over_its_limit_gets_429_with_retry_after_and_others_do_not() {
         assert_eq!(get_with(g, "/api/v1/tips", &[("x-api-key", "wallet-secret")]).await.status, 200);
     }
     get_with(g, "/api/v1/tips", &[("x-api-key", "wallet-secret")]).await.assert_gateway_error(429);
+}
+
+/// Connects from `local`; `true` if the gateway serves a request on it, `false` if it closed it.
+async fn served_from(local: &str, gw: SocketAddr) -> bool {
+    status_from(local, gw).await == "200"
+}
+
+#[tokio::test]
+async fn connections_over_the_per_client_cap_are_closed_and_others_still_served() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "max_connections_per_client = 3").await;
+    let g = addr(&gw);
+    // Three idle connections from 127.0.0.1 fill its share.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        held.push(s.connect(g).await.unwrap());
+    }
+    // Give the gateway the moment it needs to accept them.
+    eventually(async || !served_from("127.0.0.1", g).await).await;
+    assert!(!served_from("127.0.0.1", g).await, "a fourth connection from the same address was served");
+    assert!(served_from("127.0.0.2", g).await, "another address was refused");
+    // One closes: there is room again.
+    held.pop();
+    eventually(async || served_from("127.0.0.1", g).await).await;
 }

@@ -76,6 +76,10 @@ pub struct Gateway {
     pub drain_timeout: Duration,
     /// Runtime worker threads; 0 = one per core.
     pub workers: usize,
+    /// Open client connections at most, over all listeners.
+    pub max_connections: usize,
+    /// Open connections at most from one address (trusted proxies are exempt).
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -491,6 +495,8 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             idle_timeout: g.idle_timeout.0,
             drain_timeout: g.drain_timeout.0,
             workers: g.workers,
+            max_connections: g.max_connections.max(1),
+            max_connections_per_client: g.max_connections_per_client.max(1),
         },
         nodes,
         upstream: Upstream {

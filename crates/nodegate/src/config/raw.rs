@@ -45,6 +45,8 @@ pub struct RawGateway {
     pub idle_timeout: Dur,
     pub drain_timeout: Dur,
     pub workers: usize,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
 }
 
 impl Default for RawGateway {
@@ -60,6 +62,8 @@ impl Default for RawGateway {
             idle_timeout: Dur(std::time::Duration::from_secs(60)),
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             workers: 0,
+            max_connections: 10_000,
+            max_connections_per_client: 256,
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::caps::Slot;
 use super::{Accepted, Phase, proxy_protocol};
 use crate::upstream::headers::Forwarding;
 
@@ -180,10 +181,11 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     accepted: Accepted,
+    _slot: Slot,
     mut phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
-    let Accepted { proxy, builder, proxy_protocol } = accepted;
+    let Accepted { proxy, builder, proxy_protocol, .. } = accepted;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.
         if !proxy.trusted_proxies().contains(peer.ip()) {

@@ -1,6 +1,7 @@
 //! Listeners: bind, accept, serve each connection with HTTP/1.1 or HTTP/2 (h2c prior knowledge), and
 //! drain on shutdown. Connection guards (header-read and idle timeouts) live in [`conn`].
 
+mod caps;
 mod conn;
 pub mod proxy_protocol;
 
@@ -63,6 +64,8 @@ impl Gateway {
         };
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let builder = Arc::new(http_builder(&config));
+        let g = &config.gateway;
+        let caps = caps::Caps::new(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
         let mut addrs = Vec::new();
         let plain = config.gateway.listen.iter().map(|a| (a, false));
         let with_proxy_header = config.gateway.listen_proxy_protocol.iter().map(|a| (a, true));
@@ -72,7 +75,7 @@ impl Gateway {
             let local = listener.local_addr()?;
             addrs.push(local);
             tracing::info!(%local, proxy_protocol, "listening");
-            let conns = Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol };
+            let conns = Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone() };
             tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
         let drain_timeout = config.gateway.drain_timeout;
@@ -165,6 +168,7 @@ pub(crate) struct Accepted {
     pub builder: Arc<auto::Builder<TokioExecutor>>,
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    pub caps: Arc<caps::Caps>,
 }
 
 async fn accept_loop(
@@ -177,8 +181,13 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over a connection cap: closed here, before any work is spent on it.
+                    let Some(slot) = conns.caps.admit(peer.ip()) else {
+                        tracing::debug!(%peer, "connection cap reached: closed at accept");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(conn::serve(stream, peer, conns.clone(), phase.clone(), alive.clone()));
+                    tokio::spawn(conn::serve(stream, peer, conns.clone(), slot, phase.clone(), alive.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.

@@ -1,0 +1,81 @@
+//! Connection caps: at most `max_connections` open client connections in all, and at most
+//! `max_connections_per_client` from one address (trusted proxies exempt: a balancer carries many
+//! clients). A connection over either cap is closed at accept, before any HTTP work. The table
+//! only holds addresses with open connections, so the global cap bounds its size too.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::pipeline::ip_set::IpSet;
+
+pub struct Caps {
+    total_max: usize,
+    per_client_max: usize,
+    exempt: IpSet,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// An admitted connection; leaving the caps when dropped.
+pub struct Slot {
+    caps: Arc<Caps>,
+    ip: IpAddr,
+}
+
+impl Caps {
+    pub fn new(total_max: usize, per_client_max: usize, exempt: IpSet) -> Arc<Caps> {
+        Arc::new(Caps { total_max, per_client_max, exempt, open: Mutex::new((0, HashMap::new())) })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when a cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.total_max {
+            return None;
+        }
+        let exempt = self.exempt.contains(ip);
+        let mine = open.1.get(&ip).copied().unwrap_or(0);
+        if !exempt && mine >= self.per_client_max {
+            return None;
+        }
+        open.0 += 1;
+        *open.1.entry(ip).or_insert(0) += 1;
+        Some(Slot { caps: self.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_client_and_in_all() {
+        let caps = Caps::new(4, 2, IpSet::new(&["10.0.0.1/32".parse().unwrap()]));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let a1 = caps.admit(a).unwrap();
+        let _a2 = caps.admit(a).unwrap();
+        assert!(caps.admit(a).is_none(), "per-client cap");
+        assert!(caps.admit("::ffff:192.0.2.1".parse().unwrap()).is_none(), "mapped is the same client");
+        let _b1 = caps.admit(b).unwrap();
+        drop(a1);
+        let _a3 = caps.admit(a).unwrap();
+        // Trusted proxies are exempt from the per-client cap, not from the total.
+        let _p1 = caps.admit("10.0.0.1".parse().unwrap()).unwrap();
+        assert!(caps.admit("10.0.0.1".parse().unwrap()).is_none(), "total cap");
+        assert_eq!(caps.open.lock().unwrap().1.len(), 3);
+    }
+}

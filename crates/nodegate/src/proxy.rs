@@ -1,6 +1,6 @@
-//! The request flow, read top to bottom: guards on size, pick a node, clean and forward the request,
-//! clean and return the response, telling the balancer how the node did. Later steps of shared/design.md (identity, IP filter, route policy,
-//! auth, rate limits) slot in before the node is picked.
+//! The request flow, read top to bottom (shared/design.md): address filter, size guards, route
+//! policy on the canonical path, authorization, rate limit, then pick a node, clean and forward
+//! the request, clean and return the response, telling the balancer how the node did.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -178,10 +178,11 @@ impl Proxy {
             body = CappedBody::buffered(data);
         }
 
+        // The client's target; each node it is sent to puts its own base path in front (in `send`).
+        let target = Uri::from(path_and_query);
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
         *up.version_mut() = Version::HTTP_11;
-        *up.uri_mut() = Uri::from(path_and_query);
         let headers = up.headers_mut();
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
@@ -207,9 +208,9 @@ impl Proxy {
         // before any answer; copying its head is only worth it when there is another node to try.
         let idempotent = matches!(*up.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let copy = (idempotent && up.body().is_end_stream() && self.balancer.nodes().len() > 1 && !websocket)
-            .then(|| (up.method().clone(), up.uri().clone(), up.headers().clone()));
+            .then(|| (up.method().clone(), up.headers().clone()));
 
-        let (mut resp, lease, in_flight, node) = match self.send(&node, up).await {
+        let (mut resp, lease, in_flight, node) = match self.send(&node, up, &target).await {
             Ok((resp, lease, in_flight)) => (resp, lease, in_flight, node),
             Err((err, unsent)) => {
                 // Retry once on another node: a request that never left (no connection), or an
@@ -217,10 +218,9 @@ impl Proxy {
                 // reached a node is never resent: a message must not be submitted twice.
                 let again = match unsent {
                     Some(req) => Some(req),
-                    None if matches!(err, GatewayError::NodeReset { .. }) => copy.map(|(method, uri, headers)| {
+                    None if matches!(err, GatewayError::NodeReset { .. }) => copy.map(|(method, headers)| {
                         let mut req = Request::new(CappedBody::buffered(bytes::Bytes::new()));
                         *req.method_mut() = method;
-                        *req.uri_mut() = uri;
                         *req.headers_mut() = headers;
                         req
                     }),
@@ -230,7 +230,7 @@ impl Proxy {
                 match (again, other) {
                     (Some(req), Some(other)) => {
                         tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
-                        match self.send(&other, req).await {
+                        match self.send(&other, req, &target).await {
                             Ok((resp, lease, in_flight)) => (resp, lease, in_flight, other),
                             Err((err, _)) => return Err((err, Some(other.name.clone()))),
                         }
@@ -273,16 +273,16 @@ impl Proxy {
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }
 
-    /// One exchange with one node, reported to the balancer. On failure, the request comes back if
-    /// it never left the gateway.
+    /// One exchange with one node, reported to the balancer: `target` under the node's base path.
+    /// On failure, the request comes back if it never left the gateway.
     async fn send(
         &self,
         node: &Arc<Node>,
         mut req: Request<CappedBody>,
+        target: &Uri,
     ) -> Result<(Response<Incoming>, Lease, InFlight), (GatewayError, Option<Request<CappedBody>>)> {
-        let base = Uri::from(req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         *req.uri_mut() =
-            node_uri(node, base).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
+            node_uri(node, target).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
         // The node gets its own authority as Host; the client's went into X-Forwarded-Host.
         req.headers_mut().insert(header::HOST, node.host.clone());
         let timeout = self.config.upstream.response_timeout;
@@ -314,9 +314,9 @@ impl Proxy {
 }
 
 /// The origin-form target a node is sent: its base path, then the client's path and query.
-fn node_uri(node: &Node, target: Uri) -> Result<Uri, http::Error> {
+fn node_uri(node: &Node, target: &Uri) -> Result<Uri, http::Error> {
     if node.base_path.is_empty() {
-        return Ok(target);
+        return Ok(target.clone());
     }
     let pq = target.path_and_query().map_or("/", |p| p.as_str());
     Ok(Uri::from(PathAndQuery::try_from(format!("{}{pq}", node.base_path))?))

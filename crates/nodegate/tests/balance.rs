@@ -203,3 +203,24 @@ async fn nodes_are_added_removed_and_reweighted_on_reload_without_failed_request
     // b kept its state across the reload: its request count did not start again.
     assert!(status["nodes"][0]["requests"].as_u64().unwrap() > 300);
 }
+
+#[tokio::test]
+async fn a_retried_request_carries_its_new_nodes_base_path_once() {
+    // Both nodes mount the API under /debug; the heavier one is down, so requests that pick it
+    // first come back unsent and go to the other, which must get /debug/headers, not the path
+    // with the first node's base path already in front of it.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let b = node().await;
+    let toml = format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\n[[node]]\nname = \"dead\"\nurl = \"http://{dead}/debug\"\nweight = 1000\n\
+         \n[[node]]\nname = \"b\"\nurl = \"{}/debug\"\n\n[health]\nactive = false\n\
+         \n[[route]]\npath = \"/headers\"\naccess = \"public\"\n\n[log]\naccess = false\n",
+        b.url()
+    );
+    let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "base.toml").unwrap()).await.unwrap();
+    for _ in 0..3 {
+        let r = get(addr(&gw), "/headers").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.json()["uri"], "/debug/headers");
+    }
+}

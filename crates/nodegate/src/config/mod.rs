@@ -230,14 +230,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         return Err(at.error(g.listen.span(), Some("gateway.listen".into()), "needs at least one address"));
     }
     for addr in g.listen.get_ref() {
-        let parsed = addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-            at.error(
-                addr.span(),
-                Some("gateway.listen".into()),
-                format!("`{}` is not an address:port (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")", addr.get_ref()),
-            )
-        })?;
-        listen.push(parsed);
+        listen.push(socket_addr(addr, "gateway.listen", at)?);
     }
     let max_header_size = usize::try_from(g.max_header_size.0).unwrap_or(usize::MAX);
     if max_header_size < 1024 {
@@ -284,13 +277,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let trusted_proxies = ip_set(&g.trusted_proxies, "gateway.trusted_proxies", at)?;
     let mut listen_proxy_protocol = Vec::new();
     for addr in &g.listen_proxy_protocol {
-        let parsed = addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-            at.error(
-                addr.span(),
-                Some("gateway.listen_proxy_protocol".into()),
-                format!("`{}` is not an address:port", addr.get_ref()),
-            )
-        })?;
+        let parsed = socket_addr(addr, "gateway.listen_proxy_protocol", at)?;
         if trusted_proxies.is_empty() {
             return Err(at.error(
                 addr.span(),
@@ -457,13 +444,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     }
     let admin = match raw.admin {
         None => None,
-        Some(a) => Some(a.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-            at.error(
-                a.listen.span(),
-                Some("admin.listen".into()),
-                format!("`{}` is not an address:port", a.listen.get_ref()),
-            )
-        })?),
+        Some(a) => Some(socket_addr(&a.listen, "admin.listen", at)?),
     };
     let u = raw.upstream;
     Ok(Config {
@@ -506,6 +487,17 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             pool_max_idle_per_node: u.pool_max_idle_per_node,
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
+    })
+}
+
+/// A listen address, its error at its own place.
+fn socket_addr(item: &toml::Spanned<String>, key: &str, at: &Locator) -> Result<SocketAddr, ConfigError> {
+    item.get_ref().parse::<SocketAddr>().map_err(|_| {
+        at.error(
+            item.span(),
+            Some(key.into()),
+            format!("`{}` is not an address:port (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")", item.get_ref()),
+        )
     })
 }
 

@@ -28,11 +28,9 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
         }
         SendError::Sent(e) => e,
     };
-    if let Some(e) = find_source::<BodyTooLarge>(sent) {
-        return GatewayError::BodyTooLarge { limit: e.limit };
-    }
-    if find_source::<ClientBodyError>(sent).is_some() {
-        return GatewayError::ClientBodyAborted;
+    // The client's own body failed (too large, or the client went away): not the node's doing.
+    if find_source::<BodyTooLarge>(sent).is_some() || find_source::<ClientBodyError>(sent).is_some() {
+        return classify_body(sent);
     }
     GatewayError::NodeReset { node: node.into() }
 }

@@ -37,12 +37,14 @@ pub struct RequestGuard {
     pub bytes_sent: u64,
     pub upstream_body_error: bool,
     pub record: Option<Box<AccessRecord>>,
+    /// The client's in-flight slot, freed with the response.
+    pub slot: Option<crate::pipeline::in_flight::Slot>,
 }
 
 impl RequestGuard {
     pub fn new(conn: Arc<ConnState>) -> Self {
         conn.request_started();
-        RequestGuard { conn, bytes_sent: 0, upstream_body_error: false, record: None }
+        RequestGuard { conn, bytes_sent: 0, upstream_body_error: false, record: None, slot: None }
     }
 }
 

@@ -38,10 +38,14 @@ pub enum GatewayError {
     NodeBadAnswer { node: String, what: &'static str },
     #[error("the client stopped sending its request body")]
     ClientBodyAborted,
+    #[error("the request body arrived too slowly")]
+    BodyTooSlow,
+    #[error("too many requests in flight from you: at most {limit} at once")]
+    TooManyInFlight { limit: usize },
     #[error("this gateway does not proxy CONNECT")]
     MethodNotAllowed,
-    #[error("too many requests: try again in {0} s", retry_after_secs(.retry_after))]
-    RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit },
+    #[error("{}: try again in {1} s", policy_text(.policy), retry_after_secs(.retry_after))]
+    RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit, policy: &'static str },
     #[error("no node is available")]
     NoNode,
     #[error("remote proof of work is not offered here: send the message with its nonce")]
@@ -63,7 +67,8 @@ impl GatewayError {
             NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => StatusCode::BAD_GATEWAY,
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             NoNode | NoPowNode => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -73,7 +78,13 @@ impl GatewayError {
         use GatewayError::*;
         matches!(
             self,
-            AddressDenied | BadPath(_) | CredentialMissing | CredentialNotEnough | NotExposed | RateLimited { .. }
+            AddressDenied
+                | BadPath(_)
+                | CredentialMissing
+                | CredentialNotEnough
+                | NotExposed
+                | RateLimited { .. }
+                | TooManyInFlight { .. }
         )
     }
 
@@ -96,10 +107,16 @@ impl GatewayError {
             GatewayError::NoNode | GatewayError::NoPowNode => {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            GatewayError::RateLimited { retry_after, limit } => {
+            GatewayError::RateLimited { retry_after, limit, policy } => {
                 let secs = retry_after_secs(retry_after);
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-                rate_limit_headers(resp.headers_mut(), *limit, 0, *retry_after);
+                rate_limit_headers(resp.headers_mut(), policy, *limit, 0, *retry_after);
+            }
+            GatewayError::TooManyInFlight { .. } => {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::BodyTooSlow => {
+                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             GatewayError::CredentialMissing => {
                 resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
@@ -107,6 +124,14 @@ impl GatewayError {
             _ => {}
         }
         resp
+    }
+}
+
+fn policy_text(policy: &str) -> &'static str {
+    match policy {
+        "route" => "too many requests to this route",
+        "pow" => "remote proof of work budget used up",
+        _ => "too many requests",
     }
 }
 
@@ -118,15 +143,16 @@ fn retry_after_secs(d: &Duration) -> u64 {
 /// and its window, what is left, and in how many seconds more is available.
 pub fn rate_limit_headers(
     headers: &mut http::HeaderMap,
+    policy: &str,
     limit: crate::pipeline::rate_limit::Limit,
     remaining: u32,
     reset: Duration,
 ) {
     let window = (limit.interval * limit.burst).as_secs().max(1);
-    if let Ok(v) = HeaderValue::from_str(&format!("\"per-client\";q={};w={window}", limit.burst)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{policy}\";q={};w={window}", limit.burst)) {
         headers.insert("ratelimit-policy", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"per-client\";r={remaining};t={}", retry_after_secs(&reset))) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{policy}\";r={remaining};t={}", retry_after_secs(&reset))) {
         headers.insert("ratelimit", v);
     }
 }

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -13,14 +13,15 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::access_log::{AccessRecord, RequestGuard};
 use crate::balancer::{Balancer, InFlight, Node, Passive};
-use crate::body::{CappedBody, ProxyBody};
+use crate::body::{CappedBody, Pace, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
 use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::canonical_path::canonicalize;
 use crate::pipeline::identity;
-use crate::pipeline::rate_limit::{ClientKey, Decision as RateDecision, RateLimiter};
+use crate::pipeline::in_flight::{InFlightCap, Slot};
+use crate::pipeline::rate_limit::{ClientKey, Decision as RateDecision, Limit, RateLimiter};
 use crate::pipeline::route_policy::Access;
 use crate::profile;
 use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
@@ -30,14 +31,53 @@ pub struct Proxy {
     config: Arc<Config>,
     balancer: Arc<Balancer>,
     passive: Passive,
-    limiter: Option<RateLimiter>,
+    limits: Limiters,
+    in_flight: Option<Arc<InFlightCap>>,
+}
+
+/// Every rate limiter the config asks for, one table each.
+#[derive(Default)]
+pub struct Limiters {
+    /// `[rate_limit] per_client` (and API keys' own limits).
+    pub client: Option<Arc<RateLimiter>>,
+    /// `[rate_limit] pow`.
+    pub pow: Option<Arc<RateLimiter>>,
+    /// `[[route]] rate`, by the rule's position.
+    pub routes: Vec<Option<Arc<RateLimiter>>>,
+}
+
+impl Limiters {
+    fn new(config: &Config) -> Limiters {
+        let Some(rl) = config.rate_limit else { return Limiters::default() };
+        let shared = config.cluster.is_some();
+        let make = |name: String| {
+            let l = RateLimiter::new(name, rl.max_clients);
+            Arc::new(if shared { l.shared() } else { l })
+        };
+        Limiters {
+            client: Some(make("client".into())),
+            pow: rl.pow.map(|_| make("pow".into())),
+            routes: config.routes.rules().iter().map(|r| r.limit.map(|_| make(format!("route{}", r.id)))).collect(),
+        }
+    }
+
+    /// All of them, for the cluster sync.
+    pub fn all(&self) -> Vec<Arc<RateLimiter>> {
+        self.client.iter().chain(&self.pow).chain(self.routes.iter().flatten()).cloned().collect()
+    }
 }
 
 impl Proxy {
     pub fn new(config: Arc<Config>, balancer: Arc<Balancer>) -> Proxy {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
-        let limiter = config.rate_limit.map(|r| RateLimiter::new(r.limit, r.max_clients));
-        Proxy { config, balancer, passive, limiter }
+        let limits = Limiters::new(&config);
+        let max = config.gateway.max_in_flight_per_client;
+        let in_flight = (max > 0).then(|| InFlightCap::new(max));
+        Proxy { config, balancer, passive, limits, in_flight }
+    }
+
+    pub fn limiters(&self) -> &Limiters {
+        &self.limits
     }
 
     pub fn trusted_proxies(&self) -> &crate::pipeline::ip_set::IpSet {
@@ -70,7 +110,8 @@ impl Proxy {
                 start: tokio::time::Instant::now(),
             })
         });
-        let (mut resp, node) = match self.forward(req, &conn, client, request_id.clone()).await {
+        let mut slot = None;
+        let (mut resp, node) = match self.forward(req, &conn, client, request_id.clone(), &mut slot).await {
             Ok((resp, node)) => (resp, Some(node)),
             Err((err, node)) => {
                 if err.is_denial() {
@@ -89,6 +130,7 @@ impl Proxy {
             r.node = node;
         }
         guard.record = record;
+        guard.slot = slot;
         resp.map(|b| b.with_guard(guard))
     }
 
@@ -98,6 +140,7 @@ impl Proxy {
         conn: &ConnState,
         client: IpAddr,
         request_id: HeaderValue,
+        slot: &mut Option<Slot>,
     ) -> Result<(Response<ProxyBody>, Arc<str>), (GatewayError, Option<Arc<str>>)> {
         let g = &self.config.gateway;
         if !self.config.access.permits(client) {
@@ -131,18 +174,17 @@ impl Proxy {
             Access::Deny => return Err((GatewayError::NotExposed, None)),
         }
         let pass_credential = rule.is_some_and(|r| r.pass_credential);
-        // Rate limits: per API key when the client authenticated, else per address (or /64).
-        let mut rate_headers = None;
-        if let (Some(limiter), Some(rl)) = (&self.limiter, &self.config.rate_limit) {
-            let key = match key_name {
-                Some(name) => ClientKey::ApiKey(name),
-                None => ClientKey::from_ip(client, rl.ipv6_prefix),
-            };
-            match limiter.check(key) {
-                RateDecision::Admit { remaining } => rate_headers = Some(remaining),
-                RateDecision::Reject { retry_after } => {
-                    return Err((GatewayError::RateLimited { retry_after, limit: limiter.limit() }, None));
-                }
+        // Limits are per API key when the client authenticated, else per address (or /64).
+        let ipv6_prefix = self.config.rate_limit.map_or(64, |r| r.ipv6_prefix);
+        let client_key = match key_name {
+            Some(name) => ClientKey::ApiKey(name),
+            None => ClientKey::from_ip(client, ipv6_prefix),
+        };
+        let rate_headers = self.check_rates(rule, &client_key)?;
+        if let Some(cap) = &self.in_flight {
+            match cap.enter(client_key.clone()) {
+                Some(s) => *slot = Some(s),
+                None => return Err((GatewayError::TooManyInFlight { limit: cap.max() }, None)),
             }
         }
         let path_and_query = match target.query() {
@@ -168,7 +210,8 @@ impl Proxy {
             .or_else(|| req.headers().get(header::HOST).cloned());
 
         let (parts, body) = req.into_parts();
-        let mut body = CappedBody::new(body, g.max_body);
+        let pace = (!body.is_end_stream()).then(|| Pace::new(g.body_timeout, g.min_body_rate));
+        let mut body = CappedBody::new(body, g.max_body, pace);
         // A submission's body decides whether it asks for remote PoW, so it is read before a node
         // is chosen (it is capped by max_body); read whole, it can also be resent.
         let mut need_pow = false;
@@ -176,6 +219,12 @@ impl Proxy {
             let data = body.read_all().await.map_err(|e| (upstream::classify_body(&*e), None))?;
             need_pow = profile::needs_pow(parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), &data);
             body = CappedBody::buffered(data);
+            if need_pow
+                && let (Some(pow), Some(limit)) = (&self.limits.pow, self.config.rate_limit.and_then(|r| r.pow))
+                && let RateDecision::Reject { retry_after } = pow.check(&client_key, limit, 1)
+            {
+                return Err((GatewayError::RateLimited { retry_after, limit, policy: "pow" }, None));
+            }
         }
 
         // The client's target; each node it is sent to puts its own base path in front (in `send`).
@@ -267,10 +316,50 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        if let (Some(remaining), Some(limiter)) = (rate_headers, &self.limiter) {
-            crate::error::rate_limit_headers(resp.headers_mut(), limiter.limit(), remaining, Duration::ZERO);
+        if let Some((policy, limit, remaining)) = rate_headers {
+            crate::error::rate_limit_headers(resp.headers_mut(), policy, limit, remaining, Duration::ZERO);
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
+    }
+
+    /// The route's own limit, then the client's (with the route's cost). Returns the tighter one's
+    /// state for the `RateLimit` headers.
+    #[allow(clippy::type_complexity)]
+    fn check_rates(
+        &self,
+        rule: Option<&crate::pipeline::route_policy::Rule>,
+        key: &ClientKey,
+    ) -> Result<Option<(&'static str, Limit, u32)>, (GatewayError, Option<Arc<str>>)> {
+        let Some(rl) = &self.config.rate_limit else { return Ok(None) };
+        let mut tightest: Option<(&'static str, Limit, u32)> = None;
+        let route = rule.and_then(|r| Some((self.limits.routes.get(r.id)?.as_ref()?, r.limit?)));
+        if let Some((limiter, limit)) = route {
+            match limiter.check(key, limit, 1) {
+                RateDecision::Admit { remaining } => tightest = Some(("route", limit, remaining)),
+                RateDecision::Reject { retry_after } => {
+                    return Err((GatewayError::RateLimited { retry_after, limit, policy: "route" }, None));
+                }
+            }
+        }
+        if let Some(limiter) = &self.limits.client {
+            let limit = match key {
+                ClientKey::ApiKey(name) => {
+                    self.config.api_keys.iter().find(|k| k.name == *name).and_then(|k| k.limit).unwrap_or(rl.limit)
+                }
+                _ => rl.limit,
+            };
+            match limiter.check(key, limit, rule.map_or(1, |r| r.cost)) {
+                RateDecision::Admit { remaining } => {
+                    if tightest.is_none_or(|(_, _, r)| remaining < r) {
+                        tightest = Some(("per-client", limit, remaining));
+                    }
+                }
+                RateDecision::Reject { retry_after } => {
+                    return Err((GatewayError::RateLimited { retry_after, limit, policy: "per-client" }, None));
+                }
+            }
+        }
+        Ok(tightest)
     }
 
     /// One exchange with one node, reported to the balancer: `target` under the node's base path.

@@ -27,6 +27,7 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 }
 
 const NODE: &str = "[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n";
+const RATE: &str = "[rate_limit]\nper_client = \"1/s\"\nburst = 1\n";
 
 #[test]
 fn check_accepts_a_good_config() {
@@ -82,6 +83,31 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
             "unknown variant",
         ),
         ("zero-weight", format!("{NODE}weight = 0\n"), ":4:10: node[0].weight: ", "1 or more"),
+        (
+            "burst-without-rate",
+            format!("{NODE}\n{RATE}\n[[route]]\npath = \"/x\"\naccess = \"public\"\nburst = 5\n"),
+            ":12:9: route[0].burst: ",
+            "needs `rate`",
+        ),
+        (
+            "zero-cost",
+            format!("{NODE}\n{RATE}\n[[route]]\npath = \"/x\"\naccess = \"public\"\nrate = \"1/s\"\ncost = 0\n"),
+            ":13:8: route[0].cost: ",
+            "1 or more",
+        ),
+        (
+            "route-limit-without-rate-limit",
+            format!("{NODE}\n[[route]]\npath = \"/x\"\naccess = \"public\"\nrate = \"1/s\"\n"),
+            ":1:1: rate_limit: ",
+            "need a [rate_limit]",
+        ),
+        ("bad-redis-url", format!("{NODE}\n[cluster]\nredis = \"http://x\"\n"), ":6:9: cluster.redis: ", "http://x"),
+        (
+            "bad-body-rate",
+            format!("[gateway]\nmin_body_rate = \"1KiB\"\n\n{NODE}"),
+            ":2:17: gateway.min_body_rate: ",
+            "bytes per second",
+        ),
         (
             "bad-log-format",
             format!("[log]\nformat = \"xml\"\n\n{NODE}"),

@@ -39,7 +39,16 @@ pub struct Config {
     pub health: Health,
     /// Where `/status` is served; no admin listener when `[admin]` is absent.
     pub admin: Option<SocketAddr>,
+    /// `[cluster]`: limits shared with other gateways through Redis.
+    pub cluster: Option<Cluster>,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub redis: String,
+    pub sync_interval: Duration,
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +89,12 @@ pub struct Gateway {
     pub max_connections: usize,
     /// Open connections at most from one address (trusted proxies are exempt).
     pub max_connections_per_client: usize,
+    /// Requests in flight at most per client key; 0 = no cap.
+    pub max_in_flight_per_client: usize,
+    /// Longest gap between two pieces of a request body.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average once `body_timeout` has passed; 0 = any.
+    pub min_body_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +114,8 @@ pub struct RateLimit {
     pub limit: Limit,
     pub ipv6_prefix: u8,
     pub max_clients: usize,
+    /// Remote proof-of-work budget per client.
+    pub pow: Option<Limit>,
 }
 
 /// `[access]`: which client addresses may use the gateway at all; deny wins.
@@ -338,7 +355,16 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             None => None,
         };
         let deny = ip_set(&r.deny, &format!("route[{i}].deny"), at)?;
+        let limit = limit(r.rate, r.burst.as_ref(), &format!("route[{i}]"), at)?;
+        let cost = match &r.cost {
+            None => 1,
+            Some(c) if *c.get_ref() == 0 => return Err(at.error(c.span(), key("cost"), "must be 1 or more")),
+            Some(c) => *c.get_ref(),
+        };
         rules.push(Rule {
+            id: i,
+            limit,
+            cost,
             pattern: pattern.clone(),
             methods,
             access: r.access,
@@ -411,7 +437,8 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         if k.roles.get_ref().is_empty() {
             return Err(at.error(k.roles.span(), key("roles"), "needs at least one role: \"key\" or \"admin\""));
         }
-        api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone() });
+        let limit = limit(k.rate, k.burst.as_ref(), &format!("api_key[{i}]"), at)?;
+        api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone(), limit });
     }
     let rate_limit = match raw.rate_limit {
         None => None,
@@ -426,7 +453,28 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
                 limit: Limit { interval: r.per_client.0, burst: *r.burst.get_ref() },
                 ipv6_prefix: *r.ipv6_prefix.get_ref(),
                 max_clients: r.max_clients,
+                pow: limit_with("pow", "pow_burst", r.pow, r.pow_burst.as_ref(), "rate_limit", at)?,
             })
+        }
+    };
+    if rate_limit.is_none() {
+        let limited = routes.rules().iter().any(|r| r.limit.is_some() || r.cost != 1)
+            || api_keys.iter().any(|k| k.limit.is_some());
+        if limited {
+            return Err(at.error(0..0, Some("rate_limit".into()), "route and key limits need a [rate_limit] section"));
+        }
+    }
+    let cluster = match raw.cluster {
+        None => None,
+        Some(c) => {
+            let url = c.redis.get_ref();
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(at.error(c.redis.span(), Some("cluster.redis".into()), format!("`{url}`: {e}")));
+            }
+            if c.sync_interval.get_ref().0.is_zero() {
+                return Err(at.error(c.sync_interval.span(), Some("cluster.sync_interval".into()), "must be above 0"));
+            }
+            Some(Cluster { redis: url.clone(), sync_interval: c.sync_interval.get_ref().0, key_prefix: c.key_prefix })
         }
     };
     let h = raw.health;
@@ -453,6 +501,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         api_keys,
         jwts,
         rate_limit,
+        cluster,
         health: Health {
             active: h.active,
             interval: h.interval.0,
@@ -478,6 +527,9 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             workers: g.workers,
             max_connections: g.max_connections.max(1),
             max_connections_per_client: g.max_connections_per_client.max(1),
+            max_in_flight_per_client: g.max_in_flight_per_client,
+            body_timeout: g.body_timeout.0,
+            min_body_rate: g.min_body_rate.0,
         },
         nodes,
         upstream: Upstream {
@@ -488,6 +540,40 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
     })
+}
+
+/// A `rate` and `burst` pair; the burst defaults to one second's worth of the rate (at least 1).
+fn limit(
+    rate: Option<units::Rate>,
+    burst: Option<&toml::Spanned<u32>>,
+    table: &str,
+    at: &Locator,
+) -> Result<Option<Limit>, ConfigError> {
+    limit_with("rate", "burst", rate, burst, table, at)
+}
+
+fn limit_with(
+    rate_key: &str,
+    burst_key: &str,
+    rate: Option<units::Rate>,
+    burst: Option<&toml::Spanned<u32>>,
+    table: &str,
+    at: &Locator,
+) -> Result<Option<Limit>, ConfigError> {
+    match (rate, burst) {
+        (None, None) => Ok(None),
+        (None, Some(b)) => {
+            Err(at.error(b.span(), Some(format!("{table}.{burst_key}")), format!("needs `{rate_key}` beside it")))
+        }
+        (Some(_), Some(b)) if *b.get_ref() == 0 => {
+            Err(at.error(b.span(), Some(format!("{table}.{burst_key}")), "must be 1 or more"))
+        }
+        (Some(r), b) => {
+            let per_second = (Duration::from_secs(1).as_nanos() / r.0.as_nanos().max(1)).max(1);
+            let burst = b.map_or(u32::try_from(per_second).unwrap_or(u32::MAX), |b| *b.get_ref());
+            Ok(Some(Limit { interval: r.0, burst }))
+        }
+    }
 }
 
 /// A listen address, its error at its own place.

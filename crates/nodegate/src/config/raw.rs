@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub jwt: Vec<RawJwt>,
     pub rate_limit: Option<RawRateLimit>,
     pub admin: Option<RawAdmin>,
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub log: RawLog,
 }
@@ -47,6 +48,12 @@ pub struct RawGateway {
     pub workers: usize,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// Requests one client (address, /64 or API key) may have in flight at once; 0 = no cap.
+    pub max_in_flight_per_client: usize,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Dur,
+    /// Slowest average a request body may arrive at, once `body_timeout` has passed (0 = any).
+    pub min_body_rate: super::units::ByteRate,
 }
 
 impl Default for RawGateway {
@@ -64,6 +71,9 @@ impl Default for RawGateway {
             workers: 0,
             max_connections: 10_000,
             max_connections_per_client: 256,
+            max_in_flight_per_client: 128,
+            body_timeout: Dur(std::time::Duration::from_secs(10)),
+            min_body_rate: super::units::ByteRate(1024),
         }
     }
 }
@@ -205,6 +215,12 @@ pub struct RawRoute {
     pub deny: Vec<Spanned<String>>,
     #[serde(default)]
     pub pass_credential: bool,
+    /// This route's own per-client limit, on top of `[rate_limit] per_client`.
+    pub rate: Option<super::units::Rate>,
+    /// Its burst; one second's worth of `rate` when not given.
+    pub burst: Option<Spanned<u32>>,
+    /// How many requests one request here counts as against `per_client`.
+    pub cost: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +229,9 @@ pub struct RawApiKey {
     pub name: Spanned<String>,
     pub hash: Spanned<String>,
     pub roles: Spanned<Vec<crate::pipeline::auth::Role>>,
+    /// This key's own limit instead of `[rate_limit] per_client`.
+    pub rate: Option<super::units::Rate>,
+    pub burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +257,30 @@ pub struct RawRateLimit {
     pub ipv6_prefix: Spanned<u8>,
     #[serde(default = "hundred_thousand")]
     pub max_clients: usize,
+    /// Remote proof-of-work budget per client: submissions that ask a node to do the PoW.
+    pub pow: Option<super::units::Rate>,
+    pub pow_burst: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `redis://host:port/db`: limits are shared through it.
+    pub redis: Spanned<String>,
+    /// How often each gateway tells Redis what it admitted and learns what the others did.
+    #[serde(default = "hundred_ms")]
+    pub sync_interval: Spanned<Dur>,
+    /// Prefix of every Redis key nodegate writes.
+    #[serde(default = "key_prefix")]
+    pub key_prefix: String,
+}
+
+fn hundred_ms() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(std::time::Duration::from_millis(100)))
+}
+
+fn key_prefix() -> String {
+    "nodegate:".into()
 }
 
 fn sixty_four() -> Spanned<u8> {

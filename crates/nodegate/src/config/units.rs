@@ -103,6 +103,24 @@ impl<'de> serde::Deserialize<'de> for Size {
     }
 }
 
+/// Bytes per second, written as a size per second: `"1KiB/s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRate(pub u64);
+
+pub fn parse_byte_rate(s: &str) -> Result<u64, String> {
+    let size = s
+        .trim()
+        .strip_suffix("/s")
+        .ok_or_else(|| format!("bad rate `{s}`: write it as bytes per second, e.g. \"1KiB/s\""))?;
+    parse_size(size)
+}
+
+impl<'de> serde::Deserialize<'de> for ByteRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor("a rate string such as \"1KiB/s\"", |s: &str| parse_byte_rate(s).map(ByteRate)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +154,15 @@ mod tests {
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
         for bad in ["", "MiB", "1 lb", "-1KiB", "99999999999999999999GiB"] {
             assert!(parse_size(bad).is_err(), "{bad} should fail");
+        }
+    }
+
+    #[test]
+    fn byte_rates() {
+        assert_eq!(parse_byte_rate("1KiB/s"), Ok(1024));
+        assert_eq!(parse_byte_rate("0/s"), Ok(0));
+        for bad in ["1KiB", "1KiB/min", "/s", "fast"] {
+            assert!(parse_byte_rate(bad).is_err(), "{bad} should fail");
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct Gateway {
     /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
     alive: mpsc::Receiver<()>,
     drain_timeout: std::time::Duration,
+    cluster: Option<Arc<crate::cluster::ClusterState>>,
 }
 
 impl Gateway {
@@ -58,6 +59,8 @@ impl Gateway {
                 health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
             }
         }
+        let cluster =
+            config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
         let admin = match config.admin {
             Some(addr) => Some(admin::start(addr, balancer.clone(), phase.subscribe()).await?),
             None => None,
@@ -79,7 +82,7 @@ impl Gateway {
             tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
         let drain_timeout = config.gateway.drain_timeout;
-        Ok(Gateway { addrs, admin, config, balancer, phase, alive, drain_timeout })
+        Ok(Gateway { addrs, admin, config, balancer, phase, alive, drain_timeout, cluster })
     }
 
     /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, in order (useful
@@ -109,11 +112,17 @@ impl Gateway {
         if new.gateway.listen != old.gateway.listen
             || new.gateway.profile != old.gateway.profile
             || new.admin != old.admin
-            || format!("{:?}{:?}{:?}", new.upstream, new.health, new.log)
-                != format!("{:?}{:?}{:?}", old.upstream, old.health, old.log)
+            || new.cluster != old.cluster
+            || format!("{:?}{:?}{:?}{:?}", new.upstream, new.health, new.log, new.rate_limit)
+                != format!("{:?}{:?}{:?}{:?}", old.upstream, old.health, old.log, old.rate_limit)
         {
             tracing::warn!("reload applies [[node]] changes only; other changed settings take a restart");
         }
+    }
+
+    /// Whether Redis answered the last limit sync; `None` without `[cluster]`.
+    pub fn redis_up(&self) -> Option<bool> {
+        self.cluster.as_ref().map(|c| c.redis_up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The admin listener's bound address, when `[admin]` is configured.

@@ -84,6 +84,8 @@ pub struct ApiKey {
     pub name: String,
     pub hash: [u8; 32],
     pub roles: Vec<Role>,
+    /// The key's own rate limit instead of `[rate_limit] per_client`.
+    pub limit: Option<super::rate_limit::Limit>,
 }
 
 /// What a request's credential allows.
@@ -197,8 +199,18 @@ mod tests {
 
     fn keys() -> Vec<ApiKey> {
         vec![
-            ApiKey { name: "wallet".into(), hash: parse_hash(&hash("k-wallet")).unwrap(), roles: vec![Role::Key] },
-            ApiKey { name: "ops".into(), hash: parse_hash(&hash("k-ops")).unwrap(), roles: vec![Role::Admin] },
+            ApiKey {
+                name: "wallet".into(),
+                hash: parse_hash(&hash("k-wallet")).unwrap(),
+                roles: vec![Role::Key],
+                limit: None,
+            },
+            ApiKey {
+                name: "ops".into(),
+                hash: parse_hash(&hash("k-ops")).unwrap(),
+                roles: vec![Role::Admin],
+                limit: None,
+            },
         ]
     }
 

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod canonical_path;
 pub mod identity;
+pub mod in_flight;
 pub mod ip_set;
 pub mod rate_limit;
 pub mod route_policy;

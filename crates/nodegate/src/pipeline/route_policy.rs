@@ -35,6 +35,12 @@ pub struct Rule {
     pub deny: IpSet,
     /// Send the client's credential on to the node (normally it is removed).
     pub pass_credential: bool,
+    /// Position among the configured rules, naming its own limiter; `usize::MAX` for defaults.
+    pub id: usize,
+    /// This route's own per-client limit.
+    pub limit: Option<super::rate_limit::Limit>,
+    /// What a request here counts as against the per-client limit.
+    pub cost: u32,
 }
 
 impl Rule {
@@ -46,6 +52,9 @@ impl Rule {
             allow: None,
             deny: IpSet::default(),
             pass_credential: false,
+            id: usize::MAX,
+            limit: None,
+            cost: 1,
         }
     }
 
@@ -74,6 +83,11 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     pub fn new(rules: Vec<Rule>, profile: Profile) -> RoutePolicy {
         RoutePolicy { rules, defaults: defaults(profile) }
+    }
+
+    /// The configured rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// The first rule that matches, configured ones before the profile's; `None` means deny.

@@ -14,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BodyTooLarge, ClientBodyError};
+use crate::body::{BodyTooLarge, BodyTooSlow, ClientBodyError};
 use crate::config::Upstream;
 use crate::error::GatewayError;
 use crate::listener::Phase;
@@ -29,7 +29,10 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
         SendError::Sent(e) => e,
     };
     // The client's own body failed (too large, or the client went away): not the node's doing.
-    if find_source::<BodyTooLarge>(sent).is_some() || find_source::<ClientBodyError>(sent).is_some() {
+    if find_source::<BodyTooLarge>(sent).is_some()
+        || find_source::<BodyTooSlow>(sent).is_some()
+        || find_source::<ClientBodyError>(sent).is_some()
+    {
         return classify_body(sent);
     }
     GatewayError::NodeReset { node: node.into() }
@@ -37,10 +40,13 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
 
 /// Maps a failure reading the client's body (before any node was involved).
 pub fn classify_body(err: &(dyn StdError + 'static)) -> GatewayError {
-    match find_source::<BodyTooLarge>(err) {
-        Some(e) => GatewayError::BodyTooLarge { limit: e.limit },
-        None => GatewayError::ClientBodyAborted,
+    if let Some(e) = find_source::<BodyTooLarge>(err) {
+        return GatewayError::BodyTooLarge { limit: e.limit };
     }
+    if find_source::<BodyTooSlow>(err).is_some() {
+        return GatewayError::BodyTooSlow;
+    }
+    GatewayError::ClientBodyAborted
 }
 
 fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {

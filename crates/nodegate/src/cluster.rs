@@ -1,0 +1,152 @@
+//! `[cluster] redis`: rate limits held for a fleet of gateways, not just one.
+//!
+//! Decisions stay local: a request never waits for Redis. Every `sync_interval` each gateway sends
+//! Redis what each client used since the last sync (admitted cost x interval, per limiter and key);
+//! one Lua script adds that to the client's fleet-wide GCRA time (TAT) in Redis' own clock and
+//! answers how far ahead of now it stands; the gateway moves its local TAT up to that. So every
+//! admission anywhere is charged to the fleet within one interval, and the fleet admits the same
+//! `burst + rate x time` as one gateway would, plus what the gateways admit before they hear of
+//! each other.
+//!
+//! Error bound: with `G` gateways, a client that spreads its requests over all of them is admitted
+//! at most `(G - 1) x (burst + rate x sync_interval)` more than the limit, and only in the interval
+//! in which it starts (or returns after a quiet spell): later intervals are paid for in full,
+//! because an overdraft pushes the fleet TAT ahead and every gateway waits it out. Each gateway's
+//! own limit always holds.
+//!
+//! If Redis goes away, each gateway goes on with its local limits (which still hold per gateway),
+//! logs it once, drops what it could not report (so that a long outage does not come back as a
+//! block), and tries again every interval; once Redis answers it logs that too and limits are
+//! fleet-wide again. Keys expire in Redis when their TAT passes, so Redis' memory is bounded by
+//! the clients active within one burst window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::config::Cluster;
+use crate::listener::Phase;
+use crate::pipeline::rate_limit::RateLimiter;
+
+/// KEYS: one per client and limiter. ARGV: microseconds each used. Answers, per key, how many
+/// microseconds its fleet TAT is ahead of Redis' now.
+const SYNC: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0') or 0
+  if tat < now then tat = now end
+  tat = tat + tonumber(ARGV[i])
+  redis.call('SET', key, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+  out[i] = tat - now
+end
+return out
+"#;
+
+/// Keys per script call: large enough to cover a busy interval in a few round trips, small enough
+/// not to hold Redis (single-threaded) for long.
+const BATCH: usize = 512;
+
+/// Whether Redis answered the last sync; for `/status` and tests.
+#[derive(Default)]
+pub struct ClusterState {
+    pub redis_up: AtomicBool,
+}
+
+pub fn spawn(config: &Cluster, limiters: Vec<Arc<RateLimiter>>, phase: watch::Receiver<Phase>) -> Arc<ClusterState> {
+    let state = Arc::new(ClusterState::default());
+    // Validated with the config, so this cannot fail here; stay local if it somehow does.
+    let client = match redis::Client::open(config.redis.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: bad redis URL; limits stay local");
+            return state;
+        }
+    };
+    let timeout = config.sync_interval.max(Duration::from_millis(500));
+    let cm = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(config.sync_interval);
+    let conn = match ConnectionManager::new_lazy_with_config(client, cm) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot set up redis; limits stay local");
+            return state;
+        }
+    };
+    let sync = Sync { conn, limiters, prefix: config.key_prefix.clone(), timeout, state: state.clone() };
+    tokio::spawn(sync.run(config.sync_interval, phase));
+    state
+}
+
+struct Sync {
+    conn: ConnectionManager,
+    limiters: Vec<Arc<RateLimiter>>,
+    prefix: String,
+    timeout: Duration,
+    state: Arc<ClusterState>,
+}
+
+impl Sync {
+    async fn run(mut self, every: Duration, mut phase: watch::Receiver<Phase>) {
+        let script = redis::Script::new(SYNC);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Assume up until a sync fails, so the first failure is the one logged.
+        let mut up = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = phase.changed() => if changed.is_err() || *phase.borrow() != Phase::Running { return },
+            }
+            let mut work = Vec::new();
+            for l in &self.limiters {
+                work.extend(l.take_pending().into_iter().map(|p| (l.clone(), p)));
+            }
+            if work.is_empty() {
+                continue;
+            }
+            let mut ok = true;
+            for chunk in work.chunks(BATCH) {
+                let mut call = script.prepare_invoke();
+                for (l, p) in chunk {
+                    call.key(format!("{}rl:{}:{}", self.prefix, l.name(), p.key));
+                    call.arg(p.used.as_micros().max(1) as u64);
+                }
+                match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut self.conn)).await {
+                    Ok(Ok(ahead)) => {
+                        for ((l, p), us) in chunk.iter().zip(ahead) {
+                            l.apply_fleet(&p.key, Duration::from_micros(us.max(0) as u64));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        ok = false;
+                        if up {
+                            tracing::warn!(error = %e, "redis unreachable: limits hold per gateway until it is back");
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        ok = false;
+                        if up {
+                            tracing::warn!(timeout = ?self.timeout, "redis did not answer: limits hold per gateway until it does");
+                        }
+                        break;
+                    }
+                }
+            }
+            if ok && !up {
+                tracing::info!("redis reachable again: limits are fleet-wide");
+            }
+            up = ok;
+            self.state.redis_up.store(ok, Relaxed);
+        }
+    }
+}

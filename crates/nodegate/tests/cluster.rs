@@ -1,0 +1,129 @@
+//! End-to-end: two gateways share rate limits through a real Redis (`[cluster] redis`), which the
+//! test starts on a free port, kills mid-test and starts again. The fleet-wide limit must hold
+//! within the documented bound (cluster.rs): at most `(G - 1) x (burst + rate x sync_interval)`
+//! over `burst + rate x time`; without Redis each gateway holds its own limit and keeps serving.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+/// A redis-server child process on `port`, killed (SIGKILL, no goodbye) when dropped.
+struct Redis(Child);
+
+impl Redis {
+    async fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: scripts/test installs it (apt-get install redis-server)");
+        let redis = Redis(child);
+        eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()).await;
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A client whose connections come from `source` (a loopback address of its own), so each phase
+/// of the test is a fresh client to the limiter.
+fn client_from(source: &str) -> Client<HttpConnector, Full<Bytes>> {
+    let mut c = HttpConnector::new();
+    c.set_local_address(Some(source.parse::<IpAddr>().unwrap()));
+    Client::builder(TokioExecutor::new()).build(c)
+}
+
+/// Requests as fast as one client can, alternating between the gateways, for `span`; returns how
+/// many were admitted, and panics on anything but 200 or 429.
+async fn hammer(gws: &[SocketAddr], source: &str, span: Duration) -> (usize, Duration) {
+    let c = client_from(source);
+    let start = Instant::now();
+    let mut admitted = 0;
+    let mut i = 0;
+    while start.elapsed() < span {
+        let g = gws[i % gws.len()];
+        i += 1;
+        let r = send(&c, Method::GET, format!("http://{g}/api/v1/info"), &[], Bytes::new()).await;
+        match r.status.as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("gateway {g} answered {other}: {:?}", r.body),
+        }
+    }
+    (admitted, start.elapsed())
+}
+
+const RATE: f64 = 10.0;
+const BURST: f64 = 10.0;
+const SYNC: f64 = 0.05;
+
+async fn cluster_gateway(node: &str, port: u16) -> nodegate::Gateway {
+    let extra = format!(
+        "\n[rate_limit]\nper_client = \"{RATE}/s\"\nburst = {BURST}\n\
+         \n[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nsync_interval = \"{}ms\"\n",
+        SYNC * 1000.0
+    );
+    gateway(&[node.to_owned()], &extra).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_hold_one_limit_through_redis_and_survive_it_restarting() {
+    let port = free_port();
+    let redis = Redis::start(port).await;
+    let n = node().await;
+    let (a, b) = (cluster_gateway(&n.url(), port).await, cluster_gateway(&n.url(), port).await);
+    let gws = [addr(&a), addr(&b)];
+
+    // One client over both gateways gets the fleet's limit, within the bound, not twice it.
+    let (admitted, took) = hammer(&gws, "127.0.0.2", Duration::from_secs(3)).await;
+    let limit = BURST + RATE * took.as_secs_f64();
+    let bound = BURST + RATE * SYNC;
+    eprintln!("fleet of 2: admitted {admitted} in {took:?}; limit {limit:.1}, bound +{bound}");
+    assert!(admitted as f64 >= limit - 2.0, "admitted {admitted}, limit {limit:.1}: fewer than the limit");
+    assert!(admitted as f64 <= limit + bound + 1.0, "admitted {admitted}, limit {limit:.1}, bound {bound}");
+    assert_eq!((a.redis_up(), b.redis_up()), (Some(true), Some(true)));
+
+    // Redis dies: both gateways keep serving, each holding the limit on its own.
+    drop(redis);
+    let (admitted, took) = hammer(&gws, "127.0.0.3", Duration::from_secs(2)).await;
+    let per_gateway = BURST + RATE * took.as_secs_f64();
+    eprintln!("redis down: admitted {admitted} in {took:?}; each gateway's limit {per_gateway:.1}");
+    assert!(admitted > 0, "nothing served while Redis was down");
+    assert!(admitted as f64 <= 2.0 * per_gateway + 2.0, "admitted {admitted}: not even local limits held");
+    assert_eq!((a.redis_up(), b.redis_up()), (Some(false), Some(false)));
+
+    // Redis is back (empty): the gateways find it by themselves and the fleet limit holds again.
+    let _redis = Redis::start(port).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (a.redis_up(), b.redis_up()) != (Some(true), Some(true)) {
+        assert!(Instant::now() < deadline, "gateways did not reconnect to Redis within 10 s");
+        // The sync runs when there is something to report.
+        let _ = hammer(&gws, "127.0.0.5", Duration::from_millis(100)).await;
+    }
+    let (admitted, took) = hammer(&gws, "127.0.0.4", Duration::from_secs(3)).await;
+    let limit = BURST + RATE * took.as_secs_f64();
+    eprintln!("after recovery: admitted {admitted} in {took:?}; limit {limit:.1}");
+    assert!(admitted as f64 >= limit - 2.0, "after recovery: admitted {admitted}, limit {limit:.1}");
+    assert!(admitted as f64 <= limit + bound + 1.0, "after recovery: admitted {admitted}, limit {limit:.1}");
+}

@@ -194,7 +194,7 @@ impl Proxy {
             Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded))
                 .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
         };
-        if let Some(len) = content_length(&req)?
+        if let Some(len) = content_length(req.headers())?
             && len > g.max_body
         {
             return Err((GatewayError::BodyTooLarge { limit: g.max_body }, None));
@@ -215,7 +215,14 @@ impl Proxy {
         // A submission's body decides whether it asks for remote PoW, so it is read before a node
         // is chosen (it is capped by max_body); read whole, it can also be resent.
         let mut need_pow = false;
-        if profile::is_submission(g.profile, &parts.method, path_and_query.path()) {
+        let submission = profile::is_submission(g.profile, &parts.method, path_and_query.path());
+        // Small bodies are read whole first, so a slow upload holds no node connection.
+        let small = content_length(&parts.headers).ok().flatten().is_some_and(|n| n <= g.request_buffer);
+        if !submission && small && !body.is_end_stream() {
+            let data = body.read_all().await.map_err(|e| (upstream::classify_body(&*e), None))?;
+            body = CappedBody::buffered(data);
+        }
+        if submission {
             let data = body.read_all().await.map_err(|e| (upstream::classify_body(&*e), None))?;
             need_pow = profile::needs_pow(parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()), &data);
             body = CappedBody::buffered(data);
@@ -419,8 +426,8 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-fn content_length<B>(req: &Request<B>) -> Result<Option<u64>, (GatewayError, Option<Arc<str>>)> {
-    let Some(v) = req.headers().get(header::CONTENT_LENGTH) else { return Ok(None) };
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, (GatewayError, Option<Arc<str>>)> {
+    let Some(v) = headers.get(header::CONTENT_LENGTH) else { return Ok(None) };
     v.to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())

@@ -95,6 +95,9 @@ pub struct Gateway {
     pub body_timeout: Duration,
     /// Bytes per second a request body must average once `body_timeout` has passed; 0 = any.
     pub min_body_rate: u64,
+    /// Bodies up to this size are read whole before a node is chosen.
+    pub request_buffer: u64,
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +533,8 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             max_in_flight_per_client: g.max_in_flight_per_client,
             body_timeout: g.body_timeout.0,
             min_body_rate: g.min_body_rate.0,
+            request_buffer: g.request_buffer.0,
+            h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
         },
         nodes,
         upstream: Upstream {

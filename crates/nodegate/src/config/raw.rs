@@ -54,6 +54,11 @@ pub struct RawGateway {
     pub body_timeout: Dur,
     /// Slowest average a request body may arrive at, once `body_timeout` has passed (0 = any).
     pub min_body_rate: super::units::ByteRate,
+    /// Request bodies up to this size are read whole before a node is chosen, so that a slow
+    /// upload holds no node connection; larger ones stream.
+    pub request_buffer: Size,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for RawGateway {
@@ -74,6 +79,8 @@ impl Default for RawGateway {
             max_in_flight_per_client: 128,
             body_timeout: Dur(std::time::Duration::from_secs(10)),
             min_body_rate: super::units::ByteRate(1024),
+            request_buffer: Size(64 << 10),
+            h2_max_concurrent_streams: 128,
         }
     }
 }

@@ -166,7 +166,12 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(hard_cap).unwrap_or(u32::MAX))
-        .max_concurrent_streams(128);
+        .max_concurrent_streams(g.h2_max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels before they are
+        // served; past 20 pending the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(20)
+        // Streams the gateway had to reset for protocol errors, per connection, before GOAWAY.
+        .max_local_error_reset_streams(256);
     b
 }
 

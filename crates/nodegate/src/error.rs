@@ -148,13 +148,54 @@ pub fn rate_limit_headers(
     remaining: u32,
     reset: Duration,
 ) {
+    headers.insert(&RATELIMIT_POLICY, policy_header(policy, limit));
+    headers.insert(&RATELIMIT, remaining_header(policy, remaining, reset));
+}
+
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+// Written by hand: `format!` for these two cost 4,300 instructions a request (bench/callgrind), a
+// tenth of a whole proxied request; the policy's value is also made once per limit by the proxy.
+
+/// `"policy";q=<burst>;w=<seconds for a full burst>`.
+pub fn policy_header(policy: &str, limit: crate::pipeline::rate_limit::Limit) -> HeaderValue {
     let window = (limit.interval * limit.burst).as_secs().max(1);
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{policy}\";q={};w={window}", limit.burst)) {
-        headers.insert("ratelimit-policy", v);
+    header_value(policy, &[("q", u64::from(limit.burst)), ("w", window)])
+}
+
+/// `"policy";r=<remaining>;t=<seconds until more is available>`.
+pub fn remaining_header(policy: &str, remaining: u32, reset: Duration) -> HeaderValue {
+    header_value(policy, &[("r", u64::from(remaining)), ("t", retry_after_secs(&reset))])
+}
+
+fn header_value(policy: &str, parts: &[(&str, u64)]) -> HeaderValue {
+    let mut v = Vec::with_capacity(48);
+    v.push(b'"');
+    v.extend(policy.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'-'));
+    v.push(b'"');
+    for (key, n) in parts {
+        v.push(b';');
+        v.extend_from_slice(key.as_bytes());
+        v.push(b'=');
+        push_decimal(&mut v, *n);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{policy}\";r={remaining};t={}", retry_after_secs(&reset))) {
-        headers.insert("ratelimit", v);
+    // Only token characters, digits and punctuation went in: always a valid value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A JSON error response in the node API's shape.

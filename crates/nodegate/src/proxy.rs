@@ -33,6 +33,8 @@ pub struct Proxy {
     passive: Passive,
     limits: Limiters,
     in_flight: Option<Arc<InFlightCap>>,
+    /// `RateLimit-Policy` for `per_client`, made once.
+    client_policy: Option<HeaderValue>,
 }
 
 /// Every rate limiter the config asks for, one table each.
@@ -73,7 +75,8 @@ impl Proxy {
         let limits = Limiters::new(&config);
         let max = config.gateway.max_in_flight_per_client;
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
-        Proxy { config, balancer, passive, limits, in_flight }
+        let client_policy = config.rate_limit.map(|r| crate::error::policy_header("per-client", r.limit));
+        Proxy { config, balancer, passive, limits, in_flight, client_policy }
     }
 
     pub fn limiters(&self) -> &Limiters {
@@ -85,7 +88,8 @@ impl Proxy {
     }
 
     pub fn timeouts(&self) -> crate::listener::Timeouts {
-        crate::listener::Timeouts { header: self.config.gateway.header_timeout, idle: self.config.gateway.idle_timeout }
+        let g = &self.config.gateway;
+        crate::listener::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
     }
 
     /// Serves one request. Never fails: every problem becomes a JSON answer.
@@ -324,7 +328,14 @@ impl Proxy {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
         if let Some((policy, limit, remaining)) = rate_headers {
-            crate::error::rate_limit_headers(resp.headers_mut(), policy, limit, remaining, Duration::ZERO);
+            let h = resp.headers_mut();
+            let default = self.config.rate_limit.map(|r| r.limit);
+            let policy_value = match &self.client_policy {
+                Some(v) if policy == "per-client" && Some(limit) == default => v.clone(),
+                _ => crate::error::policy_header(policy, limit),
+            };
+            h.insert(&crate::error::RATELIMIT_POLICY, policy_value);
+            h.insert(&crate::error::RATELIMIT, crate::error::remaining_header(policy, remaining, Duration::ZERO));
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }

@@ -80,3 +80,47 @@ async fn connections_over_the_per_client_cap_are_closed_and_others_still_served(
     held.pop();
     eventually(async || served_from("127.0.0.1", g).await).await;
 }
+
+#[tokio::test]
+async fn websocket_tunnels_still_count_against_the_connection_cap() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "max_connections_per_client = 2").await;
+    let g = addr(&gw);
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{g}/mqtt")).await.unwrap();
+        tunnels.push(ws);
+    }
+    // Upgraded, the connections are tunnels now, but still this client's two.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!served_from("127.0.0.1", g).await, "a third connection was served beside two tunnels");
+    assert!(served_from("127.0.0.2", g).await);
+    tunnels.pop().unwrap().close(None).await.unwrap();
+    eventually(async || served_from("127.0.0.1", g).await).await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_response_is_cut_off_at_the_send_timeout() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "send_timeout = \"500ms\"\nheader_timeout = \"1s\"").await;
+    let g = addr(&gw);
+    let mut s = tokio::net::TcpStream::connect(g).await.unwrap();
+    s.write_all(b"GET /debug/bytes?n=100000000 HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    // Read nothing while the gateway fills the socket buffers and waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => got += k,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after {got} bytes");
+    assert!(got < 50_000_000, "{got} bytes: the response was not cut off");
+    // The gateway still serves others.
+    assert_eq!(get(g, "/api/v1/info").await.status, 200);
+}

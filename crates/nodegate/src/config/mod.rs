@@ -98,6 +98,8 @@ pub struct Gateway {
     /// Bodies up to this size are read whole before a node is chosen.
     pub request_buffer: u64,
     pub h2_max_concurrent_streams: u32,
+    /// Longest a response waits for the client to read it.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -535,6 +537,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             min_body_rate: g.min_body_rate.0,
             request_buffer: g.request_buffer.0,
             h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
+            send_timeout: g.send_timeout.0,
         },
         nodes,
         upstream: Upstream {

@@ -59,6 +59,8 @@ pub struct RawGateway {
     pub request_buffer: Size,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// Longest a response may wait for the client to read it before the connection is closed.
+    pub send_timeout: Dur,
 }
 
 impl Default for RawGateway {
@@ -81,6 +83,7 @@ impl Default for RawGateway {
             min_body_rate: super::units::ByteRate(1024),
             request_buffer: Size(64 << 10),
             h2_max_concurrent_streams: 128,
+            send_timeout: Dur(std::time::Duration::from_secs(30)),
         }
     }
 }

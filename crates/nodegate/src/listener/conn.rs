@@ -44,6 +44,12 @@ pub struct ConnState {
     /// Milliseconds since `epoch` when the last request finished.
     idle_since: AtomicU64,
     h2: AtomicBool,
+    /// Milliseconds since `epoch`, plus one, since a write to the client has been waiting for the
+    /// client to read; 0 = not waiting.
+    write_blocked_since: AtomicU64,
+    /// The connection's place under the connection caps. It lives as long as this state, which
+    /// the socket wrapper holds: a WebSocket tunnel (the same socket, upgraded) still counts.
+    _slot: Slot,
     /// For work that outlives the request (WebSocket tunnels): the server's phase, and a handle that
     /// keeps the server's drain waiting while held.
     pub(crate) phase: watch::Receiver<Phase>,
@@ -53,11 +59,19 @@ pub struct ConnState {
 enum Verdict {
     Fine,
     SlowHead,
+    /// The client has not read what the gateway is sending for `send_timeout`.
+    SlowReader,
     Idle,
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr, local: SocketAddr, phase: watch::Receiver<Phase>, alive: mpsc::Sender<()>) -> Self {
+    fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        slot: Slot,
+        phase: watch::Receiver<Phase>,
+        alive: mpsc::Sender<()>,
+    ) -> Self {
         ConnState {
             peer,
             local,
@@ -68,6 +82,8 @@ impl ConnState {
             head_since: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_blocked_since: AtomicU64::new(0),
+            _slot: slot,
             phase,
             alive,
         }
@@ -75,6 +91,21 @@ impl ConnState {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn write_result<T>(&self, res: &Poll<io::Result<T>>) {
+        match res {
+            Poll::Pending => {
+                if self.write_blocked_since.load(Relaxed) == 0 {
+                    self.write_blocked_since.store(self.now_ms() + 1, Relaxed);
+                }
+            }
+            Poll::Ready(_) => {
+                if self.write_blocked_since.load(Relaxed) != 0 {
+                    self.write_blocked_since.store(0, Relaxed);
+                }
+            }
+        }
     }
 
     pub fn request_started(&self) {
@@ -105,7 +136,10 @@ impl ConnState {
         let ms = |v: u64| self.epoch + Duration::from_millis(v);
         let soon = Instant::now() + t.header;
         if self.in_flight.load(Relaxed) > 0 {
-            return soon;
+            return match self.write_blocked_since.load(Relaxed) {
+                0 => soon,
+                since => (ms(since - 1) + t.send).min(soon),
+            };
         }
         match self.head_since.load(Relaxed) {
             0 => (ms(self.idle_since.load(Relaxed)) + t.idle).min(soon),
@@ -117,7 +151,10 @@ impl ConnState {
         let now = Instant::now();
         let ms = |v: u64| self.epoch + Duration::from_millis(v);
         if self.in_flight.load(Relaxed) > 0 {
-            return Verdict::Fine;
+            return match self.write_blocked_since.load(Relaxed) {
+                since if since > 0 && now >= ms(since - 1) + t.send => Verdict::SlowReader,
+                _ => Verdict::Fine,
+            };
         }
         match self.head_since.load(Relaxed) {
             0 if now >= ms(self.idle_since.load(Relaxed)) + t.idle => Verdict::Idle,
@@ -132,6 +169,8 @@ impl ConnState {
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
+    /// Longest a response may wait for the client to read.
+    pub send: Duration,
 }
 
 /// The TCP stream, reporting reads to the watchdog.
@@ -157,14 +196,18 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.write_result(&res);
+        res
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.write_result(&res);
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -181,7 +224,7 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     accepted: Accepted,
-    _slot: Slot,
+    slot: Slot,
     mut phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
@@ -202,7 +245,7 @@ pub(super) async fn serve(
         }
     }
     let local = stream.local_addr().unwrap_or(peer);
-    let state = Arc::new(ConnState::new(peer, local, phase.clone(), alive));
+    let state = Arc::new(ConnState::new(peer, local, slot, phase.clone(), alive));
     let timeouts = proxy.timeouts();
     let io = TokioIo::new(WatchedIo { inner: stream, state: state.clone(), first: true });
     let svc_state = state.clone();
@@ -232,6 +275,10 @@ pub(super) async fn serve(
                 Verdict::Fine => {}
                 Verdict::SlowHead => {
                     tracing::debug!(%peer, "closing connection: request head not received within the header timeout");
+                    break;
+                }
+                Verdict::SlowReader => {
+                    tracing::debug!(%peer, "closing connection: the client did not read its response within the send timeout");
                     break;
                 }
                 Verdict::Idle if closing => break,

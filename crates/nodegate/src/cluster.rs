@@ -21,7 +21,7 @@
 //! the clients active within one burst window.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -52,10 +52,22 @@ return out
 /// not to hold Redis (single-threaded) for long.
 const BATCH: usize = 512;
 
-/// Whether Redis answered the last sync; for `/status` and tests.
+/// Whether Redis answered the last sync or ping; for `/status` and tests.
 #[derive(Default)]
 pub struct ClusterState {
-    pub redis_up: AtomicBool,
+    /// 0: not asked yet, 1: up, 2: down.
+    redis: AtomicU8,
+}
+
+impl ClusterState {
+    /// `"unknown"` (not asked yet), `"up"` or `"down"`.
+    pub fn redis(&self) -> &'static str {
+        match self.redis.load(Relaxed) {
+            1 => "up",
+            2 => "down",
+            _ => "unknown",
+        }
+    }
 }
 
 pub fn spawn(config: &Cluster, limiters: Vec<Arc<RateLimiter>>, phase: watch::Receiver<Phase>) -> Arc<ClusterState> {
@@ -101,6 +113,9 @@ impl Sync {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Assume up until a sync fails, so the first failure is the one logged.
         let mut up = true;
+        // With nothing to report, Redis is still pinged every second, so that `/status` and the
+        // logs tell the truth on a quiet gateway too.
+        let mut last_ping: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -110,10 +125,19 @@ impl Sync {
             for l in &self.limiters {
                 work.extend(l.take_pending().into_iter().map(|p| (l.clone(), p)));
             }
-            if work.is_empty() {
-                continue;
-            }
             let mut ok = true;
+            if work.is_empty() {
+                if last_ping.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                    continue;
+                }
+                last_ping = Some(tokio::time::Instant::now());
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut self.conn);
+                ok = matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)));
+                if !ok && up {
+                    tracing::warn!("redis unreachable: limits hold per gateway until it is back");
+                }
+            }
             for chunk in work.chunks(BATCH) {
                 let mut call = script.prepare_invoke();
                 for (l, p) in chunk {
@@ -146,7 +170,7 @@ impl Sync {
                 tracing::info!("redis reachable again: limits are fleet-wide");
             }
             up = ok;
-            self.state.redis_up.store(ok, Relaxed);
+            self.state.redis.store(if ok { 1 } else { 2 }, Relaxed);
         }
     }
 }

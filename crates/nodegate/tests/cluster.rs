@@ -74,6 +74,12 @@ async fn hammer(gws: &[SocketAddr], source: &str, span: Duration) -> (usize, Dur
     (admitted, start.elapsed())
 }
 
+/// What the admin listener's `/status` says of Redis.
+async fn redis_status(gw: &nodegate::Gateway) -> String {
+    let r = get(gw.admin_addr().unwrap(), "/status").await;
+    r.json()["cluster"]["redis"].as_str().unwrap_or("missing").to_owned()
+}
+
 const RATE: f64 = 10.0;
 const BURST: f64 = 10.0;
 const SYNC: f64 = 0.05;
@@ -81,7 +87,8 @@ const SYNC: f64 = 0.05;
 async fn cluster_gateway(node: &str, port: u16) -> nodegate::Gateway {
     let extra = format!(
         "\n[rate_limit]\nper_client = \"{RATE}/s\"\nburst = {BURST}\n\
-         \n[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nsync_interval = \"{}ms\"\n",
+         \n[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nsync_interval = \"{}ms\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:0\"\n",
         SYNC * 1000.0
     );
     gateway(&[node.to_owned()], &extra).await
@@ -102,7 +109,7 @@ async fn two_gateways_hold_one_limit_through_redis_and_survive_it_restarting() {
     eprintln!("fleet of 2: admitted {admitted} in {took:?}; limit {limit:.1}, bound +{bound}");
     assert!(admitted as f64 >= limit - 2.0, "admitted {admitted}, limit {limit:.1}: fewer than the limit");
     assert!(admitted as f64 <= limit + bound + 1.0, "admitted {admitted}, limit {limit:.1}, bound {bound}");
-    assert_eq!((a.redis_up(), b.redis_up()), (Some(true), Some(true)));
+    assert_eq!((a.redis_status(), b.redis_status()), (Some("up"), Some("up")));
 
     // Redis dies: both gateways keep serving, each holding the limit on its own.
     drop(redis);
@@ -111,19 +118,34 @@ async fn two_gateways_hold_one_limit_through_redis_and_survive_it_restarting() {
     eprintln!("redis down: admitted {admitted} in {took:?}; each gateway's limit {per_gateway:.1}");
     assert!(admitted > 0, "nothing served while Redis was down");
     assert!(admitted as f64 <= 2.0 * per_gateway + 2.0, "admitted {admitted}: not even local limits held");
-    assert_eq!((a.redis_up(), b.redis_up()), (Some(false), Some(false)));
+    assert_eq!((a.redis_status(), b.redis_status()), (Some("down"), Some("down")));
+    assert_eq!(redis_status(&a).await, "down");
 
     // Redis is back (empty): the gateways find it by themselves and the fleet limit holds again.
     let _redis = Redis::start(port).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (a.redis_up(), b.redis_up()) != (Some(true), Some(true)) {
+    while (a.redis_status(), b.redis_status()) != (Some("up"), Some("up")) {
         assert!(Instant::now() < deadline, "gateways did not reconnect to Redis within 10 s");
         // The sync runs when there is something to report.
         let _ = hammer(&gws, "127.0.0.5", Duration::from_millis(100)).await;
     }
+    assert_eq!(redis_status(&a).await, "up");
     let (admitted, took) = hammer(&gws, "127.0.0.4", Duration::from_secs(3)).await;
     let limit = BURST + RATE * took.as_secs_f64();
     eprintln!("after recovery: admitted {admitted} in {took:?}; limit {limit:.1}");
     assert!(admitted as f64 >= limit - 2.0, "after recovery: admitted {admitted}, limit {limit:.1}");
     assert!(admitted as f64 <= limit + bound + 1.0, "after recovery: admitted {admitted}, limit {limit:.1}");
+}
+
+#[tokio::test]
+async fn a_gateway_started_while_redis_is_down_serves_and_finds_redis_later() {
+    let port = free_port();
+    let n = node().await;
+    let gw = cluster_gateway(&n.url(), port).await;
+    // No Redis yet, and no traffic: the gateway finds out by itself and still serves.
+    eventually(async || gw.redis_status() == Some("down")).await;
+    assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
+    let _redis = Redis::start(port).await;
+    eventually(async || gw.redis_status() == Some("up")).await;
+    assert_eq!(redis_status(&gw).await, "up");
 }

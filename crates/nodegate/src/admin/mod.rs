@@ -1,5 +1,5 @@
 //! The admin listener (`[admin] listen`; configure it on loopback): `GET /status` shows what the
-//! gateway knows of each node.
+//! gateway knows of each node, and whether Redis answers when limits are shared (`[cluster]`).
 
 use std::convert::Infallible;
 use std::io;
@@ -23,6 +23,7 @@ use crate::listener::Phase;
 pub async fn start(
     addr: SocketAddr,
     balancer: Arc<Balancer>,
+    cluster: Option<Arc<crate::cluster::ClusterState>>,
     mut phase: watch::Receiver<Phase>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -34,10 +35,10 @@ pub async fn start(
         loop {
             tokio::select! {
                 Ok((stream, _)) = listener.accept() => {
-                    let balancer = balancer.clone();
+                    let (balancer, cluster) = (balancer.clone(), cluster.clone());
                     let svc = hyper::service::service_fn(move |req| {
-                        let balancer = balancer.clone();
-                        async move { Ok::<_, Infallible>(handle(&balancer, &req)) }
+                        let (balancer, cluster) = (balancer.clone(), cluster.clone());
+                        async move { Ok::<_, Infallible>(handle(&balancer, cluster.as_deref(), &req)) }
                     });
                     tokio::spawn(async move {
                         let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
@@ -50,12 +51,19 @@ pub async fn start(
     Ok(local)
 }
 
-fn handle(balancer: &Balancer, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn handle(
+    balancer: &Balancer,
+    cluster: Option<&crate::cluster::ClusterState>,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => {
             let nodes: Vec<_> = balancer.nodes().iter().map(|n| n.status()).collect();
             let healthy = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
-            let body = serde_json::json!({"nodes": nodes, "available": healthy});
+            let mut body = serde_json::json!({"nodes": nodes, "available": healthy});
+            if let Some(c) = cluster {
+                body["cluster"] = serde_json::json!({"redis": c.redis()});
+            }
             let mut resp = Response::new(ProxyBody::full(body.to_string()));
             resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp

@@ -62,7 +62,7 @@ impl Gateway {
         let cluster =
             config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
         let admin = match config.admin {
-            Some(addr) => Some(admin::start(addr, balancer.clone(), phase.subscribe()).await?),
+            Some(addr) => Some(admin::start(addr, balancer.clone(), cluster.clone(), phase.subscribe()).await?),
             None => None,
         };
         let (alive_tx, alive) = mpsc::channel::<()>(1);
@@ -120,9 +120,10 @@ impl Gateway {
         }
     }
 
-    /// Whether Redis answered the last limit sync; `None` without `[cluster]`.
-    pub fn redis_up(&self) -> Option<bool> {
-        self.cluster.as_ref().map(|c| c.redis_up.load(std::sync::atomic::Ordering::Relaxed))
+    /// Whether Redis answered the last limit sync: `"unknown"`, `"up"` or `"down"`; `None`
+    /// without `[cluster]`.
+    pub fn redis_status(&self) -> Option<&'static str> {
+        self.cluster.as_ref().map(|c| c.redis())
     }
 
     /// The admin listener's bound address, when `[admin]` is configured.

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod profile;
 pub mod proxy;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -1,4 +1,4 @@
-//! The `nodegate` command: run, check, demo.
+//! The `nodegate` command: run, check, demo, key, cert.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Certificates: `cert self-signed` writes a development certificate and key (PEM) for [tls].
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
         /// Where the demo gateway listens (port 0 picks a free one).
@@ -42,6 +47,20 @@ enum Command {
         /// Stop by itself after this many seconds (0 = run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate (ECDSA P-256, valid until the end of next year) and its key.
+    SelfSigned {
+        /// DNS names or IP addresses it is for (repeat for several).
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        names: Vec<String>,
+        #[arg(long, default_value = "cert.pem")]
+        cert: PathBuf,
+        #[arg(long, default_value = "key.pem")]
+        key: PathBuf,
     },
 }
 
@@ -81,6 +100,31 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             println!("{}", auth::hash(&key));
+            ExitCode::SUCCESS
+        }
+        Command::Cert { command: CertCommand::SelfSigned { names, cert, key } } => {
+            let (cert_pem, key_pem) = match nodegate::tls::self_signed(&names) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    eprintln!("cannot make a certificate for {names:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = std::fs::write(&cert, cert_pem).and_then(|()| write_private(&key, key_pem.as_bytes())) {
+                eprintln!("cannot write {} / {}: {e}", cert.display(), key.display());
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "wrote {} and {} for {names:?} (self-signed: for development only)
+
+[tls]
+cert = \"{}\"
+key = \"{}\"",
+                cert.display(),
+                key.display(),
+                cert.display(),
+                key.display()
+            );
             ExitCode::SUCCESS
         }
         Command::Check { config } => match Config::load(&config) {
@@ -216,4 +260,14 @@ fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
     #[cfg(not(unix))]
     drop(tx);
     rx
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(data)
 }

@@ -125,6 +125,11 @@ impl Proxy {
                 (err.to_response(), node)
             }
         };
+        if conn.scheme == "https"
+            && let Some(hsts) = self.config.tls.as_ref().and_then(|t| t.hsts.clone())
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
         // Unique per response: HTTP/2's HPACK would only churn its table indexing it.
         let mut request_id = request_id;
         request_id.set_sensitive(true);
@@ -166,16 +171,27 @@ impl Proxy {
             return Err((GatewayError::AddressDenied, None));
         }
         let mut key_name: Option<String> = None;
+        // A verified client certificate (`[tls.client_auth]`) is a credential too, with its roles.
+        let cert = conn.client_cert.get();
         match rule.map_or(Access::Deny, |r| r.access) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
                     Verdict::Allowed { key } => key_name = Some(key.to_owned()),
-                    Verdict::Unauthenticated => return Err((GatewayError::CredentialMissing, None)),
+                    Verdict::Unauthenticated => match cert {
+                        Some(_) if auth::opens(self.cert_roles(), needed) => {}
+                        Some(_) => return Err((GatewayError::CredentialNotEnough, None)),
+                        None => return Err((GatewayError::CredentialMissing, None)),
+                    },
                     Verdict::Forbidden { .. } => return Err((GatewayError::CredentialNotEnough, None)),
                 }
             }
             Access::Deny => return Err((GatewayError::NotExposed, None)),
+        }
+        if key_name.is_none()
+            && let Some(id) = cert
+        {
+            key_name = Some(format!("cert:{}", id.name));
         }
         let pass_credential = rule.is_some_and(|r| r.pass_credential);
         // Limits are per API key when the client authenticated, else per address (or /64).
@@ -258,7 +274,7 @@ impl Proxy {
         if client == conn.peer.ip().to_canonical() {
             hdr::set_forwarded(headers, &conn.forwarding, original_host);
         } else {
-            hdr::set_forwarded(headers, &hdr::Forwarding::new(client, "http"), original_host);
+            hdr::set_forwarded(headers, &hdr::Forwarding::new(client, conn.scheme), original_host);
         }
         headers.insert(&X_REQUEST_ID, request_id);
 
@@ -338,6 +354,10 @@ impl Proxy {
             h.insert(&crate::error::RATELIMIT, crate::error::remaining_header(policy, remaining, Duration::ZERO));
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
+    }
+
+    fn cert_roles(&self) -> &[auth::Role] {
+        self.config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
     }
 
     /// The route's own limit, then the client's (with the route's cost). Returns the tighter one's

@@ -41,7 +41,33 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// `[cluster]`: limits shared with other gateways through Redis.
     pub cluster: Option<Cluster>,
+    /// `[tls]`: the listen addresses serve HTTPS.
+    pub tls: Option<Tls>,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub certs: Vec<CertFiles>,
+    pub hsts: Option<http::HeaderValue>,
+    pub reload_interval: Duration,
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// SNI names; empty = the names in the certificate.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAuth {
+    pub ca: std::path::PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub required: bool,
+    pub roles: Vec<crate::pipeline::auth::Role>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +104,8 @@ pub struct Gateway {
     pub trusted_proxies: IpSet,
     /// Listeners that expect a PROXY protocol header before HTTP.
     pub listen_proxy_protocol: Vec<SocketAddr>,
+    /// Plain-HTTP listeners that redirect to HTTPS.
+    pub listen_http: Vec<SocketAddr>,
     pub max_body: u64,
     pub max_header_size: usize,
     pub header_timeout: Duration,
@@ -482,6 +510,21 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             Some(Cluster { redis: url.clone(), sync_interval: c.sync_interval.get_ref().0, key_prefix: c.key_prefix })
         }
     };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => Some(tls_section(t, at)?),
+    };
+    let mut listen_http = Vec::new();
+    for addr in &g.listen_http {
+        if tls.is_none() {
+            return Err(at.error(
+                addr.span(),
+                Some("gateway.listen_http".into()),
+                "redirects to HTTPS: it needs a [tls] section",
+            ));
+        }
+        listen_http.push(socket_addr(addr, "gateway.listen_http", at)?);
+    }
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),
@@ -507,6 +550,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         jwts,
         rate_limit,
         cluster,
+        tls,
         health: Health {
             active: h.active,
             interval: h.interval.0,
@@ -524,6 +568,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             profile: g.profile,
             trusted_proxies,
             listen_proxy_protocol,
+            listen_http,
             max_body: g.max_body.0,
             max_header_size,
             header_timeout: g.header_timeout.0,
@@ -548,6 +593,78 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
     })
+}
+
+fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
+    let mut certs = Vec::new();
+    let check = |cert: &toml::Spanned<String>, key: &str, names: Vec<String>, k: &str| {
+        let files = CertFiles { cert: cert.get_ref().into(), key: key.into(), names };
+        crate::tls::load_pair(&files.cert, &files.key).map_err(|e| at.error(cert.span(), Some(k.into()), e))?;
+        Ok::<_, ConfigError>(files)
+    };
+    match (&t.cert, &t.key) {
+        (None, _) => return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files)")),
+        (Some(c), key) => match c.get_ref() {
+            raw::RawCertField::One(path) => {
+                let Some(key) = key else {
+                    return Err(at.error(c.span(), Some("tls.key".into()), "needs `key` beside `cert`"));
+                };
+                let cert = toml::Spanned::new(c.span(), path.clone());
+                let mut files = check(&cert, key.get_ref(), Vec::new(), "tls.cert")?;
+                files.key = key.get_ref().into();
+                certs.push(files);
+            }
+            raw::RawCertField::Many(list) => {
+                if let Some(key) = key {
+                    return Err(at.error(
+                        key.span(),
+                        Some("tls.key".into()),
+                        "with [[tls.cert]], each has its own `key`",
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(at.error(c.span(), Some("tls.cert".into()), "needs at least one certificate"));
+                }
+                for (i, one) in list.iter().enumerate() {
+                    certs.push(check(&one.cert, one.key.get_ref(), one.names.clone(), &format!("tls.cert[{i}].cert"))?);
+                }
+            }
+        },
+    }
+    let hsts = match &t.hsts {
+        None => None,
+        Some(v) => Some(
+            http::HeaderValue::from_str(v.get_ref()).ok().filter(|_| v.get_ref().starts_with("max-age=")).ok_or_else(
+                || {
+                    at.error(
+                        v.span(),
+                        Some("tls.hsts".into()),
+                        "write it as \"max-age=<seconds>[; includeSubDomains]\"",
+                    )
+                },
+            )?,
+        ),
+    };
+    let client_auth = match t.client_auth {
+        None => None,
+        Some(c) => {
+            crate::tls::load_roots(c.ca.get_ref().as_ref())
+                .map_err(|e| at.error(c.ca.span(), Some("tls.client_auth.ca".into()), e))?;
+            let mut listen = Vec::new();
+            for addr in c.listen.get_ref() {
+                listen.push(socket_addr(addr, "tls.client_auth.listen", at)?);
+            }
+            if listen.is_empty() {
+                return Err(at.error(
+                    c.listen.span(),
+                    Some("tls.client_auth.listen".into()),
+                    "needs at least one address",
+                ));
+            }
+            Some(ClientAuth { ca: c.ca.get_ref().into(), listen, required: c.required, roles: c.roles })
+        }
+    };
+    Ok(Tls { certs, hsts, reload_interval: t.reload_interval.0.max(Duration::from_millis(100)), client_auth })
 }
 
 /// A `rate` and `burst` pair; the burst defaults to one second's worth of the rate (at least 1).

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub rate_limit: Option<RawRateLimit>,
     pub admin: Option<RawAdmin>,
     pub cluster: Option<RawCluster>,
+    pub tls: Option<RawTls>,
     #[serde(default)]
     pub log: RawLog,
 }
@@ -40,6 +41,8 @@ pub struct RawGateway {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Listeners that expect a PROXY protocol header (from a trusted proxy) before HTTP.
     pub listen_proxy_protocol: Vec<Spanned<String>>,
+    /// Plain-HTTP listeners that only redirect to HTTPS (and answer ACME HTTP-01 challenges).
+    pub listen_http: Vec<Spanned<String>>,
     pub max_body: Size,
     pub max_header_size: Size,
     pub header_timeout: Dur,
@@ -70,6 +73,7 @@ impl Default for RawGateway {
             profile: Profile::IotaChrysalis,
             trusted_proxies: Vec::new(),
             listen_proxy_protocol: Vec::new(),
+            listen_http: Vec::new(),
             max_body: Size(1 << 20),
             max_header_size: Size(32 << 10),
             header_timeout: Dur(std::time::Duration::from_secs(10)),
@@ -299,4 +303,58 @@ fn sixty_four() -> Spanned<u8> {
 
 fn hundred_thousand() -> usize {
     100_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// One certificate file (with `key` beside it), or `[[tls.cert]]` tables, one per certificate.
+    pub cert: Option<Spanned<RawCertField>>,
+    pub key: Option<Spanned<String>>,
+    /// The `Strict-Transport-Security` value sent on HTTPS answers, e.g. "max-age=31536000".
+    pub hsts: Option<Spanned<String>>,
+    /// How often certificate files are checked for changes.
+    #[serde(default = "two_s")]
+    pub reload_interval: Dur,
+    pub client_auth: Option<RawClientAuth>,
+}
+
+fn two_s() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawCertField {
+    One(String),
+    Many(Vec<RawTlsCert>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsCert {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    /// SNI names this certificate serves; by default the DNS names it holds.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// PEM file of the CAs whose client certificates are accepted.
+    pub ca: Spanned<String>,
+    /// HTTPS listeners that ask for client certificates.
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    /// Refuse the handshake without a valid certificate (else it is optional).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// Roles a verified certificate holder has (as an API key's).
+    #[serde(default)]
+    pub roles: Vec<crate::pipeline::auth::Role>,
+}
+
+fn yes() -> bool {
+    true
 }

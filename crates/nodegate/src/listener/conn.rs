@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::caps::Slot;
-use super::{Accepted, Phase, proxy_protocol};
+use super::{Accepted, Kind, Phase, proxy_protocol};
 use crate::upstream::headers::Forwarding;
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -37,6 +37,10 @@ pub struct ConnState {
     pub local: SocketAddr,
     /// The forwarding headers' values for this client, computed once.
     pub forwarding: Forwarding,
+    /// "https" on TLS listeners, else "http".
+    pub scheme: &'static str,
+    /// The client certificate's holder, on a `[tls.client_auth]` listener.
+    pub client_cert: std::sync::OnceLock<crate::tls::ClientIdentity>,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch`, plus one, when an unanswered request head began; 0 = none.
@@ -68,6 +72,7 @@ impl ConnState {
     fn new(
         peer: SocketAddr,
         local: SocketAddr,
+        scheme: &'static str,
         slot: Slot,
         phase: watch::Receiver<Phase>,
         alive: mpsc::Sender<()>,
@@ -75,7 +80,9 @@ impl ConnState {
         ConnState {
             peer,
             local,
-            forwarding: Forwarding::new(peer.ip(), "http"),
+            forwarding: Forwarding::new(peer.ip(), scheme),
+            scheme,
+            client_cert: std::sync::OnceLock::new(),
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             // A new connection must send its first request head within the header timeout.
@@ -225,10 +232,10 @@ pub(super) async fn serve(
     mut peer: SocketAddr,
     accepted: Accepted,
     slot: Slot,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
-    let Accepted { proxy, builder, proxy_protocol, .. } = accepted;
+    let Accepted { proxy, builder, proxy_protocol, kind, .. } = accepted;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.
         if !proxy.trusted_proxies().contains(peer.ip()) {
@@ -245,15 +252,76 @@ pub(super) async fn serve(
         }
     }
     let local = stream.local_addr().unwrap_or(peer);
-    let state = Arc::new(ConnState::new(peer, local, slot, phase.clone(), alive));
+    let scheme = if matches!(kind, Kind::Tls(_)) { "https" } else { "http" };
+    let state = Arc::new(ConnState::new(peer, local, scheme, slot, phase.clone(), alive));
     let timeouts = proxy.timeouts();
-    let io = TokioIo::new(WatchedIo { inner: stream, state: state.clone(), first: true });
+    let io = WatchedIo { inner: stream, state: state.clone(), first: true };
     let svc_state = state.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let proxy = proxy.clone();
-        let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
-    });
+    match kind {
+        Kind::Plain => {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                let state = svc_state.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+            });
+            drive(TokioIo::new(io), &builder, service, &state, timeouts, phase).await;
+        }
+        Kind::Redirect(redirect) => {
+            let service = hyper::service::service_fn(move |req| {
+                let redirect = redirect.clone();
+                async move { Ok::<_, Infallible>(redirect.answer(&req)) }
+            });
+            drive(TokioIo::new(io), &builder, service, &state, timeouts, phase).await;
+        }
+        Kind::Tls(acceptor) => {
+            // The handshake is part of the head: it must be done within the header timeout.
+            let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done within the header timeout");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                state.h2.store(true, Relaxed);
+            }
+            if let Some(id) = session.peer_certificates().and_then(crate::tls::client_identity) {
+                let _ = state.client_cert.set(id);
+            }
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                let state = svc_state.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+            });
+            drive(TokioIo::new(tls), &builder, service, &state, timeouts, phase).await;
+        }
+    }
+}
+
+/// Serves one connection with hyper while the watchdog enforces the timeouts and the drain.
+async fn drive<I, S, B>(
+    io: I,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    service: S,
+    state: &ConnState,
+    timeouts: Timeouts,
+    mut phase: watch::Receiver<Phase>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let peer = state.peer;
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = false;

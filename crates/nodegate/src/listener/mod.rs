@@ -4,6 +4,7 @@
 mod caps;
 mod conn;
 pub mod proxy_protocol;
+pub mod redirect;
 
 pub use conn::Timeouts;
 
@@ -44,6 +45,8 @@ pub struct Gateway {
     alive: mpsc::Receiver<()>,
     drain_timeout: std::time::Duration,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
+    redirect_addrs: Vec<SocketAddr>,
 }
 
 impl Gateway {
@@ -69,32 +72,87 @@ impl Gateway {
         let builder = Arc::new(http_builder(&config));
         let g = &config.gateway;
         let caps = caps::Caps::new(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
+        let tls = match &config.tls {
+            Some(t) => {
+                let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;
+                server.watch(t.reload_interval, phase.subscribe());
+                Some(server)
+            }
+            None => None,
+        };
+        let front = match &tls {
+            Some(s) => Kind::Tls(tokio_rustls::TlsAcceptor::from(s.config.clone())),
+            None => Kind::Plain,
+        };
+        let mut listeners: Vec<(SocketAddr, bool, Kind)> = Vec::new();
+        listeners.extend(config.gateway.listen.iter().map(|a| (*a, false, front.clone())));
+        listeners.extend(config.gateway.listen_proxy_protocol.iter().map(|a| (*a, true, front.clone())));
+        if let (Some(t), Some(s)) = (&config.tls, &tls)
+            && let (Some(ca), Some(ca_config)) = (&t.client_auth, &s.client_auth_config)
+        {
+            let kind = Kind::Tls(tokio_rustls::TlsAcceptor::from(ca_config.clone()));
+            listeners.extend(ca.listen.iter().map(|a| (*a, false, kind.clone())));
+        }
         let mut addrs = Vec::new();
-        let plain = config.gateway.listen.iter().map(|a| (a, false));
-        let with_proxy_header = config.gateway.listen_proxy_protocol.iter().map(|a| (a, true));
-        for (addr, proxy_protocol) in plain.chain(with_proxy_header) {
-            let listener =
-                bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let mut redirect_addrs = Vec::new();
+        for (addr, proxy_protocol, kind) in listeners {
+            let listener = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             addrs.push(local);
             tracing::info!(%local, proxy_protocol, "listening");
-            let conns = Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone() };
+            let conns =
+                Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone(), kind };
+            tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
+        }
+        // The HTTPS port a redirect points to: the first `listen` address's.
+        let https_port = addrs.first().map_or(443, |a: &SocketAddr| a.port());
+        let redirect = Arc::new(redirect::Redirect::new(https_port));
+        for addr in &config.gateway.listen_http {
+            let listener =
+                bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let local = listener.local_addr()?;
+            redirect_addrs.push(local);
+            tracing::info!(%local, "listening (redirect to HTTPS)");
+            let kind = Kind::Redirect(redirect.clone());
+            let conns = Accepted {
+                proxy: proxy.clone(),
+                builder: builder.clone(),
+                proxy_protocol: false,
+                caps: caps.clone(),
+                kind,
+            };
             tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
         let drain_timeout = config.gateway.drain_timeout;
-        Ok(Gateway { addrs, admin, config, balancer, phase, alive, drain_timeout, cluster })
+        Ok(Gateway { addrs, redirect_addrs, admin, config, balancer, phase, alive, drain_timeout, cluster, tls })
     }
 
-    /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, in order (useful
-    /// with port 0).
+    /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, then
+    /// `[tls.client_auth] listen`, in order (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound `listen_http` (redirect) addresses.
+    pub fn redirect_addrs(&self) -> &[SocketAddr] {
+        &self.redirect_addrs
+    }
+
+    /// Loads the TLS certificate files again now (as SIGHUP does); an error keeps the old ones.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Applies a new config's `[[node]]` list without dropping anything in flight: nodes are added,
     /// removed or re-weighted (see `Balancer::reload`). Other sections take a restart; a change to
     /// them is reported as a warning and left alone.
     pub fn reload(&self, new: &Config) {
+        if let Err(e) = self.reload_certificates() {
+            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
+        }
         let changes = self.balancer.reload(&new.nodes, &self.config.upstream);
         if self.config.health.active {
             for node in &changes.added {
@@ -184,6 +242,18 @@ pub(crate) struct Accepted {
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
     pub caps: Arc<caps::Caps>,
+    pub kind: Kind,
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub(crate) enum Kind {
+    /// HTTP/1.1 and h2c, proxied.
+    Plain,
+    /// HTTPS, proxied.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// `listen_http` with `[tls]`: redirects to HTTPS, answers ACME HTTP-01 challenges.
+    Redirect(Arc<redirect::Redirect>),
 }
 
 async fn accept_loop(

@@ -122,11 +122,15 @@ pub fn authorize<'a>(keys: &'a [ApiKey], jwts: &'a [JwtKey], headers: &HeaderMap
             None => return Verdict::Unauthenticated,
         },
     };
-    let enough = match needed {
+    if opens(&roles, needed) { Verdict::Allowed { key: name } } else { Verdict::Forbidden { key: name } }
+}
+
+/// Whether `roles` open a route that needs `needed`.
+pub fn opens(roles: &[Role], needed: Access) -> bool {
+    match needed {
         Access::Admin => roles.contains(&Role::Admin),
         _ => !roles.is_empty(),
-    };
-    if enough { Verdict::Allowed { key: name } } else { Verdict::Forbidden { key: name } }
+    }
 }
 
 /// The issuer's name and the roles of a valid token; `None` for anything else.

@@ -109,6 +109,18 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
             "bytes per second",
         ),
         (
+            "tls-missing-file",
+            format!("[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n\n{NODE}"),
+            ":2:8: tls.cert: ",
+            "cannot read `/nonexistent/cert.pem`",
+        ),
+        (
+            "listen-http-without-tls",
+            format!("[gateway]\nlisten_http = [\"0.0.0.0:80\"]\n\n{NODE}"),
+            ":2:16: gateway.listen_http: ",
+            "needs a [tls] section",
+        ),
+        (
             "bad-log-format",
             format!("[log]\nformat = \"xml\"\n\n{NODE}"),
             ":2:10: log.format: ",
@@ -391,4 +403,32 @@ fn key_new_prints_a_key_and_its_hash_and_key_hash_agrees() {
     let p =
         temp_file("key.toml", &format!("{NODE}\n[[api_key]]\nname = \"k\"\nhash = \"{hash}\"\nroles = [\"key\"]\n"));
     assert!(nodegate().args(["check", "--config"]).arg(&p).output().unwrap().status.success());
+}
+
+#[test]
+fn cert_self_signed_writes_a_pair_that_tls_accepts() {
+    let dir = temp_file("placeholder", "").parent().unwrap().join("selfsigned");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = nodegate()
+        .args(["cert", "self-signed", "--name", "node.local", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "the key is private");
+    }
+    let pem = std::fs::read(&cert).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let (names, _) = nodegate::tls::cert_facts(&der).unwrap();
+    assert_eq!(names, vec!["node.local"]);
+    let config = format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n{NODE}", cert.display(), key.display());
+    let p = temp_file("selfsigned.toml", &config);
+    let out = nodegate().args(["check", "--config"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

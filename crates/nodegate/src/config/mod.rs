@@ -597,39 +597,40 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
 
 fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
     let mut certs = Vec::new();
-    let check = |cert: &toml::Spanned<String>, key: &str, names: Vec<String>, k: &str| {
-        let files = CertFiles { cert: cert.get_ref().into(), key: key.into(), names };
-        crate::tls::load_pair(&files.cert, &files.key).map_err(|e| at.error(cert.span(), Some(k.into()), e))?;
+    let Some(c) = &t.cert else {
+        return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files)"));
+    };
+    let span = c.span();
+    let check = |cert: &str, key: &str, names: Vec<String>, k: &str| {
+        let files = CertFiles { cert: cert.into(), key: key.into(), names };
+        crate::tls::load_pair(&files.cert, &files.key).map_err(|e| at.error(span.clone(), Some(k.into()), e))?;
         Ok::<_, ConfigError>(files)
     };
-    match (&t.cert, &t.key) {
-        (None, _) => return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files)")),
-        (Some(c), key) => match c.get_ref() {
-            raw::RawCertField::One(path) => {
-                let Some(key) = key else {
-                    return Err(at.error(c.span(), Some("tls.key".into()), "needs `key` beside `cert`"));
-                };
-                let cert = toml::Spanned::new(c.span(), path.clone());
-                let mut files = check(&cert, key.get_ref(), Vec::new(), "tls.cert")?;
-                files.key = key.get_ref().into();
-                certs.push(files);
+    match c.get_ref() {
+        toml::Value::String(path) => {
+            let Some(key) = &t.key else {
+                return Err(at.error(span, Some("tls.key".into()), "needs `key` beside `cert`"));
+            };
+            certs.push(check(path, key.get_ref(), Vec::new(), "tls.cert")?);
+        }
+        toml::Value::Array(list) if !list.is_empty() => {
+            if let Some(key) = &t.key {
+                return Err(at.error(key.span(), Some("tls.key".into()), "with [[tls.cert]], each has its own `key`"));
             }
-            raw::RawCertField::Many(list) => {
-                if let Some(key) = key {
-                    return Err(at.error(
-                        key.span(),
-                        Some("tls.key".into()),
-                        "with [[tls.cert]], each has its own `key`",
-                    ));
-                }
-                if list.is_empty() {
-                    return Err(at.error(c.span(), Some("tls.cert".into()), "needs at least one certificate"));
-                }
-                for (i, one) in list.iter().enumerate() {
-                    certs.push(check(&one.cert, one.key.get_ref(), one.names.clone(), &format!("tls.cert[{i}].cert"))?);
-                }
+            for (i, one) in list.iter().enumerate() {
+                let one: raw::RawTlsCert = one.clone().try_into().map_err(|e: toml::de::Error| {
+                    at.error(span.clone(), Some(format!("tls.cert[{i}]")), e.message().to_owned())
+                })?;
+                certs.push(check(&one.cert, &one.key, one.names, &format!("tls.cert[{i}].cert"))?);
             }
-        },
+        }
+        _ => {
+            return Err(at.error(
+                span,
+                Some("tls.cert".into()),
+                "a PEM file (with `key` beside it), or [[tls.cert]] tables with `cert` and `key`",
+            ));
+        }
     }
     let hsts = match &t.hsts {
         None => None,

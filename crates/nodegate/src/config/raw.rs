@@ -309,7 +309,8 @@ fn hundred_thousand() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// One certificate file (with `key` beside it), or `[[tls.cert]]` tables, one per certificate.
-    pub cert: Option<Spanned<RawCertField>>,
+    /// (Read as a TOML value, then as a path or a list: serde's untagged enums lose the spans.)
+    pub cert: Option<Spanned<toml::Value>>,
     pub key: Option<Spanned<String>>,
     /// The `Strict-Transport-Security` value sent on HTTPS answers, e.g. "max-age=31536000".
     pub hsts: Option<Spanned<String>>,
@@ -324,17 +325,10 @@ fn two_s() -> Dur {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawCertField {
-    One(String),
-    Many(Vec<RawTlsCert>),
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsCert {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+    pub cert: String,
+    pub key: String,
     /// SNI names this certificate serves; by default the DNS names it holds.
     #[serde(default)]
     pub names: Vec<String>,

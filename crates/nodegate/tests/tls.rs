@@ -1,0 +1,330 @@
+//! End-to-end TLS: a real gateway on 127.0.0.1:0 serving HTTPS with certificates from a test CA
+//! made here (rcgen), reached by a rustls client; what the client sees is asserted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        Ca { issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate and key (PEM) for `names`; for client authentication when `client`.
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String) {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        if client {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nodegate-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn client_config(ca_pem: &str, alpn: &[&[u8]], client_cert: Option<&(String, String)>) -> Arc<ClientConfig> {
+    client_config_versions(ca_pem, alpn, client_cert, rustls::DEFAULT_VERSIONS)
+}
+
+fn client_config_versions(
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    client_cert: Option<&(String, String)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match client_cert {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+        }
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+async fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config).connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp).await
+}
+
+/// The names in the certificate the server presented.
+fn served_names(tls: &TlsStream<TcpStream>) -> Vec<String> {
+    let cert = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    nodegate::tls::cert_facts(cert).unwrap().0
+}
+
+/// One GET over an established TLS connection, HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn get_over(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = Request::get(format!("https://gw{path}")).body(Empty::<Bytes>::new()).unwrap();
+    let resp = if h2 {
+        let (mut s, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        s.send_request(req).await.unwrap()
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        s.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+}
+
+fn tls_config(dir: &Path, ca: &Ca, names: &[&[&str]], extra: &str) -> String {
+    let mut s = String::from("\n[tls]\nreload_interval = \"100ms\"\nhsts = \"max-age=31536000\"\n");
+    s.push_str(extra);
+    for (i, n) in names.iter().enumerate() {
+        let (cert, key) = ca.leaf(n, false);
+        let cert = write(dir, &format!("cert{i}.pem"), &cert);
+        let key = write(dir, &format!("key{i}.pem"), &key);
+        s.push_str(&format!("\n[[tls.cert]]\ncert = \"{cert}\"\nkey = \"{key}\"\n"));
+    }
+    s
+}
+
+#[tokio::test]
+async fn https_speaks_h2_and_http1_by_alpn_and_sni_picks_the_certificate() {
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("sni");
+    let gw =
+        gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test", "127.0.0.1"], &["b.test", "*.b.test"]], "")).await;
+    let g = addr(&gw);
+    for (sni, alpn, names, proto) in [
+        ("a.test", &b"h2"[..], vec!["a.test"], "h2"),
+        ("b.test", b"http/1.1", vec!["b.test", "*.b.test"], "http/1.1"),
+        ("x.b.test", b"h2", vec!["b.test", "*.b.test"], "h2"),
+        // No SNI (an address): the first certificate.
+        ("127.0.0.1", b"http/1.1", vec!["a.test"], "http/1.1"),
+    ] {
+        let tls =
+            connect(g, sni, client_config(&ca.pem(), &[alpn], None)).await.unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(served_names(&tls), names, "{sni}");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(proto.as_bytes()), "{sni}");
+        let (status, headers, _) = get_over(tls, "/api/v1/info").await;
+        assert_eq!(status, 200, "{sni}");
+        assert_eq!(headers["strict-transport-security"], "max-age=31536000");
+    }
+    // A name no certificate has: the first one too, which the client then refuses.
+    let err = connect(g, "other.test", client_config(&ca.pem(), &[b"h2"], None)).await.unwrap_err();
+    assert!(err.to_string().contains("a.test"), "{err}");
+    // The node is told the client came over HTTPS.
+    let tls = connect(g, "a.test", client_config(&ca.pem(), &[b"http/1.1"], None)).await.unwrap();
+    let (_, _, body) = get_over(tls, "/debug/headers").await;
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let headers = seen["headers"].as_array().unwrap();
+    let proto = headers.iter().find(|h| h[0] == "x-forwarded-proto").unwrap();
+    assert_eq!(proto[1], "https");
+    // Plain HTTP on the HTTPS port gets no answer, and TLS 1.1 is refused.
+    let plain = raw(g, b"GET /api/v1/info HTTP/1.1\r\nhost: gw\r\n\r\n", Duration::from_secs(2)).await;
+    assert!(!plain.contains("200 OK"), "{plain}");
+}
+
+#[tokio::test]
+async fn sessions_resume_on_tls13_and_tls12() {
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("resume");
+    let gw = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test"]], "")).await;
+    let g = addr(&gw);
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        // One client config: its session cache carries the ticket (or session id) over.
+        let config = client_config_versions(&ca.pem(), &[b"http/1.1"], None, versions);
+        let first = connect(g, "a.test", config.clone()).await.unwrap();
+        assert_eq!(first.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+        // TLS 1.3 tickets arrive after the handshake: let the client read them.
+        assert_eq!(get_over(first, "/api/v1/info").await.0, 200);
+        let second = connect(g, "a.test", config).await.unwrap();
+        assert_eq!(second.get_ref().1.handshake_kind(), Some(HandshakeKind::Resumed), "{versions:?}");
+        assert_eq!(get_over(second, "/api/v1/info").await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("reload");
+    let gw = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test"]], "")).await;
+    let g = addr(&gw);
+    let config = client_config(&ca.pem(), &[b"http/1.1"], None);
+    let der = |tls: &TlsStream<TcpStream>| tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+
+    // An old connection, kept alive across the reload.
+    let old = connect(g, "a.test", config.clone()).await.unwrap();
+    let old_cert = der(&old);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old)).await.unwrap();
+    tokio::spawn(conn);
+    let req = || Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+
+    // New files: new connections get the new certificate.
+    let (cert, key) = ca.leaf(&["a.test"], false);
+    write(&dir, "key0.pem", &key);
+    write(&dir, "cert0.pem", &cert);
+    let mut new_cert = old_cert.clone();
+    eventually(async || {
+        let tls = connect(g, "a.test", config.clone()).await.unwrap();
+        new_cert = der(&tls);
+        new_cert != old_cert
+    })
+    .await;
+    let mut resp = sender.send_request(req()).await.unwrap();
+    assert_eq!(resp.status(), 200, "the old connection broke on reload");
+    while resp.frame().await.is_some() {}
+
+    // A broken file is refused: the certificate in use stays.
+    write(&dir, "cert0.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    let err = gw.reload_certificates().unwrap_err();
+    assert!(err.contains("cert0.pem"), "{err}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let tls = connect(g, "a.test", config.clone()).await.unwrap();
+    assert_eq!(der(&tls), new_cert, "a broken file replaced the certificate");
+    assert_eq!(get_over(tls, "/api/v1/info").await.0, 200);
+    // And a key that belongs to another certificate is refused too.
+    let (_, other_key) = ca.leaf(&["a.test"], false);
+    write(&dir, "cert0.pem", &cert);
+    write(&dir, "key0.pem", &other_key);
+    assert!(gw.reload_certificates().unwrap_err().contains("key0.pem"));
+    let tls = connect(g, "a.test", config).await.unwrap();
+    assert_eq!(der(&tls), new_cert);
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_verified_and_open_key_routes() {
+    let n = node().await;
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let dir = temp_dir("mtls");
+    let ca_file = write(&dir, "clients.pem", &client_ca.pem());
+    let extra = format!("\n[tls.client_auth]\nca = \"{ca_file}\"\nlisten = [\"127.0.0.1:0\"]\nroles = [\"key\"]\n");
+    let mut text = tls_config(&dir, &server_ca, &[&["a.test"]], &extra);
+    text.push_str("\n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n");
+    text.push_str("\n[rate_limit]\nper_client = \"1/min\"\nburst = 2\n");
+    let gw = gateway(&[n.url()], &text).await;
+    let mtls = gw.local_addrs()[1];
+    let wallet = client_ca.leaf(&["wallet-7"], true);
+    // A certificate from the client CA: accepted, and it opens `key` routes.
+    let config = client_config(&server_ca.pem(), &[b"h2"], Some(&wallet));
+    for expected in [200, 200, 429] {
+        let tls = connect(mtls, "a.test", config.clone()).await.unwrap();
+        // The certificate's holder is the rate-limited client, not the address.
+        assert_eq!(get_over(tls, "/api/v1/tips").await.0, expected);
+    }
+    let other_wallet = client_ca.leaf(&["wallet-8"], true);
+    let tls = connect(mtls, "a.test", client_config(&server_ca.pem(), &[b"h2"], Some(&other_wallet))).await.unwrap();
+    assert_eq!(
+        get_over(tls, "/api/v1/tips").await.0,
+        200,
+        "another certificate from the same address has its own budget"
+    );
+    // None, or one from another CA: no handshake.
+    let bare = connect(mtls, "a.test", client_config(&server_ca.pem(), &[b"h2"], None)).await;
+    let refused = match bare {
+        Err(_) => true,
+        // TLS 1.3: the server's refusal arrives after the client thinks it is done.
+        Ok(tls) => tokio::time::timeout(Duration::from_secs(2), async {
+            let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            s.send_request(Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap()).await
+        })
+        .await
+        .map_or(true, |r| r.is_err()),
+    };
+    assert!(refused, "a client without a certificate was served");
+    let stranger = server_ca.leaf(&["stranger"], true);
+    let other = connect(mtls, "a.test", client_config(&server_ca.pem(), &[b"http/1.1"], Some(&stranger))).await;
+    let refused = match other {
+        Err(_) => true,
+        Ok(tls) => tokio::time::timeout(Duration::from_secs(2), async {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            s.send_request(Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap()).await
+        })
+        .await
+        .map_or(true, |r| r.is_err()),
+    };
+    assert!(refused, "a certificate from another CA was accepted");
+    // The plain HTTPS listener asks for no certificate, and its key routes want a key.
+    let tls = connect(addr(&gw), "a.test", client_config(&server_ca.pem(), &[b"h2"], None)).await.unwrap();
+    assert_eq!(get_over(tls, "/api/v1/tips").await.0, 401);
+}
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_and_a_silent_client_is_cut_off_at_the_handshake() {
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("redirect");
+    let mut extra = String::from("listen_http = [\"127.0.0.1:0\"]\nheader_timeout = \"500ms\"\n");
+    extra.push_str(&tls_config(&dir, &ca, &[&["a.test"]], ""));
+    let gw = gateway(&[n.url()], &extra).await;
+    let plain = gw.redirect_addrs()[0];
+    let out = raw(
+        plain,
+        b"POST /api/v1/messages?x=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    let https_port = addr(&gw).port();
+    assert!(out.contains(&format!("location: https://a.test:{https_port}/api/v1/messages?x=1\r\n")), "{out}");
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 0, "plain HTTP reached the node");
+    let out =
+        raw(plain, b"GET / HTTP/1.1\r\nhost: a@evil.test\r\nconnection: close\r\n\r\n", Duration::from_secs(2)).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // A TLS client that never sends its hello is closed at the header timeout.
+    let start = tokio::time::Instant::now();
+    let out = raw(addr(&gw), b"", Duration::from_secs(5)).await;
+    assert!(out.is_empty());
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+}

@@ -60,7 +60,7 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
             "bad-scheme",
             "[[node]]\nname = \"a\"\nurl = \"ftp://127.0.0.1:21\"\n".into(),
             ":3:7: node[0].url: ",
-            "only http://",
+            "http:// or https://",
         ),
         ("bad-url", "[[node]]\nname = \"a\"\nurl = \"http://\"\n".into(), ":3:7: node[0].url: ", "is not a URL"),
         ("no-node", "[gateway]\nlisten = [\"0.0.0.0:8080\"]\n".into(), ":1:1: node: ", "no [[node]]"),

@@ -328,3 +328,25 @@ async fn plain_http_redirects_to_https_and_a_silent_client_is_cut_off_at_the_han
     assert!(out.is_empty());
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
 }
+
+#[tokio::test]
+async fn https_nodes_are_reached_over_tls_and_verified_against_the_ca_bundle() {
+    let n = node().await;
+    let ca = Ca::new("node CA");
+    let dir = temp_dir("upstream");
+    // The "node" over HTTPS: a gateway with TLS in front of a testnode, its certificate for 127.0.0.1.
+    let front = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["127.0.0.1"]], "")).await;
+    let node_url = format!("https://127.0.0.1:{}", addr(&front).port());
+    let ca_file = write(&dir, "node-ca.pem", &ca.pem());
+    let gw = gateway(std::slice::from_ref(&node_url), &format!("\n[upstream]\nca = \"{ca_file}\"\n")).await;
+    let r = get(addr(&gw), "/api/v1/info").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A node whose certificate no trusted CA signed is not talked to.
+    let stranger_ca = write(&dir, "other-ca.pem", &Ca::new("other CA").pem());
+    let gw = gateway(&[node_url], &format!("\n[upstream]\nca = \"{stranger_ca}\"\n")).await;
+    // (502 from the request itself, or 503 once the failed health probe took the node out.)
+    let r = get(addr(&gw), "/api/v1/info").await;
+    assert!(matches!(r.status.as_u16(), 502 | 503), "{:?}", r.body);
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -103,7 +103,12 @@ impl Node {
             url: format!("{}://{}{}", n.scheme, n.authority, n.base_path),
             host: HeaderValue::from_str(n.authority.as_str()).expect("an authority is a valid header value"),
             base_path: n.base_path.clone(),
-            pool: NodePool::new(n.authority.host(), n.authority.port_u16().unwrap_or(80), upstream),
+            pool: NodePool::new(
+                n.authority.host(),
+                n.authority.port_u16().unwrap_or(if n.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 }),
+                n.scheme == http::uri::Scheme::HTTPS,
+                upstream,
+            ),
             weight: AtomicU32::new(n.weight),
             pow_allowed: AtomicBool::new(n.pow),
             retired: AtomicBool::new(false),

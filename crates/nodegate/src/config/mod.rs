@@ -170,6 +170,8 @@ pub struct Upstream {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_node: usize,
+    /// The TLS client for https:// nodes (built when any node is one).
+    pub tls: Option<crate::upstream::TlsClient>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -543,6 +545,15 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         Some(a) => Some(socket_addr(&a.listen, "admin.listen", at)?),
     };
     let u = raw.upstream;
+    let upstream_tls = if nodes.iter().any(|n| n.scheme == Scheme::HTTPS) || u.ca.is_some() {
+        let ca = u.ca.as_ref();
+        Some(
+            crate::upstream::TlsClient::new(ca.map(|c| std::path::Path::new(c.get_ref().as_str())))
+                .map_err(|e| at.error(ca.map_or(0..0, |c| c.span()), Some("upstream.ca".into()), e))?,
+        )
+    } else {
+        None
+    };
     Ok(Config {
         access,
         routes,
@@ -590,6 +601,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             response_timeout: u.response_timeout.0,
             pool_idle_timeout: u.pool_idle_timeout.0,
             pool_max_idle_per_node: u.pool_max_idle_per_node,
+            tls: upstream_tls,
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
     })
@@ -737,10 +749,8 @@ fn ip_set(items: &[toml::Spanned<String>], key: &str, at: &Locator) -> Result<Ip
 fn parse_node_url(url: &str) -> Result<(Scheme, Authority, String), String> {
     let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
-    if scheme != Scheme::HTTP {
-        return Err(format!(
-            "`{url}`: only http:// node URLs are supported so far (TLS toward nodes comes with the TLS work)"
-        ));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(format!("`{url}`: node URLs are http:// or https://"));
     }
     let authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` needs a host"))?;
     if authority.as_str().contains('@') {

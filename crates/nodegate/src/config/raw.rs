@@ -123,6 +123,8 @@ pub struct RawUpstream {
     pub response_timeout: Dur,
     pub pool_idle_timeout: Dur,
     pub pool_max_idle_per_node: usize,
+    /// PEM CA bundle for https:// nodes; the system's roots when absent.
+    pub ca: Option<Spanned<String>>,
 }
 
 impl Default for RawUpstream {
@@ -132,6 +134,7 @@ impl Default for RawUpstream {
             response_timeout: Dur(std::time::Duration::from_secs(30)),
             pool_idle_timeout: Dur(std::time::Duration::from_secs(90)),
             pool_max_idle_per_node: 256,
+            ca: None,
         }
     }
 }

@@ -19,7 +19,6 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::balancer::Node;
@@ -120,7 +119,7 @@ fn judge_info(info: &Value, profile: Profile, max_lag: u64) -> Result<Passed, St
 /// One GET on a fresh connection (a probe also checks that the node accepts connections);
 /// the body is capped at 1 MiB.
 async fn get(node: &Node, path: &str) -> Result<Bytes, String> {
-    let stream = TcpStream::connect(node.pool.address().as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = node.pool.open().await.map_err(|e| format!("connect: {e:?}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);

@@ -3,8 +3,10 @@
 
 pub mod headers;
 mod pool;
+mod tls;
 
 pub use pool::{Lease, NodePool, SendError};
+pub use tls::{NodeStream, TlsClient};
 
 use std::error::Error as StdError;
 use std::io;

@@ -43,6 +43,8 @@ pub struct NodePool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// For https:// nodes.
+    tls: Option<super::TlsClient>,
 }
 
 /// A connection in use; give it back with [`Lease::release`] once its response has ended.
@@ -58,7 +60,7 @@ impl Lease {
 }
 
 impl NodePool {
-    pub fn new(host: &str, port: u16, cfg: &Upstream) -> Arc<NodePool> {
+    pub fn new(host: &str, port: u16, https: bool, cfg: &Upstream) -> Arc<NodePool> {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let addr = host.parse().ok().map(|ip| SocketAddr::new(ip, port));
         let pool = Arc::new(NodePool {
@@ -69,6 +71,7 @@ impl NodePool {
             max_idle: cfg.pool_max_idle_per_node,
             idle_timeout: cfg.pool_idle_timeout,
             connect_timeout: cfg.connect_timeout,
+            tls: if https { cfg.tls.clone() } else { None },
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
         pool
@@ -135,20 +138,29 @@ impl NodePool {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, SendError> {
+    /// A new connection to the node (TLS handshake included for https://), within the connect
+    /// timeout; health probes use it too.
+    pub async fn open(&self) -> Result<super::NodeStream, SendError> {
         let connect = async {
             let stream = match self.addr {
                 Some(addr) => TcpStream::connect(addr).await?,
                 None => TcpStream::connect((self.host.as_str(), self.port)).await?,
             };
             stream.set_nodelay(true)?;
-            Ok::<_, io::Error>(stream)
+            match &self.tls {
+                Some(tls) => tls.connect(&self.host, stream).await,
+                None => Ok(super::NodeStream::Plain(stream)),
+            }
         };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Err(_) => return Err(SendError::ConnectTimeout),
-        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(SendError::Connect(e)),
+            Err(_) => Err(SendError::ConnectTimeout),
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let stream = self.open().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -52,6 +52,28 @@ pub struct Tls {
     pub hsts: Option<http::HeaderValue>,
     pub reload_interval: Duration,
     pub client_auth: Option<ClientAuth>,
+    pub acme: Option<Acme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    pub state_dir: std::path::PathBuf,
+    pub challenge: AcmeChallenge,
+    pub directory_ca: Option<std::path::PathBuf>,
+    pub renew_before: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -609,8 +631,21 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
 
 fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
     let mut certs = Vec::new();
+    let acme = match &t.acme {
+        None => None,
+        Some(a) => Some(acme_section(a, at)?),
+    };
     let Some(c) = &t.cert else {
-        return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files)"));
+        if acme.is_none() {
+            return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files), or [tls.acme]"));
+        }
+        return Ok(Tls {
+            certs,
+            hsts: hsts(&t, at)?,
+            reload_interval: t.reload_interval.0.max(Duration::from_millis(100)),
+            client_auth: client_auth(t.client_auth, at)?,
+            acme,
+        });
     };
     let span = c.span();
     let check = |cert: &str, key: &str, names: Vec<String>, k: &str| {
@@ -644,40 +679,70 @@ fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
             ));
         }
     }
-    let hsts = match &t.hsts {
-        None => None,
-        Some(v) => Some(
-            http::HeaderValue::from_str(v.get_ref()).ok().filter(|_| v.get_ref().starts_with("max-age=")).ok_or_else(
-                || {
-                    at.error(
-                        v.span(),
-                        Some("tls.hsts".into()),
-                        "write it as \"max-age=<seconds>[; includeSubDomains]\"",
-                    )
-                },
-            )?,
-        ),
-    };
-    let client_auth = match t.client_auth {
-        None => None,
-        Some(c) => {
-            crate::tls::load_roots(c.ca.get_ref().as_ref())
-                .map_err(|e| at.error(c.ca.span(), Some("tls.client_auth.ca".into()), e))?;
-            let mut listen = Vec::new();
-            for addr in c.listen.get_ref() {
-                listen.push(socket_addr(addr, "tls.client_auth.listen", at)?);
-            }
-            if listen.is_empty() {
-                return Err(at.error(
-                    c.listen.span(),
-                    Some("tls.client_auth.listen".into()),
-                    "needs at least one address",
-                ));
-            }
-            Some(ClientAuth { ca: c.ca.get_ref().into(), listen, required: c.required, roles: c.roles })
+    Ok(Tls {
+        certs,
+        hsts: hsts(&t, at)?,
+        reload_interval: t.reload_interval.0.max(Duration::from_millis(100)),
+        client_auth: client_auth(t.client_auth, at)?,
+        acme,
+    })
+}
+
+fn hsts(t: &raw::RawTls, at: &Locator) -> Result<Option<http::HeaderValue>, ConfigError> {
+    let Some(v) = &t.hsts else { return Ok(None) };
+    http::HeaderValue::from_str(v.get_ref()).ok().filter(|_| v.get_ref().starts_with("max-age=")).map(Some).ok_or_else(
+        || at.error(v.span(), Some("tls.hsts".into()), "write it as \"max-age=<seconds>[; includeSubDomains]\""),
+    )
+}
+
+fn client_auth(c: Option<raw::RawClientAuth>, at: &Locator) -> Result<Option<ClientAuth>, ConfigError> {
+    let Some(c) = c else { return Ok(None) };
+    crate::tls::load_roots(c.ca.get_ref().as_ref())
+        .map_err(|e| at.error(c.ca.span(), Some("tls.client_auth.ca".into()), e))?;
+    let mut listen = Vec::new();
+    for addr in c.listen.get_ref() {
+        listen.push(socket_addr(addr, "tls.client_auth.listen", at)?);
+    }
+    if listen.is_empty() {
+        return Err(at.error(c.listen.span(), Some("tls.client_auth.listen".into()), "needs at least one address"));
+    }
+    Ok(Some(ClientAuth { ca: c.ca.get_ref().into(), listen, required: c.required, roles: c.roles }))
+}
+
+fn acme_section(a: &raw::RawAcme, at: &Locator) -> Result<Acme, ConfigError> {
+    let domains: Vec<String> = a.domains.get_ref().iter().map(|d| d.trim().to_ascii_lowercase()).collect();
+    if domains.is_empty() {
+        return Err(at.error(a.domains.span(), Some("tls.acme.domains".into()), "needs at least one domain"));
+    }
+    for d in &domains {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !ok {
+            return Err(at.error(
+                a.domains.span(),
+                Some("tls.acme.domains".into()),
+                format!("`{d}` is not a domain name"),
+            ));
         }
-    };
-    Ok(Tls { certs, hsts, reload_interval: t.reload_interval.0.max(Duration::from_millis(100)), client_auth })
+    }
+    let directory = a.directory.get_ref();
+    if !directory.starts_with("https://") {
+        return Err(at.error(a.directory.span(), Some("tls.acme.directory".into()), "must be an https:// URL"));
+    }
+    if let Some(ca) = &a.directory_ca {
+        crate::tls::load_roots(ca.get_ref().as_ref())
+            .map_err(|e| at.error(ca.span(), Some("tls.acme.directory_ca".into()), e))?;
+    }
+    Ok(Acme {
+        domains,
+        email: a.email.clone(),
+        directory: directory.clone(),
+        state_dir: a.state_dir.get_ref().into(),
+        challenge: a.challenge,
+        directory_ca: a.directory_ca.as_ref().map(|c| c.get_ref().into()),
+        renew_before: a.renew_before.0,
+    })
 }
 
 /// A `rate` and `burst` pair; the burst defaults to one second's worth of the rate (at least 1).

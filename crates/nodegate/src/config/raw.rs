@@ -321,6 +321,31 @@ pub struct RawTls {
     #[serde(default = "two_s")]
     pub reload_interval: Dur,
     pub client_auth: Option<RawClientAuth>,
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Spanned<Vec<String>>,
+    pub email: Option<String>,
+    #[serde(default = "letsencrypt")]
+    pub directory: Spanned<String>,
+    pub state_dir: Spanned<String>,
+    #[serde(default)]
+    pub challenge: crate::config::AcmeChallenge,
+    /// A CA to trust for the directory's own HTTPS (a private or test ACME server).
+    pub directory_ca: Option<Spanned<String>>,
+    #[serde(default = "thirty_days")]
+    pub renew_before: Dur,
+}
+
+fn letsencrypt() -> Spanned<String> {
+    Spanned::new(0..0, "https://acme-v02.api.letsencrypt.org/directory".into())
+}
+
+fn thirty_days() -> Dur {
+    Dur(std::time::Duration::from_secs(30 * 86_400))
 }
 
 fn two_s() -> Dur {

@@ -287,6 +287,10 @@ pub(super) async fn serve(
                 }
             };
             let (_, session) = tls.get_ref();
+            if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // An ACME CA checking a TLS-ALPN-01 answer: the handshake was the whole answer.
+                return;
+            }
             if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
                 state.h2.store(true, Relaxed);
             }

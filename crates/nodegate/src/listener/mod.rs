@@ -123,6 +123,10 @@ impl Gateway {
             };
             tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
+        if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
+            let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: redirect.clone() };
+            crate::tls::acme::spawn(acme, responders, phase.subscribe());
+        }
         let drain_timeout = config.gateway.drain_timeout;
         Ok(Gateway { addrs, redirect_addrs, admin, config, balancer, phase, alive, drain_timeout, cluster, tls })
     }

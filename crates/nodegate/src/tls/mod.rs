@@ -11,6 +11,7 @@
 //! broken file keeps the old certificates (logged with the reason). Handshakes already done keep
 //! their certificate: connections are never dropped by a reload.
 
+pub mod acme;
 mod client;
 
 pub use client::{ClientIdentity, client_identity, load_roots};
@@ -195,9 +196,9 @@ impl TlsServer {
     pub fn new(tls: &Tls) -> Result<Arc<TlsServer>, String> {
         let resolver = Arc::new(Resolver::default());
         let server = TlsServer {
-            config: server_config(&resolver, None)?,
+            config: server_config(&resolver, None, tls.acme.is_some())?,
             client_auth_config: match &tls.client_auth {
-                Some(ca) => Some(server_config(&resolver, Some((&ca.ca, ca.required)))?),
+                Some(ca) => Some(server_config(&resolver, Some((&ca.ca, ca.required)), false)?),
                 None => None,
             },
             resolver,
@@ -210,6 +211,9 @@ impl TlsServer {
 
     /// Loads every certificate file again; swaps them in only if all load.
     pub fn reload(&self) -> Result<(), String> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
         let stamps: Vec<Option<SystemTime>> =
             self.files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect();
         let mut loaded = Vec::with_capacity(self.files.len());
@@ -258,7 +262,11 @@ fn modified(p: &Path) -> Option<SystemTime> {
 
 /// The listener config: TLS 1.3 and 1.2, h2 then http/1.1, 4,096 TLS 1.2 sessions cached and
 /// tickets for both versions; with `client_ca`, client certificates are verified against it.
-fn server_config(resolver: &Arc<Resolver>, client_ca: Option<(&PathBuf, bool)>) -> Result<Arc<ServerConfig>, String> {
+fn server_config(
+    resolver: &Arc<Resolver>,
+    client_ca: Option<(&PathBuf, bool)>,
+    acme: bool,
+) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
@@ -273,6 +281,10 @@ fn server_config(resolver: &Arc<Resolver>, client_ca: Option<(&PathBuf, bool)>) 
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    if acme {
+        // Only chosen by a client that offers nothing else: the CA validating TLS-ALPN-01.
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.session_storage = ServerSessionMemoryCache::new(4096);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(Arc::new(config))

@@ -121,6 +121,18 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
             "needs a [tls] section",
         ),
         (
+            "acme-http01-without-listen-http",
+            format!("[tls.acme]\ndomains = [\"node.example\"]\nstate_dir = \"/tmp/x\"\n\n{NODE}"),
+            ":1:1: tls.acme.challenge: ",
+            "listen_http",
+        ),
+        (
+            "acme-bad-domain",
+            format!("[tls.acme]\ndomains = [\"node example\"]\nstate_dir = \"/tmp/x\"\n\n{NODE}"),
+            ":2:11: tls.acme.domains: ",
+            "not a domain name",
+        ),
+        (
             "bad-log-format",
             format!("[log]\nformat = \"xml\"\n\n{NODE}"),
             ":2:10: log.format: ",

@@ -549,6 +549,15 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         }
         listen_http.push(socket_addr(addr, "gateway.listen_http", at)?);
     }
+    if listen_http.is_empty()
+        && tls.as_ref().and_then(|t| t.acme.as_ref()).is_some_and(|a| a.challenge == AcmeChallenge::Http01)
+    {
+        return Err(at.error(
+            0..0,
+            Some("tls.acme.challenge".into()),
+            "http-01 is answered on [gateway] listen_http (port 80 for a public CA): add it, or use \"tls-alpn-01\"",
+        ));
+    }
     let h = raw.health;
     for (key, v) in [
         ("health.healthy_threshold", h.healthy_threshold),

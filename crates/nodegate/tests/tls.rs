@@ -350,3 +350,27 @@ async fn https_nodes_are_reached_over_tls_and_verified_against_the_ca_bundle() {
     assert!(matches!(r.status.as_u16(), 502 | 503), "{:?}", r.body);
     assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn optional_client_certificates_open_key_routes_and_their_absence_does_not_block_public_ones() {
+    let n = node().await;
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let dir = temp_dir("mtls-optional");
+    let ca_file = write(&dir, "clients.pem", &client_ca.pem());
+    let extra = format!(
+        "\n[tls.client_auth]\nca = \"{ca_file}\"\nlisten = [\"127.0.0.1:0\"]\nrequired = false\nroles = [\"key\"]\n"
+    );
+    let mut text = tls_config(&dir, &server_ca, &[&["a.test"]], &extra);
+    text.push_str("\n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n");
+    text.push_str("\n[[route]]\npath = \"/api/v1/peers\"\naccess = \"admin\"\n");
+    let gw = gateway(&[n.url()], &text).await;
+    let mtls = gw.local_addrs()[1];
+    let bare = client_config(&server_ca.pem(), &[b"http/1.1"], None);
+    assert_eq!(get_over(connect(mtls, "a.test", bare.clone()).await.unwrap(), "/api/v1/info").await.0, 200);
+    assert_eq!(get_over(connect(mtls, "a.test", bare).await.unwrap(), "/api/v1/tips").await.0, 401);
+    let wallet = client_config(&server_ca.pem(), &[b"http/1.1"], Some(&client_ca.leaf(&["wallet-9"], true)));
+    assert_eq!(get_over(connect(mtls, "a.test", wallet.clone()).await.unwrap(), "/api/v1/tips").await.0, 200);
+    // Its roles are `key` only: an admin route stays closed to it.
+    assert_eq!(get_over(connect(mtls, "a.test", wallet).await.unwrap(), "/api/v1/peers").await.0, 403);
+}

@@ -177,7 +177,7 @@ impl Proxy {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
-                    Verdict::Allowed { key } => key_name = Some(key.to_owned()),
+                    Verdict::Allowed { key } => key_name = Some(key.into_owned()),
                     Verdict::Unauthenticated => match cert {
                         Some(_) if auth::opens(self.cert_roles(), needed) => {}
                         Some(_) => return Err((GatewayError::CredentialNotEnough, None)),

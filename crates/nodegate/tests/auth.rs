@@ -109,6 +109,21 @@ mod jwt {
     }
 
     #[tokio::test]
+    async fn each_subject_of_an_issuer_has_its_own_rate_limit() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], &format!("{}\n[rate_limit]\nper_client = \"1/min\"\nburst = 1\n", config())).await;
+        let g = addr(&gw);
+        let token = |sub: &str| {
+            hs256(
+                json!({"sub": sub, "iss": "https://auth.example", "aud": "nodegate", "exp": now() + 600, "roles": ["admin"]}),
+            )
+        };
+        assert_eq!(peers_with(g, &token("alice")).await, 200);
+        assert_eq!(peers_with(g, &token("alice")).await, 429);
+        assert_eq!(peers_with(g, &token("bob")).await, 200, "another subject of the same issuer was limited");
+    }
+
+    #[tokio::test]
     async fn bad_tokens_are_refused() {
         let n = node().await;
         let gw = gateway(&[n.url()], &config()).await;

@@ -13,6 +13,8 @@
 //!
 //! Roles: `key` opens `key` routes; `admin` opens `admin` and `key` routes.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use serde::Deserialize;
@@ -77,6 +79,9 @@ impl JwtKey {
 struct Claims {
     #[serde(default)]
     roles: Vec<String>,
+    /// The token's subject: with the issuer's name, who the client is for rate limits.
+    #[serde(default)]
+    sub: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,15 +96,12 @@ pub struct ApiKey {
 /// What a request's credential allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    Allowed {
-        key: &'a str,
-    },
+    /// `key` names the client: the API key's name, or `<issuer>:<subject>` for a JWT.
+    Allowed { key: Cow<'a, str> },
     /// No credential, or one that matches no key: 401.
     Unauthenticated,
     /// A valid key without the role the route needs: 403.
-    Forbidden {
-        key: &'a str,
-    },
+    Forbidden { key: Cow<'a, str> },
 }
 
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -115,8 +117,8 @@ pub fn authorize<'a>(keys: &'a [ApiKey], jwts: &'a [JwtKey], headers: &HeaderMap
             found = Some(k);
         }
     }
-    let (name, roles): (&str, Vec<Role>) = match found {
-        Some(key) => (&key.name, key.roles.clone()),
+    let (name, roles): (Cow<'a, str>, Vec<Role>) = match found {
+        Some(key) => (Cow::Borrowed(&key.name), key.roles.clone()),
         None => match verify_jwt(jwts, presented) {
             Some(v) => v,
             None => return Verdict::Unauthenticated,
@@ -134,7 +136,7 @@ pub fn opens(roles: &[Role], needed: Access) -> bool {
 }
 
 /// The issuer's name and the roles of a valid token; `None` for anything else.
-fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(&'a str, Vec<Role>)> {
+fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(Cow<'a, str>, Vec<Role>)> {
     if jwts.is_empty() || token.split('.').count() != 3 {
         return None;
     }
@@ -153,7 +155,18 @@ fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(&'a str, Vec<Role>
                 _ => None,
             })
             .collect();
-        Some((k.name.as_str(), roles))
+        // Each subject of an issuer is its own client; printable and bounded, as it becomes a
+        // rate-limit key (and a Redis key with [cluster]).
+        let name = match data
+            .claims
+            .sub
+            .as_deref()
+            .map(|s| s.chars().filter(char::is_ascii_graphic).take(128).collect::<String>())
+        {
+            Some(sub) if !sub.is_empty() => Cow::Owned(format!("{}:{sub}", k.name)),
+            _ => Cow::Borrowed(k.name.as_str()),
+        };
+        Some((name, roles))
     })
 }
 
@@ -229,20 +242,23 @@ mod tests {
         let k = keys();
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Key),
-            Verdict::Allowed { key: "wallet" }
+            Verdict::Allowed { key: "wallet".into() }
         );
-        assert_eq!(authorize(&k, &[], &h("x-api-key", "k-wallet"), Access::Key), Verdict::Allowed { key: "wallet" });
+        assert_eq!(
+            authorize(&k, &[], &h("x-api-key", "k-wallet"), Access::Key),
+            Verdict::Allowed { key: "wallet".into() }
+        );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Admin),
-            Verdict::Forbidden { key: "wallet" }
+            Verdict::Forbidden { key: "wallet".into() }
         );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "bearer k-ops"), Access::Admin),
-            Verdict::Allowed { key: "ops" }
+            Verdict::Allowed { key: "ops".into() }
         );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-ops"), Access::Key),
-            Verdict::Allowed { key: "ops" }
+            Verdict::Allowed { key: "ops".into() }
         );
         for bad in [
             h("authorization", "Bearer nope"),

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,17 +25,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nodegate-acme-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A Pebble ACME server and its DNS, on free loopback ports, validating on `http_port` and
@@ -194,7 +183,7 @@ async fn issued(gw: SocketAddr, not: Option<&CertificateDer<'static>>) -> Certif
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issuance_renewal_and_a_restart_from_the_stored_certificate() {
-    let dir = temp_dir("http01");
+    let dir = temp_dir("acme-http01");
     let ports = (free_port(), free_port());
     let (directory, ca, procs) = pebble(&dir, ports.0, ports.1).await;
     let n = node().await;
@@ -236,7 +225,7 @@ async fn http01_issuance_renewal_and_a_restart_from_the_stored_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_issuance() {
-    let dir = temp_dir("alpn");
+    let dir = temp_dir("acme-alpn");
     let ports = (free_port(), free_port());
     let (directory, ca, _procs) = pebble(&dir, ports.0, ports.1).await;
     let n = node().await;

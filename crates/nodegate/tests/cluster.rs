@@ -42,10 +42,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A client whose connections come from `source` (a loopback address of its own), so each phase
 /// of the test is a fresh client to the limiter.
 fn client_from(source: &str) -> Client<HttpConnector, Full<Bytes>> {

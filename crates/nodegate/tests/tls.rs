@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,13 +47,6 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         (p.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nodegate-tls-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -102,6 +95,27 @@ fn served_names(tls: &TlsStream<TcpStream>) -> Vec<String> {
     nodegate::tls::cert_facts(cert).unwrap().0
 }
 
+/// Whether the server refused this connection: at the handshake, or (TLS 1.3, where the client
+/// finishes first) on the first request.
+async fn refused(conn: std::io::Result<TlsStream<TcpStream>>) -> bool {
+    let Ok(tls) = conn else { return true };
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let req = Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap();
+        if h2 {
+            let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            s.send_request(req).await
+        } else {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            s.send_request(req).await
+        }
+    })
+    .await;
+    !matches!(answered, Ok(Ok(_)))
+}
+
 /// One GET over an established TLS connection, HTTP/2 or HTTP/1.1 as ALPN chose.
 async fn get_over(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -136,7 +150,7 @@ fn tls_config(dir: &Path, ca: &Ca, names: &[&[&str]], extra: &str) -> String {
 async fn https_speaks_h2_and_http1_by_alpn_and_sni_picks_the_certificate() {
     let n = node().await;
     let ca = Ca::new("test CA");
-    let dir = temp_dir("sni");
+    let dir = temp_dir("tls-sni");
     let gw =
         gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test", "127.0.0.1"], &["b.test", "*.b.test"]], "")).await;
     let g = addr(&gw);
@@ -174,7 +188,7 @@ async fn https_speaks_h2_and_http1_by_alpn_and_sni_picks_the_certificate() {
 async fn sessions_resume_on_tls13_and_tls12() {
     let n = node().await;
     let ca = Ca::new("test CA");
-    let dir = temp_dir("resume");
+    let dir = temp_dir("tls-resume");
     let gw = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test"]], "")).await;
     let g = addr(&gw);
     for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
@@ -194,7 +208,7 @@ async fn sessions_resume_on_tls13_and_tls12() {
 async fn a_new_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
     let n = node().await;
     let ca = Ca::new("test CA");
-    let dir = temp_dir("reload");
+    let dir = temp_dir("tls-reload");
     let gw = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test"]], "")).await;
     let g = addr(&gw);
     let config = client_config(&ca.pem(), &[b"http/1.1"], None);
@@ -245,7 +259,7 @@ async fn client_certificates_are_required_verified_and_open_key_routes() {
     let n = node().await;
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let dir = temp_dir("mtls");
+    let dir = temp_dir("tls-mtls");
     let ca_file = write(&dir, "clients.pem", &client_ca.pem());
     let extra = format!("\n[tls.client_auth]\nca = \"{ca_file}\"\nlisten = [\"127.0.0.1:0\"]\nroles = [\"key\"]\n");
     let mut text = tls_config(&dir, &server_ca, &[&["a.test"]], &extra);
@@ -270,31 +284,10 @@ async fn client_certificates_are_required_verified_and_open_key_routes() {
     );
     // None, or one from another CA: no handshake.
     let bare = connect(mtls, "a.test", client_config(&server_ca.pem(), &[b"h2"], None)).await;
-    let refused = match bare {
-        Err(_) => true,
-        // TLS 1.3: the server's refusal arrives after the client thinks it is done.
-        Ok(tls) => tokio::time::timeout(Duration::from_secs(2), async {
-            let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-            tokio::spawn(conn);
-            s.send_request(Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap()).await
-        })
-        .await
-        .map_or(true, |r| r.is_err()),
-    };
-    assert!(refused, "a client without a certificate was served");
+    assert!(refused(bare).await, "a client without a certificate was served");
     let stranger = server_ca.leaf(&["stranger"], true);
     let other = connect(mtls, "a.test", client_config(&server_ca.pem(), &[b"http/1.1"], Some(&stranger))).await;
-    let refused = match other {
-        Err(_) => true,
-        Ok(tls) => tokio::time::timeout(Duration::from_secs(2), async {
-            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(conn);
-            s.send_request(Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap()).await
-        })
-        .await
-        .map_or(true, |r| r.is_err()),
-    };
-    assert!(refused, "a certificate from another CA was accepted");
+    assert!(refused(other).await, "a certificate from another CA was accepted");
     // The plain HTTPS listener asks for no certificate, and its key routes want a key.
     let tls = connect(addr(&gw), "a.test", client_config(&server_ca.pem(), &[b"h2"], None)).await.unwrap();
     assert_eq!(get_over(tls, "/api/v1/tips").await.0, 401);
@@ -304,7 +297,7 @@ async fn client_certificates_are_required_verified_and_open_key_routes() {
 async fn plain_http_redirects_to_https_and_a_silent_client_is_cut_off_at_the_handshake() {
     let n = node().await;
     let ca = Ca::new("test CA");
-    let dir = temp_dir("redirect");
+    let dir = temp_dir("tls-redirect");
     let mut extra = String::from("listen_http = [\"127.0.0.1:0\"]\nheader_timeout = \"500ms\"\n");
     extra.push_str(&tls_config(&dir, &ca, &[&["a.test"]], ""));
     let gw = gateway(&[n.url()], &extra).await;
@@ -333,7 +326,7 @@ async fn plain_http_redirects_to_https_and_a_silent_client_is_cut_off_at_the_han
 async fn https_nodes_are_reached_over_tls_and_verified_against_the_ca_bundle() {
     let n = node().await;
     let ca = Ca::new("node CA");
-    let dir = temp_dir("upstream");
+    let dir = temp_dir("tls-upstream");
     // The "node" over HTTPS: a gateway with TLS in front of a testnode, its certificate for 127.0.0.1.
     let front = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["127.0.0.1"]], "")).await;
     let node_url = format!("https://127.0.0.1:{}", addr(&front).port());
@@ -356,7 +349,7 @@ async fn optional_client_certificates_open_key_routes_and_their_absence_does_not
     let n = node().await;
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let dir = temp_dir("mtls-optional");
+    let dir = temp_dir("tls-mtls-optional");
     let ca_file = write(&dir, "clients.pem", &client_ca.pem());
     let extra = format!(
         "\n[tls.client_auth]\nca = \"{ca_file}\"\nlisten = [\"127.0.0.1:0\"]\nrequired = false\nroles = [\"key\"]\n"

@@ -179,3 +179,16 @@ pub async fn probed(nodes: &[&TestNode], rounds: u64) {
 pub fn served(nodes: &[&TestNode]) -> Vec<u64> {
     nodes.iter().map(|n| n.state().requests.load(std::sync::atomic::Ordering::Relaxed)).collect()
 }
+
+/// A free loopback port, for servers that cannot be told port 0 (Redis, Pebble).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh, empty directory for this test process under the system's temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("nodegate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

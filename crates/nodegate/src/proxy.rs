@@ -214,7 +214,8 @@ impl Proxy {
             Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded))
                 .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
         };
-        if let Some(len) = content_length(req.headers())?
+        let declared_len = content_length(req.headers())?;
+        if let Some(len) = declared_len
             && len > g.max_body
         {
             return Err((GatewayError::BodyTooLarge { limit: g.max_body }, None));
@@ -237,7 +238,7 @@ impl Proxy {
         let mut need_pow = false;
         let submission = profile::is_submission(g.profile, &parts.method, path_and_query.path());
         // Small bodies are read whole first, so a slow upload holds no node connection.
-        let small = content_length(&parts.headers).ok().flatten().is_some_and(|n| n <= g.request_buffer);
+        let small = declared_len.is_some_and(|n| n <= g.request_buffer);
         if !submission && small && !body.is_end_stream() {
             let data = Box::pin(body.read_all()).await.map_err(|e| (upstream::classify_body(&*e), None))?;
             body = CappedBody::buffered(data);

@@ -430,8 +430,9 @@ async fn node_connections_are_pooled_and_reused() {
 
 #[tokio::test]
 async fn a_restarted_node_is_reached_through_new_connections_without_errors() {
-    let n = node().await;
-    let node_addr = n.addr();
+    // A port outside the ephemeral range, so no outgoing connection takes it while the node is down.
+    let node_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let n = testnode::TestNode::start(node_addr, testnode::Options::default()).await.unwrap();
     let gw = gateway(&[n.url()], NO_PROBES).await;
     for _ in 0..5 {
         assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);

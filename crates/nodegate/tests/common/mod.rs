@@ -180,9 +180,26 @@ pub fn served(nodes: &[&TestNode]) -> Vec<u64> {
     nodes.iter().map(|n| n.state().requests.load(std::sync::atomic::Ordering::Relaxed)).collect()
 }
 
-/// A free loopback port, for servers that cannot be told port 0 (Redis, Pebble).
+/// A free loopback port for a server that cannot be told port 0 (Redis, Pebble), or that must come
+/// back on the same port after a restart. It is taken below the kernel's ephemeral range: a port
+/// from that range can be handed to any outgoing connection while its server is down, and the
+/// restart then fails with "address in use" (seen in CI).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (start, end) = (low.saturating_sub(12_000).max(1024), low.max(1025));
+    // Never the same port twice in one test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = fastrand::u16(start..end);
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh, empty directory for this test process under the system's temp dir.

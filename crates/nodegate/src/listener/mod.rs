@@ -75,6 +75,9 @@ impl Gateway {
         let tls = match &config.tls {
             Some(t) => {
                 let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;
+                if let Some(acme) = &t.acme {
+                    crate::tls::acme::preload(acme, &server.resolver);
+                }
                 server.watch(t.reload_interval, phase.subscribe());
                 Some(server)
             }
@@ -96,7 +99,8 @@ impl Gateway {
         let mut addrs = Vec::new();
         let mut redirect_addrs = Vec::new();
         for (addr, proxy_protocol, kind) in listeners {
-            let listener = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let listener =
+                bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             addrs.push(local);
             tracing::info!(%local, proxy_protocol, "listening");
@@ -109,7 +113,7 @@ impl Gateway {
         let redirect = Arc::new(redirect::Redirect::new(https_port));
         for addr in &config.gateway.listen_http {
             let listener =
-                bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                bind(*addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             redirect_addrs.push(local);
             tracing::info!(%local, "listening (redirect to HTTPS)");
@@ -207,12 +211,28 @@ impl Gateway {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// Binds and listens. "Address in use" is retried four times, 500 ms apart, as nginx does: right
+/// after a restart the port can still be held for a moment by the previous process's closing
+/// connections (seen in tests that restart a gateway on the same port).
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let attempt = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 5 => {
+                tracing::warn!(%addr, error = %e, "address in use: trying again in 500 ms");
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {

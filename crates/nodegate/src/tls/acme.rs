@@ -81,6 +81,14 @@ pub fn spawn(acme: Acme, responders: Responders, mut phase: watch::Receiver<Phas
     });
 }
 
+/// Serves the stored certificate, if there is one, due for renewal or not: called at start, before
+/// the listeners take connections, so that it is there from the first handshake.
+pub fn preload(acme: &Acme, resolver: &Resolver) {
+    if let Some(loaded) = stored(acme) {
+        resolver.add(loaded);
+    }
+}
+
 fn stored(acme: &Acme) -> Option<Loaded> {
     let (cert, key) = (acme.state_dir.join(CERT), acme.state_dir.join(KEY));
     if !cert.exists() {

@@ -310,7 +310,7 @@ pub(super) async fn serve(
 /// Serves one connection with hyper while the watchdog enforces the timeouts and the drain.
 async fn drive<I, S, B>(
     io: I,
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    builder: &hyper_util::server::conn::auto::Builder<super::BoxingExecutor>,
     service: S,
     state: &ConnState,
     timeouts: Timeouts,

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
@@ -235,9 +235,9 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     }
 }
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+fn http_builder(config: &Config) -> auto::Builder<BoxingExecutor> {
     let g = &config.gateway;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = auto::Builder::new(BoxingExecutor);
     // Our own check answers 431 with a JSON body at max_header_size; hyper's cap, at twice that,
     // is the backstop for heads too large to even buffer (hyper's own 431 has an empty body).
     let hard_cap = g.max_header_size.saturating_mul(2).max(8192);
@@ -258,11 +258,28 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Runs hyper's HTTP/2 stream tasks as boxed futures. A stream's future holds the request's
+/// (several KB), and `tokio::spawn` moves the future it is given several times while it builds the
+/// task: given a box, each move is a pointer. 4,400 fewer instructions a request on HTTP/2
+/// (bench/callgrind, PROTO=h2); HTTP/1.1 spawns nothing per request and is not affected.
+#[derive(Clone, Copy)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 /// What every connection a listener accepts is served with.
 #[derive(Clone)]
 pub(crate) struct Accepted {
     pub proxy: Arc<Proxy>,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub builder: Arc<auto::Builder<BoxingExecutor>>,
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
     pub caps: Arc<caps::Caps>,

@@ -82,7 +82,7 @@ pub struct Forwarding {
     ip: HeaderValue,
     proto: &'static str,
     /// `for=...;proto=...`, the part of `Forwarded` that does not depend on the request.
-    forwarded: String,
+    forwarded: HeaderValue,
 }
 
 impl Forwarding {
@@ -93,6 +93,7 @@ impl Forwarding {
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         let ip = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        let forwarded = HeaderValue::from_str(&forwarded).expect("an IP address and a scheme are ASCII");
         Forwarding { ip, proto, forwarded }
     }
 }
@@ -106,14 +107,19 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarding, host: Option<Hea
     let mut forwarded = None;
     if let Some(host) = host {
         // Forwarded's host is a quoted-string; a Host with quote or backslash is left out of it.
-        if let Ok(h) = host.to_str()
-            && !h.contains(['"', '\\'])
-        {
-            forwarded = HeaderValue::from_str(&format!("{};host=\"{h}\"", fwd.forwarded)).ok();
+        // Put together by hand: `format!` here was a tenth of the header work of a request.
+        let h = host.as_bytes();
+        if host.to_str().is_ok() && !h.iter().any(|b| *b == b'"' || *b == b'\\') {
+            let mut v = Vec::with_capacity(fwd.forwarded.len() + h.len() + 8);
+            v.extend_from_slice(fwd.forwarded.as_bytes());
+            v.extend_from_slice(b";host=\"");
+            v.extend_from_slice(h);
+            v.push(b'"');
+            forwarded = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok();
         }
         headers.insert(&X_FORWARDED_HOST, host);
     }
-    let forwarded = forwarded.unwrap_or_else(|| HeaderValue::from_str(&fwd.forwarded).expect("ASCII"));
+    let forwarded = forwarded.unwrap_or_else(|| fwd.forwarded.clone());
     headers.insert(&X_FORWARDED_FOR, fwd.ip.clone());
     headers.insert(&X_REAL_IP, fwd.ip.clone());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));

@@ -207,8 +207,9 @@ impl Proxy {
                 None => return Err((GatewayError::TooManyInFlight { limit: cap.max() }, None)),
             }
         }
+        // An already canonical path keeps the target as it came, query and all.
         let path_and_query = match target.query() {
-            None if canonical.encoded == target.path() => target,
+            _ if canonical.encoded == target.path() => target,
             None => PathAndQuery::try_from(canonical.encoded.as_ref())
                 .map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?,
             Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded))

@@ -348,14 +348,12 @@ impl Proxy {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
         if let Some((policy, limit, remaining)) = rate_headers {
-            let h = resp.headers_mut();
             let default = self.config.rate_limit.map(|r| r.limit);
             let policy_value = match &self.client_policy {
                 Some(v) if policy == "per-client" && Some(limit) == default => v.clone(),
                 _ => crate::error::policy_header(policy, limit),
             };
-            h.insert(&crate::error::RATELIMIT_POLICY, policy_value);
-            h.insert(&crate::error::RATELIMIT, crate::error::remaining_header(policy, remaining, Duration::ZERO));
+            crate::error::rate_limit_headers(resp.headers_mut(), policy, policy_value, remaining, Duration::ZERO);
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
     }

@@ -259,11 +259,7 @@ pub(super) async fn serve(
     let svc_state = state.clone();
     match kind {
         Kind::Plain => {
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                let state = svc_state.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
-            });
+            let service = proxied(proxy, svc_state);
             drive(TokioIo::new(io), &builder, service, &state, timeouts, phase).await;
         }
         Kind::Redirect(redirect) => {
@@ -297,14 +293,28 @@ pub(super) async fn serve(
             if let Some(id) = session.peer_certificates().and_then(crate::tls::client_identity) {
                 let _ = state.client_cert.set(id);
             }
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                let state = svc_state.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
-            });
+            let service = proxied(proxy, svc_state);
             drive(TokioIo::new(tls), &builder, service, &state, timeouts, phase).await;
         }
     }
+}
+
+/// The service of a proxying connection (plain or TLS): every request goes through the proxy.
+fn proxied(
+    proxy: Arc<crate::proxy::Proxy>,
+    state: Arc<ConnState>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::ProxyBody>,
+    Error = Infallible,
+    Future: Send,
+> + Send
++ 'static {
+    hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, state).await) }
+    })
 }
 
 /// Serves one connection with hyper while the watchdog enforces the timeouts and the drain.

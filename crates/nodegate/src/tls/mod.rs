@@ -107,15 +107,24 @@ impl Certs {
         for (l, configured) in loaded {
             let names = if configured.is_empty() { &l.names } else { &configured };
             for name in names {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
-                    Some(parent) => certs.wildcard.entry(parent.to_owned()).or_insert_with(|| l.key.clone()),
-                    None => certs.exact.entry(name).or_insert_with(|| l.key.clone()),
-                };
+                certs.insert(name, &l.key, false);
             }
             certs.first.get_or_insert_with(|| l.key.clone());
         }
         certs
+    }
+
+    /// Files `key` under `name` (`*.example.com` under `example.com` as a wildcard); an earlier
+    /// certificate for the same name stays unless `replace`.
+    fn insert(&mut self, name: &str, key: &Arc<CertifiedKey>, replace: bool) {
+        let name = name.to_ascii_lowercase();
+        let (map, name) = match name.strip_prefix("*.") {
+            Some(parent) => (&mut self.wildcard, parent.to_owned()),
+            None => (&mut self.exact, name),
+        };
+        if replace || !map.contains_key(&name) {
+            map.insert(name, key.clone());
+        }
     }
 
     fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -166,16 +175,14 @@ impl Resolver {
 
     /// Adds (or replaces) certificates without touching the others: ACME's, as they are issued.
     pub fn add(&self, loaded: Loaded) {
-        let mut next = Certs::default();
         let current = self.certs.load();
-        next.first = current.first.clone().or_else(|| Some(loaded.key.clone()));
-        next.exact = current.exact.clone();
-        next.wildcard = current.wildcard.clone();
+        let mut next = Certs {
+            first: current.first.clone().or_else(|| Some(loaded.key.clone())),
+            exact: current.exact.clone(),
+            wildcard: current.wildcard.clone(),
+        };
         for name in &loaded.names {
-            match name.strip_prefix("*.") {
-                Some(parent) => next.wildcard.insert(parent.to_owned(), loaded.key.clone()),
-                None => next.exact.insert(name.clone(), loaded.key.clone()),
-            };
+            next.insert(name, &loaded.key, true);
         }
         self.certs.store(Arc::new(next));
     }
@@ -214,8 +221,7 @@ impl TlsServer {
         if self.files.is_empty() {
             return Ok(());
         }
-        let stamps: Vec<Option<SystemTime>> =
-            self.files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect();
+        let stamps = self.stamps();
         let mut loaded = Vec::with_capacity(self.files.len());
         for f in &self.files {
             loaded.push((load_pair(&f.cert, &f.key)?, f.names.clone()));
@@ -229,7 +235,7 @@ impl TlsServer {
 
     /// Reloads if any file changed since the last load; a failure keeps the old certificates.
     fn reload_if_changed(&self) {
-        let now: Vec<Option<SystemTime>> = self.files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect();
+        let now = self.stamps();
         if *self.seen.lock().unwrap_or_else(|e| e.into_inner()) == now {
             return;
         }
@@ -238,6 +244,11 @@ impl TlsServer {
             *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
             tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
         }
+    }
+
+    /// When each certificate's files last changed (the later of cert and key).
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        self.files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect()
     }
 
     /// Checks the files every `every` until the gateway stops.

@@ -26,6 +26,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request: a trusted proxy sent a forwarding header that names no client address")]
+    BrokenForwardingChain,
     #[error("node {node} could not be reached")]
     NodeUnreachable { node: String },
     #[error("node {node} did not accept a connection within {0:?}", .timeout)]
@@ -63,7 +65,7 @@ impl GatewayError {
             NotExposed => StatusCode::NOT_FOUND,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BadRequest(_) | ClientBodyAborted => StatusCode::BAD_REQUEST,
+            BadRequest(_) | BrokenForwardingChain | ClientBodyAborted => StatusCode::BAD_REQUEST,
             NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => StatusCode::BAD_GATEWAY,
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -80,6 +82,7 @@ impl GatewayError {
             self,
             AddressDenied
                 | BadPath(_)
+                | BrokenForwardingChain
                 | CredentialMissing
                 | CredentialNotEnough
                 | NotExposed

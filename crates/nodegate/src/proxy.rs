@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::listener::ConnState;
 use crate::pipeline::auth::{self, Verdict};
-use crate::pipeline::canonical_path::canonicalize;
+use crate::pipeline::canonical_path::{canonicalize, refuse_double_encoding};
 use crate::pipeline::identity;
 use crate::pipeline::in_flight::{InFlightCap, Slot};
 use crate::pipeline::rate_limit::{ClientKey, Decision as RateDecision, Limit, RateLimiter};
@@ -96,11 +96,15 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
         let mut guard = RequestGuard::new(conn.clone());
         let request_id = hdr::request_id(req.headers());
-        let trusted = &self.config.gateway.trusted_proxies;
-        let client = if trusted.is_empty() {
-            conn.peer.ip().to_canonical()
+        let g = &self.config.gateway;
+        let (client, broken_chain) = if g.trusted_proxies.is_empty() || conn.proxy_protocol {
+            (conn.peer.ip().to_canonical(), false)
         } else {
-            identity::client_ip(conn.peer.ip(), req.headers(), trusted)
+            match identity::client_ip(conn.peer.ip(), req.headers(), &g.trusted_proxies, g.client_ip_header) {
+                Ok(ip) => (ip, false),
+                // Who sent it is unknown: refused, and logged as the proxy's.
+                Err(identity::BrokenChain) => (conn.peer.ip().to_canonical(), true),
+            }
         };
         let mut record = self.config.log.access.then(|| {
             Box::new(AccessRecord {
@@ -115,7 +119,12 @@ impl Proxy {
             })
         });
         let mut slot = None;
-        let (mut resp, node) = match self.forward(req, &conn, client, request_id.clone(), &mut slot).await {
+        let forwarded = if broken_chain {
+            Err((GatewayError::BrokenForwardingChain, None))
+        } else {
+            self.forward(req, &conn, client, request_id.clone(), &mut slot).await
+        };
+        let (mut resp, node) = match forwarded {
             Ok((resp, node)) => (resp, Some(node)),
             Err((err, node)) => {
                 if err.is_denial() {
@@ -166,6 +175,9 @@ impl Proxy {
         };
         // Route policy decides on the canonical path, and the node is sent that same path.
         let canonical = canonicalize(target.path()).map_err(|e| (GatewayError::BadPath(e), None))?;
+        if !g.allow_encoded_percent {
+            refuse_double_encoding(&canonical).map_err(|e| (GatewayError::BadPath(e), None))?;
+        }
         let rule = self.config.routes.decide(req.method(), &canonical.decoded);
         if rule.is_some_and(|r| !r.admits(client)) {
             return Err((GatewayError::AddressDenied, None));

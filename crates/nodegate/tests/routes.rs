@@ -61,6 +61,9 @@ const BYPASS_TARGETS: &[&str] = &[
     "/api/v1/peers%",
     "/api/v1/peers%zz",
     "/api/v1/%252e%252e/peers",
+    "/api/v1/messages/..%252fpeers",
+    "/api/v1/messages/%252e%252e%252fpeers",
+    "/api/v1/messages/%25%32%65%25%32%65%25%32%66peers",
 ];
 
 async fn status_of(gw: std::net::SocketAddr, request: &str) -> String {
@@ -149,4 +152,23 @@ async fn the_same_tricks_over_http2_reach_nothing_either() {
     assert_eq!(c.request(req).await.unwrap().status(), 401);
     assert!(sent >= 40, "only {sent} targets went over HTTP/2");
     assert_eq!(n.state().requests.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_path_encoded_twice_is_refused_unless_allowed() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false").await;
+    // Decoded once this is a message id; a node or middlebox decoding again would reach /api/v1/peers.
+    for target in ["/api/v1/messages/..%252fpeers", "/api/v1/messages/%252e%252e%252fpeers", "/api/v1/messages/%2541"] {
+        let r = get(addr(&gw), target).await;
+        r.assert_gateway_error(400);
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("%25"), "{target}: {:?}", r.body);
+    }
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+    // A literal percent that escapes nothing is fine.
+    assert_eq!(get(addr(&gw), "/debug/headers?q=%2541").await.status, 200);
+    let open = gateway(&[n.url()], "allow_encoded_percent = true\n\n[health]\nactive = false").await;
+    let r = get(addr(&open), "/api/v1/messages/%2541").await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(n.state().requests.load(Relaxed), 1, "the node saw it once allowed");
 }

@@ -124,6 +124,10 @@ pub struct Gateway {
     pub profile: Profile,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: IpSet,
+    /// The header a trusted proxy names the client in; others are ignored.
+    pub client_ip_header: crate::pipeline::identity::ClientIpHeader,
+    /// Whether a decoded path may still hold `%XX` (else 400).
+    pub allow_encoded_percent: bool,
     /// Listeners that expect a PROXY protocol header before HTTP.
     pub listen_proxy_protocol: Vec<SocketAddr>,
     /// Plain-HTTP listeners that redirect to HTTPS.
@@ -609,6 +613,8 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             listen,
             profile: g.profile,
             trusted_proxies,
+            client_ip_header: g.client_ip_header,
+            allow_encoded_percent: g.allow_encoded_percent,
             listen_proxy_protocol,
             listen_http,
             max_body: g.max_body.0,

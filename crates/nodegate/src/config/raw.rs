@@ -39,6 +39,10 @@ pub struct RawGateway {
     pub profile: Profile,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// The one header a trusted proxy names the client in.
+    pub client_ip_header: crate::pipeline::identity::ClientIpHeader,
+    /// A path still holding `%XX` once decoded is refused (400) unless this is true.
+    pub allow_encoded_percent: bool,
     /// Listeners that expect a PROXY protocol header (from a trusted proxy) before HTTP.
     pub listen_proxy_protocol: Vec<Spanned<String>>,
     /// Plain-HTTP listeners that only redirect to HTTPS (and answer ACME HTTP-01 challenges).
@@ -72,6 +76,8 @@ impl Default for RawGateway {
             listen: Spanned::new(0..0, vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]),
             profile: Profile::IotaChrysalis,
             trusted_proxies: Vec::new(),
+            client_ip_header: Default::default(),
+            allow_encoded_percent: false,
             listen_proxy_protocol: Vec::new(),
             listen_http: Vec::new(),
             max_body: Size(1 << 20),

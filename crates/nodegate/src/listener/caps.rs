@@ -20,6 +20,9 @@ pub struct Caps {
 pub struct Slot {
     caps: Arc<Caps>,
     ip: IpAddr,
+    /// Counted in `max_connections` too (the socket's peer); a client named by a PROXY header
+    /// counts under its own address only, its socket being counted already.
+    in_total: bool,
 }
 
 impl Caps {
@@ -29,26 +32,39 @@ impl Caps {
 
     /// A slot for a new connection from `ip`, or `None` when a cap is reached.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        self.enter(ip, true)
+    }
+
+    /// A slot for the client a PROXY header names on a connection already admitted from its
+    /// balancer (which is exempt): the client's own cap applies to it all the same.
+    pub fn admit_named(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        self.enter(ip, false)
+    }
+
+    fn enter(self: &Arc<Self>, ip: IpAddr, in_total: bool) -> Option<Slot> {
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.total_max {
+        if in_total && open.0 >= self.total_max {
             return None;
         }
-        let exempt = self.exempt.contains(ip);
         let mine = open.1.get(&ip).copied().unwrap_or(0);
-        if !exempt && mine >= self.per_client_max {
+        if !self.exempt.contains(ip) && mine >= self.per_client_max {
             return None;
         }
-        open.0 += 1;
+        if in_total {
+            open.0 += 1;
+        }
         *open.1.entry(ip).or_insert(0) += 1;
-        Some(Slot { caps: self.clone(), ip })
+        Some(Slot { caps: self.clone(), ip, in_total })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.0 -= 1;
+        if self.in_total {
+            open.0 -= 1;
+        }
         if let Some(n) = open.1.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -77,5 +93,17 @@ mod tests {
         let _p1 = caps.admit("10.0.0.1".parse().unwrap()).unwrap();
         assert!(caps.admit("10.0.0.1".parse().unwrap()).is_none(), "total cap");
         assert_eq!(caps.open.lock().unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn a_client_named_by_a_proxy_header_has_its_own_cap() {
+        let caps = Caps::new(100, 2, IpSet::new(&["10.0.0.1/32".parse().unwrap()]));
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let _conns: Vec<_> = (0..2)
+            .map(|_| (caps.admit("10.0.0.1".parse().unwrap()).unwrap(), caps.admit_named(client).unwrap()))
+            .collect();
+        assert!(caps.admit("10.0.0.1".parse().unwrap()).is_some(), "the balancer is exempt");
+        assert!(caps.admit_named(client).is_none(), "the named client is not");
+        assert_eq!(caps.open.lock().unwrap().0, 2, "named slots do not count twice in the total");
     }
 }

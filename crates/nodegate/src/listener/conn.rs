@@ -39,6 +39,9 @@ pub struct ConnState {
     pub forwarding: Forwarding,
     /// "https" on TLS listeners, else "http".
     pub scheme: &'static str,
+    /// On a PROXY protocol listener the PROXY header alone names the client (`peer`): no
+    /// forwarding header is read, whoever the balancer names.
+    pub proxy_protocol: bool,
     /// The client certificate's holder, on a `[tls.client_auth]` listener.
     pub client_cert: std::sync::OnceLock<crate::tls::ClientIdentity>,
     epoch: Instant,
@@ -54,6 +57,8 @@ pub struct ConnState {
     /// The connection's place under the connection caps. It lives as long as this state, which
     /// the socket wrapper holds: a WebSocket tunnel (the same socket, upgraded) still counts.
     _slot: Slot,
+    /// The PROXY-named client's own place under `max_connections_per_client`.
+    _client_slot: Option<Slot>,
     /// For work that outlives the request (WebSocket tunnels): the server's phase, and a handle that
     /// keeps the server's drain waiting while held.
     pub(crate) phase: watch::Receiver<Phase>,
@@ -73,7 +78,7 @@ impl ConnState {
         peer: SocketAddr,
         local: SocketAddr,
         scheme: &'static str,
-        slot: Slot,
+        slots: (Slot, Option<Slot>),
         phase: watch::Receiver<Phase>,
         alive: mpsc::Sender<()>,
     ) -> Self {
@@ -82,6 +87,7 @@ impl ConnState {
             local,
             forwarding: Forwarding::new(peer.ip(), scheme),
             scheme,
+            proxy_protocol: slots.1.is_some(),
             client_cert: std::sync::OnceLock::new(),
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -90,7 +96,8 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(0),
-            _slot: slot,
+            _slot: slots.0,
+            _client_slot: slots.1,
             phase,
             alive,
         }
@@ -235,25 +242,34 @@ pub(super) async fn serve(
     phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
-    let Accepted { proxy, builder, proxy_protocol, kind, .. } = accepted;
+    let Accepted { proxy, builder, proxy_protocol, kind, caps } = accepted;
+    let mut client_slot = None;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.
         if !proxy.trusted_proxies().contains(peer.ip()) {
             tracing::debug!(%peer, "PROXY listener: connection from an untrusted peer closed");
             return;
         }
-        match proxy_protocol::read(&mut stream, proxy.timeouts().header).await {
-            Ok(proxy_protocol::Header::Client(client)) => peer = client,
-            Ok(proxy_protocol::Header::Local) => {}
+        let named = match proxy_protocol::read(&mut stream, proxy.timeouts().header).await {
+            Ok(proxy_protocol::Header::Client(client)) => client,
+            // The balancer's own connection (health checks): it is the client.
+            Ok(proxy_protocol::Header::Local) => peer,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "PROXY listener: connection closed");
                 return;
             }
-        }
+        };
+        // The balancer is exempt from the per-client cap; the client it names is not.
+        let Some(s) = caps.admit_named(named.ip()) else {
+            tracing::debug!(client = %named, "connection cap reached for the client a PROXY header names: closed");
+            return;
+        };
+        client_slot = Some(s);
+        peer = named;
     }
     let local = stream.local_addr().unwrap_or(peer);
     let scheme = if matches!(kind, Kind::Tls(_)) { "https" } else { "http" };
-    let state = Arc::new(ConnState::new(peer, local, scheme, slot, phase.clone(), alive));
+    let state = Arc::new(ConnState::new(peer, local, scheme, (slot, client_slot), phase.clone(), alive));
     let timeouts = proxy.timeouts();
     let io = WatchedIo { inner: stream, state: state.clone(), first: true };
     let svc_state = state.clone();

@@ -111,11 +111,14 @@ fn parse_v2(b: &[u8]) -> Parsed {
     let body = &b[16..16 + len];
     let header = match (ver_cmd & 0x0f, family) {
         (0, _) => Header::Local,
-        (1, 0x11) if len >= 12 => {
+        // An address family whose addresses do not fit in the length given: a broken header.
+        (1, 0x11) if len < 12 => return Parsed::Invalid,
+        (1, 0x21) if len < 36 => return Parsed::Invalid,
+        (1, 0x11) => {
             let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
             Header::Client(SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([body[8], body[9]])))
         }
-        (1, 0x21) if len >= 36 => {
+        (1, 0x21) => {
             let octets: [u8; 16] = body[..16].try_into().expect("16 bytes");
             Header::Client(SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::from(octets)),
@@ -169,5 +172,18 @@ mod tests {
         let mut bad_version = V2_SIGNATURE.to_vec();
         bad_version.extend_from_slice(&[0x11, 0x11, 0, 0]);
         assert_eq!(parse(&bad_version), Parsed::Invalid);
+        // Lengths too short for the family's addresses.
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 203, 0, 113, 5]);
+        assert_eq!(parse(&short), Parsed::Invalid);
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x21, 0, 12]);
+        short.extend_from_slice(&[0; 12]);
+        assert_eq!(parse(&short), Parsed::Invalid);
+        // AF_UNIX names no IP client: the balancer stands.
+        let mut unix = V2_SIGNATURE.to_vec();
+        unix.extend_from_slice(&[0x21, 0x31, 0, 216]);
+        unix.extend_from_slice(&[0; 216]);
+        assert_eq!(parse(&unix), Parsed::Done(Header::Local, 232));
     }
 }

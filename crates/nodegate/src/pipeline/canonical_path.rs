@@ -39,6 +39,20 @@ pub enum PathError {
     BadEscape,
     #[error("the path is not valid UTF-8 once decoded")]
     NotUtf8,
+    #[error("the path still holds a percent-escape once decoded (%25XX): decode it once")]
+    EncodedPercent,
+}
+
+/// Refuses a decoded path that still holds `%` and two hex digits: it was encoded twice, and a
+/// node or middlebox that decodes again would see another path than the one route policy judged
+/// (`..%252fpeers`). A plain path holds no `%` at all, so only rebuilt ones are looked at.
+pub fn refuse_double_encoding(path: &CanonicalPath<'_>) -> Result<(), PathError> {
+    if let Cow::Owned(decoded) = &path.decoded
+        && decoded.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+    {
+        return Err(PathError::EncodedPercent);
+    }
+    Ok(())
 }
 
 pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {

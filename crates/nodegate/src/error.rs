@@ -75,20 +75,22 @@ impl GatewayError {
         }
     }
 
-    /// Whether this is a refusal of the client (the ban engine's input): address, path, credential.
-    pub fn is_denial(&self) -> bool {
+    /// What a refusal of the client (the ban engine's input) is reported as; `None` for what is
+    /// not a refusal (the node's failures, a client that went away).
+    pub fn refusal_reason(&self) -> Option<crate::events::RefusalReason> {
+        use crate::events::RefusalReason as R;
         use GatewayError::*;
-        matches!(
-            self,
-            AddressDenied
-                | BadPath(_)
-                | BrokenForwardingChain
-                | CredentialMissing
-                | CredentialNotEnough
-                | NotExposed
-                | RateLimited { .. }
-                | TooManyInFlight { .. }
-        )
+        Some(match self {
+            AddressDenied => R::AddressDenied,
+            BadPath(_) | BadRequest(_) | BrokenForwardingChain | MethodNotAllowed | HeadersTooLarge { .. } => {
+                R::BadRequest
+            }
+            CredentialMissing => R::CredentialMissing,
+            CredentialNotEnough => R::CredentialNotEnough,
+            NotExposed => R::NotExposed,
+            RateLimited { .. } | TooManyInFlight { .. } => R::RateLimited,
+            _ => return None,
+        })
     }
 
     /// Whether this counts against the node in passive health (not the client's doing).

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod listener;
 pub mod logging;

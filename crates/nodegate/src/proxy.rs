@@ -16,6 +16,7 @@ use crate::balancer::{Balancer, InFlight, Node, Passive};
 use crate::body::{CappedBody, Pace, ProxyBody};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::events::{RefusalReason, Refusals};
 use crate::listener::ConnState;
 use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::canonical_path::{canonicalize, refuse_double_encoding};
@@ -35,6 +36,7 @@ pub struct Proxy {
     in_flight: Option<Arc<InFlightCap>>,
     /// `RateLimit-Policy` for `per_client`, made once.
     client_policy: Option<HeaderValue>,
+    refusals: Refusals,
 }
 
 /// Every rate limiter the config asks for, one table each.
@@ -46,6 +48,9 @@ pub struct Limiters {
     pub pow: Option<Arc<RateLimiter>>,
     /// `[[route]] rate`, by the rule's position.
     pub routes: Vec<Option<Arc<RateLimiter>>>,
+    /// Refusals alone, by address, under `per_client`: a client that spent it is refused before
+    /// its credential is checked, while a good key behind a busy address keeps its own budget.
+    pub refusals: Option<Arc<RateLimiter>>,
 }
 
 impl Limiters {
@@ -59,13 +64,14 @@ impl Limiters {
         Limiters {
             client: Some(make("client".into())),
             pow: rl.pow.map(|_| make("pow".into())),
+            refusals: Some(make("refusals".into())),
             routes: config.routes.rules().iter().map(|r| r.limit.map(|_| make(format!("route{}", r.id)))).collect(),
         }
     }
 
     /// All of them, for the cluster sync.
     pub fn all(&self) -> Vec<Arc<RateLimiter>> {
-        self.client.iter().chain(&self.pow).chain(self.routes.iter().flatten()).cloned().collect()
+        self.client.iter().chain(&self.pow).chain(&self.refusals).chain(self.routes.iter().flatten()).cloned().collect()
     }
 }
 
@@ -76,7 +82,12 @@ impl Proxy {
         let max = config.gateway.max_in_flight_per_client;
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header("per-client", r.limit));
-        Proxy { config, balancer, passive, limits, in_flight, client_policy }
+        Proxy { config, balancer, passive, limits, in_flight, client_policy, refusals: Refusals::default() }
+    }
+
+    /// Every refusal, as it happens (see `events`).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     pub fn limiters(&self) -> &Limiters {
@@ -119,6 +130,8 @@ impl Proxy {
             })
         });
         let mut slot = None;
+        // Kept for the refusal event (a reference count, not a copy).
+        let uri = req.uri().clone();
         let forwarded = if broken_chain {
             Err((GatewayError::BrokenForwardingChain, None))
         } else {
@@ -127,10 +140,10 @@ impl Proxy {
         let (mut resp, node) = match forwarded {
             Ok((resp, node)) => (resp, Some(node)),
             Err((err, node)) => {
-                if err.is_denial() {
-                    // One event per refusal, for the ban engine to count.
-                    tracing::debug!(target: "nodegate::denial", %client, reason = %err, "request refused");
-                }
+                let err = match err.refusal_reason() {
+                    Some(reason) => self.refused(err, reason, client, uri.path()),
+                    None => err,
+                };
                 (err.to_response(), node)
             }
         };
@@ -188,6 +201,7 @@ impl Proxy {
         match rule.map_or(Access::Deny, |r| r.access) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {
+                self.address_exhausted(client).map_err(|e| (e, None))?;
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
                     Verdict::Allowed { key } => key_name = Some(key.into_owned()),
                     Verdict::Unauthenticated => match cert {
@@ -368,6 +382,39 @@ impl Proxy {
             crate::error::rate_limit_headers(resp.headers_mut(), policy, policy_value, remaining, Duration::ZERO);
         }
         Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
+    }
+
+    /// A refusal costs the client (by address: a credential that was refused names no one) one
+    /// request of its `per_client` budget, so a flood of bad keys or paths is limited like any
+    /// other flood; once the budget is spent the answer is 429. Each refusal is also an event.
+    fn refused(&self, err: GatewayError, reason: RefusalReason, client: IpAddr, path: &str) -> GatewayError {
+        tracing::debug!(target: "nodegate::denial", %client, reason = %err, "request refused");
+        self.refusals.send(client, reason, path);
+        if reason == RefusalReason::RateLimited {
+            return err;
+        }
+        let Some(rl) = self.config.rate_limit else { return err };
+        let key = ClientKey::from_ip(client, rl.ipv6_prefix);
+        let mut over = None;
+        for limiter in self.limits.client.iter().chain(&self.limits.refusals) {
+            if let RateDecision::Reject { retry_after } = limiter.check(&key, rl.limit, 1) {
+                over = Some(over.map_or(retry_after, |o: Duration| o.max(retry_after)));
+            }
+        }
+        match over {
+            None => err,
+            Some(retry_after) => GatewayError::RateLimited { retry_after, limit: rl.limit, policy: "per-client" },
+        }
+    }
+
+    /// Before a credential is verified (a signature check for a JWT), a client whose address has
+    /// spent a whole budget on refusals is refused at once.
+    fn address_exhausted(&self, client: IpAddr) -> Result<(), GatewayError> {
+        let (Some(limiter), Some(rl)) = (&self.limits.refusals, self.config.rate_limit) else { return Ok(()) };
+        match limiter.exhausted(&ClientKey::from_ip(client, rl.ipv6_prefix), rl.limit) {
+            None => Ok(()),
+            Some(retry_after) => Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: "per-client" }),
+        }
     }
 
     fn cert_roles(&self) -> &[auth::Role] {

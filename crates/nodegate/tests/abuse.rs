@@ -224,3 +224,67 @@ async fn two_thousand_slow_connections_do_not_starve_honest_clients() {
     assert!(longest < Duration::from_secs(6), "a slow client held on for {longest:?}");
     assert_eq!(n.state().submissions.load(Relaxed) + n.state().requests.load(Relaxed), 100);
 }
+
+#[tokio::test]
+async fn refusals_spend_the_clients_budget_so_a_flood_of_bad_keys_gets_429() {
+    let n = node().await;
+    let extra = format!(
+        "\n[rate_limit]\nper_client = \"1/min\"\nburst = 5\n\
+         \n[[api_key]]\nname = \"wallet\"\nhash = \"{}\"\nroles = [\"key\"]\n\
+         \n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n",
+        hash("wallet-secret")
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let mut events = gw.refusals();
+    let g = addr(&gw);
+    // Credential stuffing: each wrong key is a refusal, and refusals cost.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let key = format!("guess-{i}");
+        statuses.push(get_with(g, "/api/v1/tips", &[("x-api-key", &key)]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    // Spent on refusals, the address is refused before any credential is checked, even a good one.
+    let r = get_with(g, "/api/v1/tips", &[("x-api-key", "wallet-secret")]).await;
+    r.assert_gateway_error(429);
+    assert!(r.headers.contains_key("retry-after"));
+    // Each refusal was an event with the client, the reason and the route.
+    let first = events.try_recv().unwrap();
+    assert_eq!(first.client, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(first.reason, nodegate::events::RefusalReason::CredentialMissing);
+    assert_eq!(first.route, "/api/v1/tips");
+    let mut more = 1;
+    while let Ok(e) = events.try_recv() {
+        more += 1;
+        if more > 5 {
+            assert_eq!(e.reason, nodegate::events::RefusalReason::RateLimited);
+        }
+    }
+    assert_eq!(more, 9);
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn floods_of_unexposed_routes_bad_paths_and_bad_tokens_are_limited_too() {
+    let n = node().await;
+    let extra = "\n[rate_limit]\nper_client = \"1/min\"\nburst = 3\n\
+                 \n[[jwt]]\nname = \"issuer\"\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    for (target, headers, refusal) in [
+        ("/api/v1/not-exposed", vec![], 404),
+        ("/api/v1/messages/%2", vec![], 400),
+        ("/api/v1/peers", vec![("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.bad-signature")], 401),
+    ] {
+        // A gateway per kind, each with a fresh budget for the one client address.
+        let gw = gateway(&[n.url()], extra).await;
+        let g = addr(&gw);
+        let statuses: Vec<u16> = futures_util::future::join_all((0..5).map(|_| get_with(g, target, &headers)))
+            .await
+            .iter()
+            .map(|r| r.status.as_u16())
+            .collect();
+        let refused = statuses.iter().filter(|s| **s == refusal).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((refused, limited), (3, 2), "{target}: {statuses:?}");
+    }
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+}

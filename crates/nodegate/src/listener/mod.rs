@@ -47,6 +47,7 @@ pub struct Gateway {
     cluster: Option<Arc<crate::cluster::ClusterState>>,
     tls: Option<Arc<crate::tls::TlsServer>>,
     redirect_addrs: Vec<SocketAddr>,
+    refusals: crate::events::Refusals,
 }
 
 impl Gateway {
@@ -56,6 +57,7 @@ impl Gateway {
         let nodes = config.nodes.iter().map(|n| Node::new(n, &config.upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
+        let refusals = proxy.refusals().clone();
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {
             for node in balancer.nodes().iter() {
@@ -132,7 +134,19 @@ impl Gateway {
             crate::tls::acme::spawn(acme, responders, phase.subscribe());
         }
         let drain_timeout = config.gateway.drain_timeout;
-        Ok(Gateway { addrs, redirect_addrs, admin, config, balancer, phase, alive, drain_timeout, cluster, tls })
+        Ok(Gateway {
+            addrs,
+            redirect_addrs,
+            admin,
+            config,
+            balancer,
+            phase,
+            alive,
+            drain_timeout,
+            cluster,
+            tls,
+            refusals,
+        })
     }
 
     /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, then
@@ -190,6 +204,11 @@ impl Gateway {
     /// without `[cluster]`.
     pub fn redis_status(&self) -> Option<&'static str> {
         self.cluster.as_ref().map(|c| c.redis())
+    }
+
+    /// Every request refused from now on, as a typed event (the ban engine's input).
+    pub fn refusals(&self) -> tokio::sync::broadcast::Receiver<crate::events::Refusal> {
+        self.refusals.subscribe()
     }
 
     /// The admin listener's bound address, when `[admin]` is configured.

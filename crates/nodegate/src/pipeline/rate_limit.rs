@@ -162,6 +162,17 @@ impl RateLimiter {
         Decision::Admit { remaining: u32::try_from(u64::from(limit.burst).saturating_sub(used)).unwrap_or(0) }
     }
 
+    /// How long until `key` could be admitted one request under `limit`; `None` when it could be
+    /// now. Changes nothing: for refusing early a client whose budget refusals already spent.
+    pub fn exhausted(&self, key: &ClientKey, limit: Limit) -> Option<Duration> {
+        let now = self.now();
+        let t = (limit.interval.as_nanos() as u64).max(1);
+        let room = t * u64::from(limit.burst.max(1));
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = table.map.get(key)?.tat.max(now) + t;
+        (tat - now > room).then(|| Duration::from_nanos(tat - now - room))
+    }
+
     /// How many clients are tracked now.
     pub fn tracked(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).map.len()

@@ -8,6 +8,8 @@ use http::{Response, StatusCode};
 
 use crate::body::ProxyBody;
 
+/// The messages are what a client reads: they never name a node (its name is internal; the access
+/// log and the debug log carry it).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("your address may not use this gateway")]
@@ -28,15 +30,15 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("bad request: a trusted proxy sent a forwarding header that names no client address")]
     BrokenForwardingChain,
-    #[error("node {node} could not be reached")]
+    #[error("the node could not be reached")]
     NodeUnreachable { node: String },
-    #[error("node {node} did not accept a connection within {0:?}", .timeout)]
+    #[error("the node did not accept a connection within {0:?}", .timeout)]
     NodeConnectTimeout { node: String, timeout: Duration },
-    #[error("node {node} did not answer within {0:?}", .timeout)]
+    #[error("the node did not answer within {0:?}", .timeout)]
     NodeResponseTimeout { node: String, timeout: Duration },
-    #[error("node {node} closed the connection without an answer")]
+    #[error("the node closed the connection without an answer")]
     NodeReset { node: String },
-    #[error("node {node} sent an invalid answer: {what}")]
+    #[error("the node sent an invalid answer: {what}")]
     NodeBadAnswer { node: String, what: &'static str },
     #[error("the client stopped sending its request body")]
     ClientBodyAborted,

@@ -46,7 +46,7 @@ pub enum GatewayError {
     BodyTooSlow,
     #[error("too many requests in flight from you: at most {limit} at once")]
     TooManyInFlight { limit: usize },
-    #[error("this gateway does not proxy CONNECT")]
+    #[error("this gateway proxies GET, HEAD, POST, PUT, DELETE, OPTIONS and PATCH only")]
     MethodNotAllowed,
     #[error("{}: try again in {1} s", policy_text(.policy), retry_after_secs(.retry_after))]
     RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit, policy: &'static str },
@@ -125,6 +125,9 @@ impl GatewayError {
             GatewayError::BodyTooSlow => {
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
+            GatewayError::MethodNotAllowed => {
+                resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            }
             GatewayError::CredentialMissing => {
                 resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
             }
@@ -133,6 +136,9 @@ impl GatewayError {
         resp
     }
 }
+
+/// What a `405` offers instead.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 fn policy_text(policy: &str) -> &'static str {
     match policy {

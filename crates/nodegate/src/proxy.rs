@@ -180,8 +180,11 @@ impl Proxy {
         if head_size(&req) > g.max_header_size {
             return Err((GatewayError::HeadersTooLarge { limit: g.max_header_size }, None));
         }
-        if req.method() == Method::CONNECT {
-            return Err((GatewayError::MethodNotAllowed, None));
+        check_method(req.method()).map_err(|e| (e, None))?;
+        // RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one Host; none or several is 400.
+        let hosts = req.headers().get_all(header::HOST).iter().count();
+        if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+            return Err((GatewayError::BadRequest("an HTTP/1.1 request needs exactly one Host header"), None));
         }
         let Some(target) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
             return Err((GatewayError::BadRequest("the request target must be a path"), None));
@@ -502,6 +505,21 @@ impl Proxy {
                 Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
             }
         }
+    }
+}
+
+/// Only the methods a node's API uses pass, spelled as registered (methods are case-sensitive: a
+/// `post` would slip past a rule for `POST` and still be read as one by a lenient node). CONNECT
+/// and TRACE never pass a gateway.
+fn check_method(method: &Method) -> Result<(), GatewayError> {
+    match *method {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS | Method::PATCH => {
+            Ok(())
+        }
+        _ if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) => {
+            Err(GatewayError::BadRequest("methods are case-sensitive: write them in capitals (GET, POST)"))
+        }
+        _ => Err(GatewayError::MethodNotAllowed),
     }
 }
 

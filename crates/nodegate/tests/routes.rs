@@ -172,3 +172,57 @@ async fn a_path_encoded_twice_is_refused_unless_allowed() {
     assert_eq!(r.status, 404, "{:?}", r.body);
     assert_eq!(n.state().requests.load(Relaxed), 1, "the node saw it once allowed");
 }
+
+#[tokio::test]
+async fn methods_are_case_sensitive_and_only_the_apis_own_pass() {
+    let n = node().await;
+    let extra = "\n[health]\nactive = false\n\n[[route]]\npath = \"/api/v1/messages\"\nmethods = [\"POST\"]\naccess = \"key\"\n";
+    let gw = gateway(&[n.url()], extra).await;
+    let g = addr(&gw);
+    let body = r#"{"payload":null}"#;
+    // A lower-case `post` skipped the POST rule and reached the node as a submission.
+    let req = format!(
+        "post /api/v1/messages HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let a = raw(g, req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    for method in ["FOO", "TRACE", "PROPFIND", "CONNECT"] {
+        let target = if method == "CONNECT" { "gw:443" } else { "/api/v1/info" };
+        let a = raw(
+            g,
+            format!("{method} {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(a.starts_with("HTTP/1.1 405"), "{method}: {a}");
+        assert!(a.to_ascii_lowercase().contains("allow: get, head, post, put, delete, options, patch"), "{a}");
+    }
+    for method in ["Get", "gET", "options"] {
+        let a = raw(
+            g,
+            format!("{method} /api/v1/info HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(a.starts_with("HTTP/1.1 400"), "{method}: {a}");
+    }
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn an_http11_request_needs_exactly_one_host() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false").await;
+    let g = addr(&gw);
+    let none = raw(g, b"GET /api/v1/info HTTP/1.1\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(none.starts_with("HTTP/1.1 400") && none.contains("Host"), "{none}");
+    let two =
+        raw(g, b"GET /api/v1/info HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n", Duration::from_secs(5))
+            .await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    assert_eq!(n.state().requests.load(Relaxed), 0);
+    // HTTP/1.0 had no Host requirement.
+    let old = raw(g, b"GET /api/v1/info HTTP/1.0\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
+}

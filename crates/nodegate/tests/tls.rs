@@ -101,7 +101,7 @@ async fn refused(conn: std::io::Result<TlsStream<TcpStream>>) -> bool {
     let Ok(tls) = conn else { return true };
     let answered = tokio::time::timeout(Duration::from_secs(2), async {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let req = Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap();
+        let req = Request::get("https://gw/api/v1/info").header("host", "gw").body(Empty::<Bytes>::new()).unwrap();
         if h2 {
             let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
             tokio::spawn(conn);
@@ -119,7 +119,8 @@ async fn refused(conn: std::io::Result<TlsStream<TcpStream>>) -> bool {
 /// One GET over an established TLS connection, HTTP/2 or HTTP/1.1 as ALPN chose.
 async fn get_over(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let req = Request::get(format!("https://gw{path}")).body(Empty::<Bytes>::new()).unwrap();
+    // hyper's connection-level client sends no Host of its own; HTTP/1.1 requires one (RFC 9112).
+    let req = Request::get(format!("https://gw{path}")).header("host", "gw").body(Empty::<Bytes>::new()).unwrap();
     let resp = if h2 {
         let (mut s, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
@@ -219,7 +220,7 @@ async fn a_new_certificate_is_served_to_new_connections_while_old_ones_keep_work
     let old_cert = der(&old);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old)).await.unwrap();
     tokio::spawn(conn);
-    let req = || Request::get("https://gw/api/v1/info").body(Empty::<Bytes>::new()).unwrap();
+    let req = || Request::get("https://gw/api/v1/info").header("host", "gw").body(Empty::<Bytes>::new()).unwrap();
     assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
 
     // New files: new connections get the new certificate.

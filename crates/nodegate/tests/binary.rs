@@ -444,3 +444,29 @@ fn cert_self_signed_writes_a_pair_that_tls_accepts() {
     let out = nodegate().args(["check", "--config"]).arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn the_readmes_ipv4_plus_ipv6_listen_form_starts_and_ipv6_alone_is_dual_stack() {
+    let n = node().await;
+    let v6_loopback = |port: u16| std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let v4_loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Both families on one port, as the README's first example: the [::] socket must be v6-only, or
+    // its bind fails with "address in use" where net.ipv6.bindv6only = 0 (Linux's default).
+    let port = free_port();
+    let both = format!(
+        "[gateway]\nlisten = [\"0.0.0.0:{port}\", \"[::]:{port}\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n",
+        n.url()
+    );
+    let gw = Running::start("both-families.toml", &both);
+    assert_eq!(gw.addr.port(), port);
+    assert_eq!(get(v4_loopback(port), "/api/v1/info").await.status, 200);
+    assert_eq!(get(v6_loopback(port), "/api/v1/info").await.status, 200);
+    drop(gw);
+    // [::] alone takes IPv4 clients too.
+    let port = free_port();
+    let alone = format!("[gateway]\nlisten = [\"[::]:{port}\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n", n.url());
+    let gw = Running::start("v6-alone.toml", &alone);
+    assert_eq!(get(v4_loopback(port), "/api/v1/info").await.status, 200);
+    assert_eq!(get(v6_loopback(port), "/api/v1/info").await.status, 200);
+    drop(gw);
+}

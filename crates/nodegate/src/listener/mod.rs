@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use conn::ConnState;
@@ -100,9 +100,12 @@ impl Gateway {
         }
         let mut addrs = Vec::new();
         let mut redirect_addrs = Vec::new();
+        let every: Vec<SocketAddr> =
+            listeners.iter().map(|l| l.0).chain(config.gateway.listen_http.iter().copied()).collect();
         for (addr, proxy_protocol, kind) in listeners {
-            let listener =
-                bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let listener = bind(addr, &every)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             addrs.push(local);
             tracing::info!(%local, proxy_protocol, "listening");
@@ -114,8 +117,9 @@ impl Gateway {
         let https_port = addrs.first().map_or(443, |a: &SocketAddr| a.port());
         let redirect = Arc::new(redirect::Redirect::new(https_port));
         for addr in &config.gateway.listen_http {
-            let listener =
-                bind(*addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let listener = bind(*addr, &every)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             let local = listener.local_addr()?;
             redirect_addrs.push(local);
             tracing::info!(%local, "listening (redirect to HTTPS)");
@@ -233,13 +237,24 @@ impl Gateway {
 /// Binds and listens. "Address in use" is retried four times, 500 ms apart, as nginx does: right
 /// after a restart the port can still be held for a moment by the previous process's closing
 /// connections (seen in tests that restart a gateway on the same port).
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+///
+/// An IPv6 address is dual-stack (it takes IPv4 clients too, as `::ffff:a.b.c.d`) unless `others`
+/// listen on the same port over IPv4: then it is IPv6 only (`IPV6_V6ONLY`, nginx's default), or
+/// the second bind fails with "address in use" on Linux's default `bindv6only = 0`.
+async fn bind(addr: SocketAddr, others: &[SocketAddr]) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6_only = addr.is_ipv6() && addr.port() != 0 && others.iter().any(|o| o.is_ipv4() && o.port() == addr.port());
     let attempt = || {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        socket.set_nodelay(true)?;
-        socket.bind(addr)?;
-        socket.listen(1024)
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(v6_only)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
     };
     let mut tries = 1;
     loop {

@@ -470,3 +470,40 @@ async fn the_readmes_ipv4_plus_ipv6_listen_form_starts_and_ipv6_alone_is_dual_st
     assert_eq!(get(v6_loopback(port), "/api/v1/info").await.status, 200);
     drop(gw);
 }
+
+#[tokio::test]
+async fn the_admin_listener_keeps_accepting_after_running_out_of_file_descriptors() {
+    let admin_port = free_port();
+    let config = temp_file(
+        "emfile.toml",
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\n\
+             [health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[log]\naccess = false\n"
+        ),
+    );
+    // A small descriptor table, so that a few dozen connections fill it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 48 && exec {} run --config {}", env!("CARGO_BIN_EXE_nodegate"), config.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("nodegate listening on"), "{line}");
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    assert_eq!(get(admin, "/status").await.status, 200);
+    // Fill the table: past ~40 connections, accept() fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    // Room again: the admin listener answers as before.
+    let answered = tokio::time::timeout(Duration::from_secs(5), get(admin, "/status")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered.expect("the admin listener stopped accepting").status, 200);
+}

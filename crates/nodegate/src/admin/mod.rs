@@ -34,7 +34,7 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                Ok((stream, _)) = listener.accept() => {
+                (stream, _) = crate::listener::accept(&listener) => {
                     let (balancer, cluster) = (balancer.clone(), cluster.clone());
                     let svc = hyper::service::service_fn(move |req| {
                         let (balancer, cluster) = (balancer.clone(), cluster.clone());

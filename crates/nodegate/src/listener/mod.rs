@@ -331,6 +331,21 @@ pub(crate) enum Kind {
     Redirect(Arc<redirect::Redirect>),
 }
 
+/// The next connection. A failed `accept` (out of file descriptors, above all) is logged and tried
+/// again after a pause, never the end of the listener; the pause keeps a full descriptor table from
+/// turning the loop into a spin.
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(pair) => return pair,
+            Err(e) => {
+                tracing::warn!(error = %e, local = ?listener.local_addr().ok(), "accept failed: trying again in 50 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     conns: Accepted,
@@ -339,22 +354,15 @@ async fn accept_loop(
 ) {
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Over a connection cap: closed here, before any work is spent on it.
-                    let Some(slot) = conns.caps.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "connection cap reached: closed at accept");
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(conn::serve(stream, peer, conns.clone(), slot, phase.clone(), alive.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+            (stream, peer) = accept(&listener) => {
+                // Over a connection cap: closed here, before any work is spent on it.
+                let Some(slot) = conns.caps.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "connection cap reached: closed at accept");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(conn::serve(stream, peer, conns.clone(), slot, phase.clone(), alive.clone()));
+            }
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
                     break;

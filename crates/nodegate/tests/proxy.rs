@@ -326,6 +326,27 @@ async fn slow_head_on_a_kept_alive_connection_is_cut_off_within_two_header_timeo
 }
 
 #[tokio::test]
+async fn a_first_byte_like_the_http2_preface_does_not_shed_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = node().await;
+    let gw = gateway(&[n.url()], "header_timeout = \"300ms\"\nidle_timeout = \"30s\"").await;
+    let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+    // `P` alone, then the rest of an HTTP/1.1 request: it is not HTTP/2.
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"UT /health HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let k = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..k]).starts_with("HTTP/1.1 "), "{:?}", String::from_utf8_lossy(&buf[..k]));
+    // A slow second head is cut off as on any HTTP/1.1 connection.
+    s.write_all(b"GET /health HTTP/1.1\r\nhost:").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("not closed").unwrap();
+    assert_eq!(k, 0, "got {:?}", String::from_utf8_lossy(&buf[..k]));
+    assert!(start.elapsed() < Duration::from_millis(1500), "closed after {:?}", start.elapsed());
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout_not_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let n = node().await;

@@ -29,7 +29,8 @@ use super::caps::Slot;
 use super::{Accepted, Kind, Phase, proxy_protocol};
 use crate::upstream::headers::Forwarding;
 
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the connection's watchdog and its requests share.
 pub struct ConnState {
@@ -133,10 +134,7 @@ impl ConnState {
         }
     }
 
-    fn bytes_read(&self, first_read: &[u8], is_first: bool) {
-        if is_first && first_read.starts_with(&H2_PREFACE_START[..first_read.len().min(H2_PREFACE_START.len())]) {
-            self.h2.store(true, Relaxed);
-        }
+    fn bytes_read(&self) {
         // HTTP/2 frames (pings, window updates) arrive between requests: only HTTP/1 bytes read on
         // an idle connection mean a new request head has begun.
         if self.in_flight.load(Relaxed) == 0 && self.head_since.load(Relaxed) == 0 && !self.h2.load(Relaxed) {
@@ -191,7 +189,26 @@ pub struct Timeouts {
 struct WatchedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
-    first: bool,
+    /// How much of the HTTP/2 preface the connection's first bytes matched so far; `None` once
+    /// decided. Only the whole preface makes it HTTP/2: a client that sends `P` and then an
+    /// HTTP/1.1 request must not shed the header timeout of its later requests.
+    preface: Option<usize>,
+}
+
+impl WatchedIo {
+    fn look_for_preface(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface else { return };
+        let want = &H2_PREFACE[matched..];
+        let n = read.len().min(want.len());
+        if read[..n] != want[..n] {
+            self.preface = None;
+        } else if n == want.len() {
+            self.preface = None;
+            self.state.h2.store(true, Relaxed);
+        } else {
+            self.preface = Some(matched + n);
+        }
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -201,8 +218,11 @@ impl AsyncRead for WatchedIo {
         if let Poll::Ready(Ok(())) = res
             && buf.filled().len() > before
         {
-            let first = std::mem::replace(&mut self.first, false);
-            self.state.bytes_read(&buf.filled()[before..], first);
+            if self.preface.is_some() {
+                let this = &mut *self;
+                this.look_for_preface(&buf.filled()[before..]);
+            }
+            self.state.bytes_read();
         }
         res
     }
@@ -271,7 +291,7 @@ pub(super) async fn serve(
     let scheme = if matches!(kind, Kind::Tls(_)) { "https" } else { "http" };
     let state = Arc::new(ConnState::new(peer, local, scheme, (slot, client_slot), phase.clone(), alive));
     let timeouts = proxy.timeouts();
-    let io = WatchedIo { inner: stream, state: state.clone(), first: true };
+    let io = WatchedIo { inner: stream, state: state.clone(), preface: Some(0) };
     let svc_state = state.clone();
     match kind {
         Kind::Plain => {

@@ -57,6 +57,19 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
         ),
         ("bad-size", format!("[gateway]\nmax_body = \"1 lb\"\n\n{NODE}"), ":2:12: gateway.max_body: ", "bad size"),
         (
+            "zero-timeout",
+            format!("[gateway]\nheader_timeout = \"0s\"\n\n{NODE}"),
+            ":2:1: gateway.header_timeout: ",
+            "above 0",
+        ),
+        ("fast-probes", format!("[health]\ninterval = \"10ms\"\n\n{NODE}"), ":2:1: health.interval: ", "100ms"),
+        (
+            "burst-overflow",
+            format!("[rate_limit]\nper_client = \"1/h\"\nburst = 4000000000\n\n{NODE}"),
+            ":3:1: rate_limit.burst: ",
+            "within a year",
+        ),
+        (
             "bad-scheme",
             "[[node]]\nname = \"a\"\nurl = \"ftp://127.0.0.1:21\"\n".into(),
             ":3:7: node[0].url: ",

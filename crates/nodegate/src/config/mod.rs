@@ -293,6 +293,88 @@ impl Locator<'_> {
     }
 }
 
+impl Locator<'_> {
+    /// Where `key` is written: `gateway.header_timeout`, `route[2].burst` (the third `[[route]]`).
+    /// For checks made after parsing, on values whose spans serde did not keep; the start of the
+    /// file when the key is not written (a default).
+    fn place(&self, key: &str) -> Range<usize> {
+        let (table, field) = key.rsplit_once('.').unwrap_or(("", key));
+        let (table, index) = match table.split_once('[') {
+            Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().unwrap_or(0)),
+            None => (table, 0),
+        };
+        let (single, array) = (format!("[{table}]"), format!("[[{table}]]"));
+        let mut seen = 0;
+        let mut inside = false;
+        let mut offset = 0;
+        for line in self.src.split_inclusive('\n') {
+            let t = line.trim();
+            if t.starts_with('[') {
+                inside = t == single
+                    || (t == array && {
+                        seen += 1;
+                        seen == index + 1
+                    });
+            } else if inside
+                && let Some(rest) = t.strip_prefix(field)
+                && rest.trim_start().starts_with('=')
+            {
+                let at = offset + (line.len() - line.trim_start().len());
+                return at..at + field.len();
+            }
+            offset += line.len();
+        }
+        0..0
+    }
+
+    /// An error at `key`'s place.
+    fn at_key(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(self.place(key), Some(key.to_string()), message)
+    }
+}
+
+/// Values that parse but make no sense: a zero timeout (every request would fail at once), probes
+/// faster than 100 ms, and limits whose burst window would overflow the limiter's arithmetic.
+fn check_bounds(c: &Config, at: &Locator) -> Result<(), ConfigError> {
+    let g = &c.gateway;
+    let u = &c.upstream;
+    for (key, d) in [
+        ("gateway.header_timeout", g.header_timeout),
+        ("gateway.idle_timeout", g.idle_timeout),
+        ("gateway.body_timeout", g.body_timeout),
+        ("gateway.send_timeout", g.send_timeout),
+        ("upstream.connect_timeout", u.connect_timeout),
+        ("upstream.response_timeout", u.response_timeout),
+        ("upstream.pool_idle_timeout", u.pool_idle_timeout),
+        ("health.timeout", c.health.timeout),
+        ("health.eject_for", c.health.eject_for),
+    ] {
+        if d.is_zero() {
+            return Err(at.at_key(key, "must be above 0 (a zero timeout fails every request at once)"));
+        }
+    }
+    if c.health.interval < Duration::from_millis(100) {
+        return Err(at.at_key("health.interval", "must be at least 100ms (probes would flood the nodes)"));
+    }
+    let mut limits: Vec<(String, Limit)> = Vec::new();
+    if let Some(rl) = &c.rate_limit {
+        limits.push(("rate_limit.burst".into(), rl.limit));
+        limits.extend(rl.pow.map(|l| ("rate_limit.pow_burst".into(), l)));
+    }
+    limits.extend(c.routes.rules().iter().filter_map(|r| Some((format!("route[{}].burst", r.id), r.limit?))));
+    limits.extend(c.api_keys.iter().enumerate().filter_map(|(i, k)| Some((format!("api_key[{i}].burst"), k.limit?))));
+    for (key, limit) in limits {
+        // The limiter counts in nanoseconds in a u64: a full burst's window must fit, with room.
+        if limit.interval.as_nanos() * u128::from(limit.burst) > MAX_LIMIT_WINDOW.as_nanos() {
+            return Err(at.at_key(&key, "burst x interval must stay within a year: lower the burst or raise the rate"));
+        }
+    }
+    Ok(())
+}
+
+/// The longest a full burst may take to refill.
+const MAX_LIMIT_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
 fn line_column(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
@@ -589,7 +671,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     } else {
         None
     };
-    Ok(Config {
+    let config = Config {
         access,
         routes,
         api_keys,
@@ -641,7 +723,9 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             tls: upstream_tls,
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
-    })
+    };
+    check_bounds(&config, at)?;
+    Ok(config)
 }
 
 fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
@@ -859,6 +943,29 @@ mod tests {
         assert_eq!(c.nodes[0].base_path, "");
         assert_eq!(c.nodes[0].weight, 1);
         assert!(c.log.access);
+    }
+
+    #[test]
+    fn values_that_make_no_sense_are_refused_at_their_place() {
+        let node = "\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n";
+        for (text, key, line) in [
+            ("[gateway]\nheader_timeout = \"0s\"\n", "gateway.header_timeout", 2),
+            ("[gateway]\nlisten = [\"127.0.0.1:1\"]\nsend_timeout = \"0ms\"\n", "gateway.send_timeout", 3),
+            ("[upstream]\nresponse_timeout = \"0s\"\n", "upstream.response_timeout", 2),
+            ("[health]\ninterval = \"50ms\"\n", "health.interval", 2),
+            ("[rate_limit]\nper_client = \"1/h\"\nburst = 4000000000\n", "rate_limit.burst", 3),
+            (
+                "[rate_limit]\nper_client = \"1/s\"\nburst = 1\n\n[[route]]\npath = \"/a\"\naccess = \"public\"\n\n[[route]]\npath = \"/b\"\naccess = \"public\"\nrate = \"1/h\"\nburst = 100000\n",
+                "route[1].burst",
+                13,
+            ),
+        ] {
+            let e = Config::parse(&format!("{text}{node}"), "t.toml").unwrap_err();
+            assert_eq!((e.key.as_deref(), e.line), (Some(key), line), "{e}");
+        }
+        // At the edges: allowed.
+        let ok = "[health]\ninterval = \"100ms\"\n\n[rate_limit]\nper_client = \"1/h\"\nburst = 8000\n";
+        Config::parse(&format!("{ok}{node}"), "t.toml").unwrap();
     }
 
     #[test]

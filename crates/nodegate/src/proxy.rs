@@ -198,7 +198,7 @@ impl Proxy {
         if rule.is_some_and(|r| !r.admits(client)) {
             return Err((GatewayError::AddressDenied, None));
         }
-        let mut key_name: Option<String> = None;
+        let mut principal: Option<(ClientKey, Option<Limit>)> = None;
         // A verified client certificate (`[tls.client_auth]`) is a credential too, with its roles.
         let cert = conn.client_cert.get();
         match rule.map_or(Access::Deny, |r| r.access) {
@@ -206,7 +206,7 @@ impl Proxy {
             needed @ (Access::Key | Access::Admin) => {
                 self.address_exhausted(client).map_err(|e| (e, None))?;
                 match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
-                    Verdict::Allowed { key } => key_name = Some(key.into_owned()),
+                    Verdict::Allowed { key, api_key } => principal = Some((key, api_key.and_then(|k| k.limit))),
                     Verdict::Unauthenticated => match cert {
                         Some(_) if auth::opens(self.cert_roles(), needed) => {}
                         Some(_) => return Err((GatewayError::CredentialNotEnough, None)),
@@ -217,19 +217,17 @@ impl Proxy {
             }
             Access::Deny => return Err((GatewayError::NotExposed, None)),
         }
-        if key_name.is_none()
+        if principal.is_none()
             && let Some(id) = cert
         {
-            key_name = Some(format!("cert:{}", id.name));
+            principal = Some((ClientKey::Cert(id.name.clone()), None));
         }
         let pass_credential = rule.is_some_and(|r| r.pass_credential);
-        // Limits are per API key when the client authenticated, else per address (or /64).
+        // Limits are per credential when the client authenticated, else per address (or /64); an
+        // API key may carry a limit of its own.
         let ipv6_prefix = self.config.rate_limit.map_or(64, |r| r.ipv6_prefix);
-        let client_key = match key_name {
-            Some(name) => ClientKey::ApiKey(name),
-            None => ClientKey::from_ip(client, ipv6_prefix),
-        };
-        let rate_headers = self.check_rates(rule, &client_key)?;
+        let (client_key, own_limit) = principal.unwrap_or_else(|| (ClientKey::from_ip(client, ipv6_prefix), None));
+        let rate_headers = self.check_rates(rule, &client_key, own_limit)?;
         if let Some(cap) = &self.in_flight {
             match cap.enter(client_key.clone()) {
                 Some(s) => *slot = Some(s),
@@ -431,6 +429,7 @@ impl Proxy {
         &self,
         rule: Option<&crate::pipeline::route_policy::Rule>,
         key: &ClientKey,
+        own_limit: Option<Limit>,
     ) -> Result<Option<(&'static str, Limit, u32)>, (GatewayError, Option<Arc<str>>)> {
         let Some(rl) = &self.config.rate_limit else { return Ok(None) };
         let mut tightest: Option<(&'static str, Limit, u32)> = None;
@@ -444,12 +443,7 @@ impl Proxy {
             }
         }
         if let Some(limiter) = &self.limits.client {
-            let limit = match key {
-                ClientKey::ApiKey(name) => {
-                    self.config.api_keys.iter().find(|k| k.name == *name).and_then(|k| k.limit).unwrap_or(rl.limit)
-                }
-                _ => rl.limit,
-            };
+            let limit = own_limit.unwrap_or(rl.limit);
             match limiter.check(key, limit, rule.map_or(1, |r| r.cost)) {
                 RateDecision::Admit { remaining } => {
                     if tightest.is_none_or(|(_, _, r)| remaining < r) {

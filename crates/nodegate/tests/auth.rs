@@ -121,6 +121,12 @@ mod jwt {
         assert_eq!(peers_with(g, &token("alice")).await, 200);
         assert_eq!(peers_with(g, &token("alice")).await, 429);
         assert_eq!(peers_with(g, &token("bob")).await, 200, "another subject of the same issuer was limited");
+        // Subjects are exact: ones that differ only in what a printable filter would drop are
+        // different clients.
+        for (a, b) in [("John Smith", "JohnSmith"), ("böb", "bb"), ("a:b", "a%3Ab")] {
+            assert_eq!(peers_with(g, &token(a)).await, 200, "{a}");
+            assert_eq!(peers_with(g, &token(b)).await, 200, "{b} shared {a}'s budget");
+        }
     }
 
     #[tokio::test]

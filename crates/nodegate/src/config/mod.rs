@@ -583,6 +583,25 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         let limit = limit(k.rate, k.burst.as_ref(), &format!("api_key[{i}]"), at)?;
         api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone(), limit });
     }
+    // One name, one client: a token issuer named like an API key (or like another issuer) would
+    // read as the same client in logs, events and limits.
+    for (i, j) in raw.jwt.iter().enumerate() {
+        let name = j.name.get_ref();
+        let clash = if api_keys.iter().any(|k| k.name == *name) {
+            Some("an [[api_key]]")
+        } else if raw.jwt[..i].iter().any(|o| o.name.get_ref() == name) {
+            Some("another [[jwt]]")
+        } else {
+            None
+        };
+        if let Some(other) = clash {
+            return Err(at.error(
+                j.name.span(),
+                Some(format!("jwt[{i}].name")),
+                format!("`{name}` is also the name of {other}: give each credential its own"),
+            ));
+        }
+    }
     let rate_limit = match raw.rate_limit {
         None => None,
         Some(r) => {
@@ -966,6 +985,26 @@ mod tests {
         // At the edges: allowed.
         let ok = "[health]\ninterval = \"100ms\"\n\n[rate_limit]\nper_client = \"1/h\"\nburst = 8000\n";
         Config::parse(&format!("{ok}{node}"), "t.toml").unwrap();
+    }
+
+    #[test]
+    fn a_name_is_one_credential_across_kinds() {
+        let node = "\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n";
+        let key = format!(
+            "[[api_key]]\nname = \"wallet\"\nhash = \"{}\"\nroles = [\"key\"]\n",
+            crate::pipeline::auth::hash("x")
+        );
+        let jwt = |name: &str| {
+            format!(
+                "\n[[jwt]]\nname = \"{name}\"\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"
+            )
+        };
+        let e = Config::parse(&format!("{key}{}{node}", jwt("wallet")), "t.toml").unwrap_err();
+        assert_eq!((e.key.as_deref(), e.line), (Some("jwt[0].name"), 7), "{e}");
+        assert!(e.message.contains("[[api_key]]"), "{e}");
+        let e = Config::parse(&format!("{key}{}{}{node}", jwt("issuer"), jwt("issuer")), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("jwt[1].name"), "{e}");
+        Config::parse(&format!("{key}{}{node}", jwt("issuer")), "t.toml").unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!
 //! Roles: `key` opens `key` routes; `admin` opens `admin` and `key` routes.
 
-use std::borrow::Cow;
+use super::rate_limit::ClientKey;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -96,12 +96,12 @@ pub struct ApiKey {
 /// What a request's credential allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict<'a> {
-    /// `key` names the client: the API key's name, or `<issuer>:<subject>` for a JWT.
-    Allowed { key: Cow<'a, str> },
+    /// `key` names the client: the API key, or the token's issuer and subject.
+    Allowed { key: ClientKey, api_key: Option<&'a ApiKey> },
     /// No credential, or one that matches no key: 401.
     Unauthenticated,
     /// A valid key without the role the route needs: 403.
-    Forbidden { key: Cow<'a, str> },
+    Forbidden { key: ClientKey },
 }
 
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -117,14 +117,18 @@ pub fn authorize<'a>(keys: &'a [ApiKey], jwts: &'a [JwtKey], headers: &HeaderMap
             found = Some(k);
         }
     }
-    let (name, roles): (Cow<'a, str>, Vec<Role>) = match found {
-        Some(key) => (Cow::Borrowed(&key.name), key.roles.clone()),
+    let (name, roles): (ClientKey, Vec<Role>) = match found {
+        Some(key) => (ClientKey::ApiKey(key.name.clone()), key.roles.clone()),
         None => match verify_jwt(jwts, presented) {
             Some(v) => v,
             None => return Verdict::Unauthenticated,
         },
     };
-    if opens(&roles, needed) { Verdict::Allowed { key: name } } else { Verdict::Forbidden { key: name } }
+    if opens(&roles, needed) {
+        Verdict::Allowed { key: name, api_key: found }
+    } else {
+        Verdict::Forbidden { key: name }
+    }
 }
 
 /// Whether `roles` open a route that needs `needed`.
@@ -136,7 +140,7 @@ pub fn opens(roles: &[Role], needed: Access) -> bool {
 }
 
 /// The issuer's name and the roles of a valid token; `None` for anything else.
-fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(Cow<'a, str>, Vec<Role>)> {
+fn verify_jwt(jwts: &[JwtKey], token: &str) -> Option<(ClientKey, Vec<Role>)> {
     if jwts.is_empty() || token.split('.').count() != 3 {
         return None;
     }
@@ -155,17 +159,9 @@ fn verify_jwt<'a>(jwts: &'a [JwtKey], token: &str) -> Option<(Cow<'a, str>, Vec<
                 _ => None,
             })
             .collect();
-        // Each subject of an issuer is its own client; printable and bounded, as it becomes a
-        // rate-limit key (and a Redis key with [cluster]).
-        let name = match data
-            .claims
-            .sub
-            .as_deref()
-            .map(|s| s.chars().filter(char::is_ascii_graphic).take(128).collect::<String>())
-        {
-            Some(sub) if !sub.is_empty() => Cow::Owned(format!("{}:{sub}", k.name)),
-            _ => Cow::Borrowed(k.name.as_str()),
-        };
+        // Each subject of an issuer is its own client, named exactly (and bounded: it becomes a
+        // rate-limit key, and a Redis key with [cluster]).
+        let name = ClientKey::jwt(&k.name, data.claims.sub.as_deref().filter(|s| !s.is_empty()));
         Some((name, roles))
     })
 }
@@ -242,23 +238,23 @@ mod tests {
         let k = keys();
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Key),
-            Verdict::Allowed { key: "wallet".into() }
+            Verdict::Allowed { key: ClientKey::ApiKey("wallet".into()), api_key: Some(&k[0]) }
         );
         assert_eq!(
             authorize(&k, &[], &h("x-api-key", "k-wallet"), Access::Key),
-            Verdict::Allowed { key: "wallet".into() }
+            Verdict::Allowed { key: ClientKey::ApiKey("wallet".into()), api_key: Some(&k[0]) }
         );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-wallet"), Access::Admin),
-            Verdict::Forbidden { key: "wallet".into() }
+            Verdict::Forbidden { key: ClientKey::ApiKey("wallet".into()) }
         );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "bearer k-ops"), Access::Admin),
-            Verdict::Allowed { key: "ops".into() }
+            Verdict::Allowed { key: ClientKey::ApiKey("ops".into()), api_key: Some(&k[1]) }
         );
         assert_eq!(
             authorize(&k, &[], &h("authorization", "Bearer k-ops"), Access::Key),
-            Verdict::Allowed { key: "ops".into() }
+            Verdict::Allowed { key: ClientKey::ApiKey("ops".into()), api_key: Some(&k[1]) }
         );
         for bad in [
             h("authorization", "Bearer nope"),

@@ -28,12 +28,20 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Who a budget belongs to. Each kind of credential is its own namespace, and names are kept
+/// exact, so no two clients share a budget by spelling (`John Smith` and `JohnSmith` differ, a
+/// JWT issuer named like an API key is not that key).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     V4(u32),
     /// The address's first `ipv6_prefix` bits.
     V6(u128),
+    /// An `[[api_key]]`, by name.
     ApiKey(String),
+    /// A JWT: its `[[jwt]]` issuer's name and the token's subject (see [`ClientKey::jwt`]).
+    Jwt(String),
+    /// A client certificate's holder.
+    Cert(String),
 }
 
 impl ClientKey {
@@ -49,13 +57,51 @@ impl ClientKey {
     }
 }
 
-/// How a key is named in Redis: `192.0.2.1`, `2001:db8:1:2::` (the prefix), `key:wallet`.
+impl ClientKey {
+    /// A token's client: its issuer's name and its subject, each written so that different names
+    /// stay different: bytes other than letters, digits and `-._@+` as `%XX` (so neither holds the
+    /// `:` between them), and a name whose escaped form is over 192 bytes as `%%` and its SHA-256
+    /// (the escaped form never holds `%%`).
+    pub fn jwt(issuer: &str, subject: Option<&str>) -> ClientKey {
+        let mut out = String::with_capacity(issuer.len() + subject.map_or(0, |s| s.len() + 1));
+        escape_name(&mut out, issuer);
+        if let Some(sub) = subject {
+            out.push(':');
+            escape_name(&mut out, sub);
+        }
+        ClientKey::Jwt(out)
+    }
+}
+
+fn escape_name(out: &mut String, name: &str) {
+    let start = out.len();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._@+".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = fmt::Write::write_fmt(out, format_args!("%{b:02X}"));
+        }
+    }
+    if out.len() - start > 192 {
+        use sha2::Digest;
+        out.truncate(start);
+        out.push_str("%%");
+        for b in sha2::Sha256::digest(name.as_bytes()) {
+            let _ = fmt::Write::write_fmt(out, format_args!("{b:02x}"));
+        }
+    }
+}
+
+/// How a key is named in Redis: `192.0.2.1`, `2001:db8:1:2::` (the prefix), `key:wallet`,
+/// `jwt:issuer:subject`, `cert:holder`.
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientKey::V4(a) => write!(f, "{}", std::net::Ipv4Addr::from(*a)),
             ClientKey::V6(a) => write!(f, "{}", std::net::Ipv6Addr::from(*a)),
             ClientKey::ApiKey(name) => write!(f, "key:{name}"),
+            ClientKey::Jwt(name) => write!(f, "jwt:{name}"),
+            ClientKey::Cert(name) => write!(f, "cert:{name}"),
         }
     }
 }
@@ -220,6 +266,32 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn token_subjects_keep_their_own_budgets() {
+        let keys: Vec<ClientKey> = ["John Smith", "JohnSmith", "böb", "bb", "b%C3%B6b", "a:b", "a%3Ab", ""]
+            .iter()
+            .map(|s| ClientKey::jwt("issuer", Some(s)))
+            .chain([
+                ClientKey::jwt("issuer", None),
+                ClientKey::jwt("issuer:x", None),
+                ClientKey::jwt("issuer", Some("x")),
+            ])
+            .collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+                assert_ne!(a.to_string(), b.to_string());
+            }
+        }
+        // Bounded, and still distinct, for subjects of any length.
+        let (long_a, long_b) = ("x".repeat(10_000), format!("{}y", "x".repeat(9_999)));
+        let (a, b) = (ClientKey::jwt("i", Some(&long_a)), ClientKey::jwt("i", Some(&long_b)));
+        assert_ne!(a, b);
+        assert!(a.to_string().len() < 100, "{a}");
+        // A JWT issuer and an API key of one name are different clients.
+        assert_ne!(ClientKey::jwt("wallet", None).to_string(), ClientKey::ApiKey("wallet".into()).to_string());
     }
 
     #[tokio::test(start_paused = true)]

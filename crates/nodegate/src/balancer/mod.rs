@@ -181,7 +181,12 @@ impl Node {
 
     /// A connect failure or a 5xx. After `p.eject_after` in a row the node is ejected for
     /// `p.eject_for`, doubled for each ejection in a row, up to 16 times that.
+    /// Failures reported while the node is ejected are the same outage (requests that were
+    /// already on their way when it was ejected): they neither count nor eject it again.
     pub fn failure(&self, p: &Passive) {
+        if self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until) {
+            return;
+        }
         let n = self.failures_in_row.fetch_add(1, Relaxed) + 1;
         if n < p.eject_after {
             return;
@@ -410,6 +415,26 @@ mod tests {
             let want = w / 6.0;
             assert!((share - want).abs() < want * 0.1, "node {i}: share {share:.3}, want {want:.3} ({picks:?})");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_outage_is_one_ejection() {
+        let b = nodes(&[1, 1]);
+        let p = Passive { eject_after: 2, eject_for: Duration::from_secs(10) };
+        // Ten requests that were in flight when the node died all fail together.
+        for _ in 0..10 {
+            b.nodes()[1].failure(&p);
+        }
+        assert_eq!(b.nodes()[1].status().ejections, 1);
+        // The first ejection's back-off, not a doubled one.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!((0..50).any(|_| &*b.pick(false, None).unwrap().name == "n1"));
+        // Still failing after it: a second ejection, now doubled.
+        b.nodes()[1].failure(&p);
+        b.nodes()[1].failure(&p);
+        assert_eq!(b.nodes()[1].status().ejections, 2);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!((0..50).all(|_| &*b.pick(false, None).unwrap().name == "n0"));
     }
 
     #[tokio::test(start_paused = true)]

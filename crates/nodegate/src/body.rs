@@ -158,7 +158,42 @@ impl Body for CappedBody {
 enum Kind {
     Full(Option<Bytes>),
     /// The node's body, and the connection it came on, returned to the pool at the body's end.
-    Stream(Incoming, Option<Lease>),
+    Stream(Incoming, Option<Lease>, Stall),
+}
+
+/// The node stopped sending its response body for `[upstream] body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the node stopped sending the response body")]
+pub struct NodeBodyStalled;
+
+/// Guard against a node that stops in the middle of a body: the time the gateway spends waiting
+/// for the node's next frame, uninterrupted, may not pass `gap`. Time the client takes to read is
+/// not counted (the body is not polled then), and the timer exists only once the node made the
+/// gateway wait at all: a body already in the buffer costs no timer.
+pub struct Stall {
+    gap: std::time::Duration,
+    passive: crate::balancer::Passive,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl Stall {
+    pub fn new(gap: std::time::Duration, passive: crate::balancer::Passive) -> Stall {
+        Stall { gap, passive, sleep: None, waiting: false }
+    }
+
+    /// The node had nothing: true once it has had nothing for `gap` in a row.
+    fn poll_waited_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.gap;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
 }
 
 /// The body of every response the gateway sends.
@@ -175,8 +210,8 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None, _node: None }
     }
 
-    pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight) -> Self {
-        ProxyBody { kind: Kind::Stream(body, lease), guard: None, _node: Some(node) }
+    pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight, stall: Stall) -> Self {
+        ProxyBody { kind: Kind::Stream(body, lease, stall), guard: None, _node: Some(node) }
     }
 
     /// Attaches the request's guard, finished when this body is done or dropped.
@@ -212,25 +247,46 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
-            Kind::Stream(body, lease) => match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Some(d) = frame.data_ref() {
-                        let n = d.len();
-                        this.count(n);
+            Kind::Stream(body, lease, stall) => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    if !stall.poll_waited_out(cx) {
+                        return Poll::Pending;
                     }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Some(Err(e)) => {
+                    // The connection is mid-body: never reused. The client's stream ends with an
+                    // error (a reset, or a short body), and the node counts a failure.
+                    lease.take();
+                    if let Some(node) = &this._node {
+                        node.failed(&stall.passive);
+                    }
                     if let Some(g) = &mut this.guard {
                         g.upstream_body_error = true;
                     }
-                    Poll::Ready(Some(Err(e.into())))
+                    tracing::debug!("node stopped sending its response body: cut off");
+                    Poll::Ready(Some(Err(Box::new(NodeBodyStalled))))
                 }
-                None => {
-                    if let Some(lease) = lease.take() {
-                        lease.release();
+                Poll::Ready(frame) => {
+                    stall.waiting = false;
+                    match frame {
+                        Some(Ok(frame)) => {
+                            if let Some(d) = frame.data_ref() {
+                                let n = d.len();
+                                this.count(n);
+                            }
+                            Poll::Ready(Some(Ok(frame)))
+                        }
+                        Some(Err(e)) => {
+                            if let Some(g) = &mut this.guard {
+                                g.upstream_body_error = true;
+                            }
+                            Poll::Ready(Some(Err(e.into())))
+                        }
+                        None => {
+                            if let Some(lease) = lease.take() {
+                                lease.release();
+                            }
+                            Poll::Ready(None)
+                        }
                     }
-                    Poll::Ready(None)
                 }
             },
         }
@@ -239,7 +295,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(d) => d.is_none(),
-            Kind::Stream(b, _) => b.is_end_stream(),
+            Kind::Stream(b, ..) => b.is_end_stream(),
         }
     }
 
@@ -247,7 +303,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream(b, _) => b.size_hint(),
+            Kind::Stream(b, ..) => b.size_hint(),
         }
     }
 }
@@ -256,7 +312,7 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
         // fully read body can be dropped before its end was seen: its connection is still good.
-        if let Kind::Stream(body, lease) = &mut self.kind
+        if let Kind::Stream(body, lease, _) = &mut self.kind
             && body.is_end_stream()
             && let Some(lease) = lease.take()
         {

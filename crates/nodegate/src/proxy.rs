@@ -13,7 +13,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::access_log::{AccessRecord, RequestGuard};
 use crate::balancer::{Balancer, InFlight, Node, Passive};
-use crate::body::{CappedBody, Pace, ProxyBody};
+use crate::body::{CappedBody, Pace, ProxyBody, Stall};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{RefusalReason, Refusals};
@@ -382,7 +382,8 @@ impl Proxy {
             };
             crate::error::rate_limit_headers(resp.headers_mut(), policy, policy_value, remaining, Duration::ZERO);
         }
-        Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight)), name))
+        let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
+        Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall)), name))
     }
 
     /// A refusal costs the client (by address: a credential that was refused names no one) one

@@ -524,3 +524,27 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request_to_the_n
     assert_eq!(out.matches("HTTP/1.1").count(), 1, "a second response means a second request was read: {out}");
     assert_eq!(n.state().requests.load(Relaxed), 0, "the node served a smuggled request: {out}");
 }
+
+#[tokio::test]
+async fn a_node_that_stops_mid_body_is_cut_off_at_the_upstream_body_timeout() {
+    let n = node().await;
+    let extra = "\n[upstream]\nbody_timeout = \"300ms\"\n\n[health]\nactive = false\neject_after = 1\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = gateway(&[n.url()], extra).await;
+    let c = client();
+    let req = http::Request::get(format!("http://{}/debug/stall?n=100000&sent=10", addr(&gw)))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "the headers came through");
+    let start = tokio::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::collect(resp.into_body()))
+        .await
+        .expect("the client was pinned by a stalled node");
+    assert!(body.is_err(), "a cut-off body must not look complete");
+    assert!(start.elapsed() < Duration::from_secs(2), "cut off after {:?}", start.elapsed());
+    // The node's in-flight count is released and the stall counted as its failure.
+    let status = get(gw.admin_addr().unwrap(), "/status").await.json();
+    assert_eq!(status["nodes"][0]["in_flight"], 0, "{status}");
+    assert_eq!(status["nodes"][0]["ejections"], 1, "{status}");
+}

@@ -252,6 +252,21 @@ async fn debug(rest: &str, req: Request<Incoming>) -> Result<Response<RespBody>,
             json_ok(json!({"slept_ms": num("ms").unwrap_or(0)}))
         }
         "reset" => return Err(Box::new(Reset)),
+        // A response that declares `n` bytes, sends `sent` of them, and then, after `ms`, stops
+        // sending for good (`stall`) or drops the connection (`cut`): a node that hangs or dies
+        // between its headers and the end of its body.
+        "stall" | "cut" => {
+            let n = num("n").unwrap_or(1000);
+            let sent = num("sent").unwrap_or(0).min(n) as usize;
+            let body = HalfBody {
+                first: (sent > 0).then(|| Bytes::from(vec![b'x'; sent])),
+                wait: Box::pin(tokio::time::sleep(Duration::from_millis(num("ms").unwrap_or(20)))),
+                cut: rest == "cut",
+            };
+            let mut r = Response::new(body.boxed_unsync());
+            r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
         "hop-headers" => {
             // Hop-by-hop headers a careless node might send; a proxy must not pass them on.
             let mut r = json_ok(json!({"ok": true}));
@@ -263,10 +278,31 @@ async fn debug(rest: &str, req: Request<Incoming>) -> Result<Response<RespBody>,
             h.insert("x-node-kept", HeaderValue::from_static("1"));
             r
         }
-        _ => {
-            error(StatusCode::NOT_FOUND, "debug routes: headers, echo, count, bytes, status, sleep, reset, hop-headers")
-        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "debug routes: headers, echo, count, bytes, status, sleep, reset, stall, cut, hop-headers",
+        ),
     })
+}
+
+/// The first part of a body, then a wait, then nothing more ever, or an error that drops the
+/// connection.
+struct HalfBody {
+    first: Option<Bytes>,
+    wait: Pin<Box<tokio::time::Sleep>>,
+    cut: bool,
+}
+
+impl Body for HalfBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        std::task::ready!(self.wait.as_mut().poll(cx));
+        if self.cut { Poll::Ready(Some(Err(Box::new(Reset)))) } else { Poll::Pending }
+    }
 }
 
 /// `n` bytes of a repeating pattern, in 64 KiB frames.

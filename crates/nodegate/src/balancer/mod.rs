@@ -240,6 +240,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The exchange failed after the answer began (the body stalled or broke): a passive failure.
+    pub fn failed(&self, p: &Passive) {
+        self.node.failure(p);
+    }
+
     pub fn answered(&self) {
         let now = Instant::now();
         self.node.observe(now - self.start, now);

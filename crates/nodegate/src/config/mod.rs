@@ -196,6 +196,8 @@ pub struct Upstream {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_node: usize,
+    /// Longest a node may pause in the middle of a response body.
+    pub body_timeout: Duration,
     /// The TLS client for https:// nodes (built when any node is one).
     pub tls: Option<crate::upstream::TlsClient>,
 }
@@ -346,6 +348,7 @@ fn check_bounds(c: &Config, at: &Locator) -> Result<(), ConfigError> {
         ("upstream.connect_timeout", u.connect_timeout),
         ("upstream.response_timeout", u.response_timeout),
         ("upstream.pool_idle_timeout", u.pool_idle_timeout),
+        ("upstream.body_timeout", u.body_timeout),
         ("health.timeout", c.health.timeout),
         ("health.eject_for", c.health.eject_for),
     ] {
@@ -739,6 +742,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             response_timeout: u.response_timeout.0,
             pool_idle_timeout: u.pool_idle_timeout.0,
             pool_max_idle_per_node: u.pool_max_idle_per_node,
+            body_timeout: u.body_timeout.0,
             tls: upstream_tls,
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },

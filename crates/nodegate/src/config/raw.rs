@@ -129,6 +129,8 @@ pub struct RawUpstream {
     pub response_timeout: Dur,
     pub pool_idle_timeout: Dur,
     pub pool_max_idle_per_node: usize,
+    /// Longest a node may pause in the middle of a response body.
+    pub body_timeout: Dur,
     /// PEM CA bundle for https:// nodes; the system's roots when absent.
     pub ca: Option<Spanned<String>>,
 }
@@ -140,6 +142,7 @@ impl Default for RawUpstream {
             response_timeout: Dur(std::time::Duration::from_secs(30)),
             pool_idle_timeout: Dur(std::time::Duration::from_secs(90)),
             pool_max_idle_per_node: 256,
+            body_timeout: Dur(std::time::Duration::from_secs(30)),
             ca: None,
         }
     }

@@ -315,8 +315,10 @@ impl Proxy {
         let copy = (idempotent && up.body().is_end_stream() && self.balancer.nodes().len() > 1 && !websocket)
             .then(|| (up.method().clone(), up.headers().clone()));
 
-        let (mut resp, lease, in_flight, node) = match self.send(&node, up, &target).await {
-            Ok((resp, lease, in_flight)) => (resp, lease, in_flight, node),
+        // Small answers to reads are read whole before the client sees anything (see `send`).
+        let buffer = matches!(*up.method(), Method::GET | Method::OPTIONS) && !websocket;
+        let (answer, node) = match self.send(&node, up, &target, buffer).await {
+            Ok(answer) => (answer, node),
             Err((err, unsent)) => {
                 // Retry once on another node: a request that never left (no connection), or an
                 // idempotent one whose connection broke before any answer. A POST that may have
@@ -337,8 +339,8 @@ impl Proxy {
                         tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
                         // Boxed: the retry path is rare, and an inline second exchange made every request's
                         // future 2.8 KB larger (it is moved several times a request).
-                        match Box::pin(self.send(&other, req, &target)).await {
-                            Ok((resp, lease, in_flight)) => (resp, lease, in_flight, other),
+                        match Box::pin(self.send(&other, req, &target, buffer)).await {
+                            Ok(answer) => (answer, other),
                             Err((err, _)) => return Err((err, Some(other.name.clone()))),
                         }
                     }
@@ -349,7 +351,16 @@ impl Proxy {
         let name = node.name.clone();
         let fail = |e: GatewayError| (e, Some(name.clone()));
 
-        let mut lease = Some(lease);
+        let (mut resp, lease, in_flight) = match answer {
+            Answer::Stream(resp, lease, in_flight) => (resp, Some(lease), in_flight),
+            Answer::Buffered(mut resp) => {
+                hdr::strip_hop_by_hop(resp.headers_mut());
+                let mut resp = resp.map(ProxyBody::full);
+                self.rate_limit_headers(&mut resp, rate_headers);
+                return Ok((resp, name));
+            }
+        };
+        let mut lease = lease;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection becomes the tunnel; it never goes back to the pool.
             lease = None;
@@ -374,16 +385,21 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        if let Some((policy, limit, remaining)) = rate_headers {
-            let default = self.config.rate_limit.map(|r| r.limit);
-            let policy_value = match &self.client_policy {
-                Some(v) if policy == "per-client" && Some(limit) == default => v.clone(),
-                _ => crate::error::policy_header(policy, limit),
-            };
-            crate::error::rate_limit_headers(resp.headers_mut(), policy, policy_value, remaining, Duration::ZERO);
-        }
         let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
-        Ok((resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall)), name))
+        let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
+        self.rate_limit_headers(&mut resp, rate_headers);
+        Ok((resp, name))
+    }
+
+    /// The `RateLimit` headers of an admitted request, naming the tightest limit that applied.
+    fn rate_limit_headers(&self, resp: &mut Response<ProxyBody>, state: Option<(&'static str, Limit, u32)>) {
+        let Some((policy, limit, remaining)) = state else { return };
+        let default = self.config.rate_limit.map(|r| r.limit);
+        let policy_value = match &self.client_policy {
+            Some(v) if policy == "per-client" && Some(limit) == default => v.clone(),
+            _ => crate::error::policy_header(policy, limit),
+        };
+        crate::error::rate_limit_headers(resp.headers_mut(), policy, policy_value, remaining, Duration::ZERO);
     }
 
     /// A refusal costs the client (by address: a credential that was refused names no one) one
@@ -416,6 +432,25 @@ impl Proxy {
         match limiter.exhausted(&ClientKey::from_ip(client, rl.ipv6_prefix), rl.limit) {
             None => Ok(()),
             Some(retry_after) => Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: "per-client" }),
+        }
+    }
+
+    /// Reads a small answer's body whole (within the upstream body timeout); the connection goes
+    /// back to the pool. A body that breaks off is the node's failure and a `NodeReset`, which the
+    /// caller may retry.
+    async fn read_whole(&self, node: &Node, resp: Response<Incoming>, lease: Lease) -> Result<Answer, GatewayError> {
+        use http_body_util::BodyExt;
+        let (parts, body) = resp.into_parts();
+        match tokio::time::timeout(self.config.upstream.body_timeout, body.collect()).await {
+            Ok(Ok(collected)) => {
+                lease.release();
+                Ok(Answer::Buffered(Response::from_parts(parts, collected.to_bytes())))
+            }
+            failed => {
+                tracing::debug!(node = %node.name, timed_out = failed.is_err(), "node broke off a small answer's body");
+                node.failure(&self.passive);
+                Err(GatewayError::NodeReset { node: node.name.to_string() })
+            }
         }
     }
 
@@ -461,12 +496,18 @@ impl Proxy {
 
     /// One exchange with one node, reported to the balancer: `target` under the node's base path.
     /// On failure, the request comes back if it never left the gateway.
+    ///
+    /// With `buffer` (a GET or OPTIONS), an answer that declares a body of at most
+    /// `request_buffer` is read whole before the client sees its headers: a node that dies
+    /// between its headers and the end of its body is then a failed exchange, retried on another
+    /// node like a refused connection, instead of a truncated answer (nginx and HAProxy truncate).
     async fn send(
         &self,
         node: &Arc<Node>,
         mut req: Request<CappedBody>,
         target: &Uri,
-    ) -> Result<(Response<Incoming>, Lease, InFlight), (GatewayError, Option<Request<CappedBody>>)> {
+        buffer: bool,
+    ) -> Result<Answer, (GatewayError, Option<Request<CappedBody>>)> {
         *req.uri_mut() =
             node_uri(node, target).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
         // The node gets its own authority as Host; the client's went into X-Forwarded-Host.
@@ -485,7 +526,11 @@ impl Proxy {
                 } else {
                     node.success();
                 }
-                Ok((resp, lease, in_flight))
+                let small = |n: u64| n > 0 && n <= self.config.gateway.request_buffer;
+                if buffer && !resp.body().is_end_stream() && resp.body().size_hint().exact().is_some_and(small) {
+                    return Box::pin(self.read_whole(node, resp, lease)).await.map_err(|e| (e, None));
+                }
+                Ok(Answer::Stream(resp, lease, in_flight))
             }
             Ok(Err((e, unsent))) => {
                 tracing::debug!(node = %node.name, error = ?e, "upstream request failed");
@@ -516,6 +561,12 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
         }
         _ => Err(GatewayError::MethodNotAllowed),
     }
+}
+
+/// What a node answered: headers with the body still to stream from it, or read whole already.
+enum Answer {
+    Stream(Response<Incoming>, Lease, InFlight),
+    Buffered(Response<bytes::Bytes>),
 }
 
 /// The origin-form target a node is sent: its base path, then the client's path and query.

@@ -224,3 +224,17 @@ async fn a_retried_request_carries_its_new_nodes_base_path_once() {
         assert_eq!(r.json()["uri"], "/debug/headers");
     }
 }
+
+#[tokio::test]
+async fn a_node_dying_between_headers_and_body_of_a_small_answer_is_retried_not_truncated() {
+    let (good, dying) = (node().await, node().await);
+    dying.state().cut_bodies.store(true, Relaxed);
+    // Passive ejection out of the way, so that the dying node keeps being chosen.
+    let gw =
+        gateway_over(&[(good.url(), 1, false), (dying.url(), 1, false)], "active = false\neject_after = 1000").await;
+    let failures = load(addr(&gw), "/api/v1/info", 200, 4).await;
+    assert_eq!(failures, 0, "answers failed or were truncated");
+    let tried = dying.state().requests.load(Relaxed);
+    assert!(tried >= 5, "the dying node was tried {tried} times: the test did not exercise it");
+    assert_eq!(good.state().requests.load(Relaxed), 200, "every request ended on the good node");
+}

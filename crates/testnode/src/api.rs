@@ -57,7 +57,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
 
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
-    Ok(match (&method, segments.as_slice()) {
+    let resp = match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "v1", "info"]) => json_ok(chrysalis_info(&state)),
         (&Method::GET, ["api", "core", "v2", "info"]) => json_ok(stardust_info(&state)),
         (&Method::GET, ["api", "v1", "tips"]) => json_ok(json!({"data": {"tipMessageIds": tips()}})),
@@ -85,7 +85,20 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         (&Method::POST, ["api", "v1", "messages"]) => submit(&state, req, Api::Chrysalis).await,
         (&Method::POST, ["api", "core", "v2", "blocks"]) => submit(&state, req, Api::Stardust).await,
         _ => error(StatusCode::NOT_FOUND, "route not found"),
-    })
+    };
+    if state.cut_bodies.load(Relaxed) {
+        return Ok(cut_body(resp));
+    }
+    Ok(resp)
+}
+
+/// The same headers, with the declared length, but a body that never comes: the connection drops.
+fn cut_body(resp: Response<RespBody>) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    let n = body.size_hint().exact().unwrap_or(1).max(1);
+    parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    let body = HalfBody { first: None, wait: Box::pin(tokio::time::sleep(Duration::from_millis(20))), cut: true };
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -59,6 +59,9 @@ pub struct State {
     pub synced: AtomicBool,
     pub delay_ms: AtomicU64,
     pub failing: AtomicBool,
+    /// Answers to API routes send their headers, then the connection drops before the body (a
+    /// node killed mid-answer). Health probes are answered whole.
+    pub cut_bodies: AtomicBool,
     pub pow: AtomicBool,
     pub pow_difficulty: AtomicU32,
     /// Requests to API routes (not control or debug, not health probes).
@@ -110,6 +113,7 @@ impl State {
             synced: AtomicBool::new(o.synced),
             delay_ms: AtomicU64::new(o.delay.as_millis() as u64),
             failing: AtomicBool::new(o.failing),
+            cut_bodies: AtomicBool::new(false),
             pow: AtomicBool::new(o.pow),
             pow_difficulty: AtomicU32::new(o.pow_difficulty),
             requests: AtomicU64::new(0),

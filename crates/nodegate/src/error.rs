@@ -52,6 +52,8 @@ pub enum GatewayError {
     RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit, policy: &'static str },
     #[error("no node is available")]
     NoNode,
+    #[error("the nodes are busy: try again shortly")]
+    NodeBusy,
     #[error("remote proof of work is not offered here: send the message with its nonce")]
     NoPowNode,
 }
@@ -73,7 +75,7 @@ impl GatewayError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited { .. } | TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
-            NoNode | NoPowNode => StatusCode::SERVICE_UNAVAILABLE,
+            NoNode | NoPowNode | NodeBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,7 +121,7 @@ impl GatewayError {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
                 rate_limit_headers(resp.headers_mut(), policy, policy_header(policy, *limit), 0, *retry_after);
             }
-            GatewayError::TooManyInFlight { .. } => {
+            GatewayError::TooManyInFlight { .. } | GatewayError::NodeBusy => {
                 resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::BodyTooSlow => {

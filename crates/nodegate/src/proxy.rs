@@ -362,8 +362,9 @@ impl Proxy {
         };
         let mut lease = lease;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection becomes the tunnel; it never goes back to the pool.
-            lease = None;
+            // The connection becomes the tunnel; it never goes back to the pool, and keeps its
+            // place under the node's connection cap while it lasts.
+            let permit = lease.take().map(Lease::into_permit);
             match client_upgrade {
                 Some(client_upgrade) => {
                     let node_upgrade = hyper::upgrade::on(&mut resp);
@@ -372,7 +373,7 @@ impl Proxy {
                         node_upgrade,
                         g.idle_timeout,
                         conn.phase.clone(),
-                        conn.alive.clone(),
+                        (conn.alive.clone(), permit),
                     );
                     hdr::strip_hop_by_hop(resp.headers_mut());
                     hdr::set_websocket_upgrade(resp.headers_mut());

@@ -548,3 +548,33 @@ async fn a_node_that_stops_mid_body_is_cut_off_at_the_upstream_body_timeout() {
     assert_eq!(status["nodes"][0]["in_flight"], 0, "{status}");
     assert_eq!(status["nodes"][0]["ejections"], 1, "{status}");
 }
+
+#[tokio::test]
+async fn connections_to_a_node_are_capped_and_requests_queue_then_get_503() {
+    let n = node().await;
+    let toml = format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\nmax_connections = 2\n\n\
+         [upstream]\nqueue_timeout = \"300ms\"\n\n[health]\nactive = false\n\n[log]\naccess = false\n{DEBUG_ROUTES}",
+        n.url()
+    );
+    let gw = nodegate::Gateway::start(nodegate::Config::parse(&toml, "cap.toml").unwrap()).await.unwrap();
+    let g = addr(&gw);
+    // Three slow requests at once: two hold the node's two connections, the third waits, then 503.
+    let slow = || get(g, "/debug/sleep?ms=1500");
+    let (a, b, c) = tokio::join!(slow(), slow(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = tokio::time::Instant::now();
+        (get(g, "/debug/sleep?ms=1500").await, start.elapsed())
+    });
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    let (c, waited) = c;
+    c.assert_gateway_error(503);
+    assert_eq!(c.headers["retry-after"], "1");
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1200), "waited {waited:?}");
+    assert!(n.state().connections.load(Relaxed) <= 2, "the node got more connections than its cap");
+    // A request that queues gets the connection another one gives back.
+    let quick = || get(g, "/debug/sleep?ms=100");
+    let (a, b, c) = tokio::join!(quick(), quick(), quick());
+    assert_eq!((a.status.as_u16(), b.status.as_u16(), c.status.as_u16()), (200, 200, 200));
+    assert!(n.state().connections.load(Relaxed) <= 2, "the node got more connections than its cap");
+}

@@ -107,6 +107,7 @@ impl Node {
                 n.authority.host(),
                 n.authority.port_u16().unwrap_or(if n.scheme == http::uri::Scheme::HTTPS { 443 } else { 80 }),
                 n.scheme == http::uri::Scheme::HTTPS,
+                n.max_connections,
                 upstream,
             ),
             weight: AtomicU32::new(n.weight),

@@ -166,6 +166,8 @@ pub struct Node {
     pub base_path: String,
     pub weight: u32,
     pub pow: bool,
+    /// Connections to the node at most (in use, idle or tunnelling).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,6 +200,8 @@ pub struct Upstream {
     pub pool_max_idle_per_node: usize,
     /// Longest a node may pause in the middle of a response body.
     pub body_timeout: Duration,
+    /// Longest a request waits for a connection at a node's `max_connections`.
+    pub queue_timeout: Duration,
     /// The TLS client for https:// nodes (built when any node is one).
     pub tls: Option<crate::upstream::TlsClient>,
 }
@@ -434,7 +438,18 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         }
         let (scheme, authority, base_path) =
             parse_node_url(n.url.get_ref()).map_err(|m| at.error(n.url.span(), key("url"), m))?;
-        nodes.push(Node { name: name.clone(), scheme, authority, base_path, weight: *n.weight.get_ref(), pow: n.pow });
+        if *n.max_connections.get_ref() == 0 {
+            return Err(at.error(n.max_connections.span(), key("max_connections"), "must be 1 or more"));
+        }
+        nodes.push(Node {
+            name: name.clone(),
+            scheme,
+            authority,
+            base_path,
+            weight: *n.weight.get_ref(),
+            pow: n.pow,
+            max_connections: *n.max_connections.get_ref(),
+        });
     }
 
     let trusted_proxies = ip_set(&g.trusted_proxies, "gateway.trusted_proxies", at)?;
@@ -743,6 +758,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             pool_idle_timeout: u.pool_idle_timeout.0,
             pool_max_idle_per_node: u.pool_max_idle_per_node,
             body_timeout: u.body_timeout.0,
+            queue_timeout: u.queue_timeout.0,
             tls: upstream_tls,
         },
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },

@@ -116,6 +116,13 @@ pub struct RawNode {
     pub weight: Spanned<u32>,
     #[serde(default)]
     pub pow: bool,
+    /// Connections to this node at most; past it requests wait up to `[upstream] queue_timeout`.
+    #[serde(default = "five_hundred_twelve")]
+    pub max_connections: Spanned<usize>,
+}
+
+fn five_hundred_twelve() -> Spanned<usize> {
+    Spanned::new(0..0, 512)
 }
 
 fn one() -> Spanned<u32> {
@@ -131,6 +138,8 @@ pub struct RawUpstream {
     pub pool_max_idle_per_node: usize,
     /// Longest a node may pause in the middle of a response body.
     pub body_timeout: Dur,
+    /// Longest a request waits for a connection to a node at its `max_connections`.
+    pub queue_timeout: Dur,
     /// PEM CA bundle for https:// nodes; the system's roots when absent.
     pub ca: Option<Spanned<String>>,
 }
@@ -143,6 +152,7 @@ impl Default for RawUpstream {
             pool_idle_timeout: Dur(std::time::Duration::from_secs(90)),
             pool_max_idle_per_node: 256,
             body_timeout: Dur(std::time::Duration::from_secs(30)),
+            queue_timeout: Dur(std::time::Duration::from_secs(1)),
             ca: None,
         }
     }

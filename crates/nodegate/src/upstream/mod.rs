@@ -29,6 +29,7 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
             return GatewayError::NodeConnectTimeout { node: node.into(), timeout: cfg.connect_timeout };
         }
         SendError::Sent(e) => e,
+        SendError::Busy => return GatewayError::NodeBusy,
     };
     // The client's own body failed (too large, or the client went away): not the node's doing.
     if find_source::<BodyTooLarge>(sent).is_some()
@@ -69,10 +70,12 @@ pub fn spawn_tunnel(
     node: OnUpgrade,
     idle: Duration,
     mut phase: watch::Receiver<Phase>,
-    alive: mpsc::Sender<()>,
+    held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
 ) {
     tokio::spawn(async move {
-        let _alive = alive;
+        // Kept while the tunnel lasts: the server's drain waits for it, and the node's connection
+        // cap counts it.
+        let _held = held;
         let (c, n) = match tokio::try_join!(client, node) {
             Ok(pair) => pair,
             Err(e) => {

@@ -5,6 +5,10 @@
 //! when the response body has been read to its end (see `Lease`); one whose body was abandoned is
 //! closed by hyper and never reused. Idle connections are taken last-in first-out (the warmest),
 //! and a reaper closes those idle past `pool_idle_timeout`.
+//!
+//! At most `max_connections` connections to the node exist at once (in use, idle, or carrying a
+//! WebSocket tunnel): each holds a permit. Past that, a request waits up to `queue_timeout` for a
+//! connection to come back to the pool or to close, then gives up unsent (`SendError::Busy`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::CappedBody;
@@ -32,6 +37,8 @@ pub enum SendError {
     ConnectTimeout,
     /// The request was (at least partly) written: it may have reached the node.
     Sent(hyper::Error),
+    /// Every connection the node may have was busy for `queue_timeout`. Nothing was sent.
+    Busy,
 }
 
 pub struct NodePool {
@@ -39,28 +46,46 @@ pub struct NodePool {
     port: u16,
     /// Set when the node's host is an IP literal, so no lookup is needed.
     addr: Option<SocketAddr>,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+    /// One permit per connection, `max_connections` in all.
+    permits: Arc<Semaphore>,
+    /// Woken when a connection goes back to the idle list, for requests waiting at the cap.
+    returned: Notify,
+    queue_timeout: Duration,
     idle_timeout: Duration,
     connect_timeout: Duration,
     /// For https:// nodes.
     tls: Option<super::TlsClient>,
 }
 
+struct Idle {
+    sender: Sender,
+    since: Instant,
+    permit: OwnedSemaphorePermit,
+}
+
 /// A connection in use; give it back with [`Lease::release`] once its response has ended.
 pub struct Lease {
     sender: Sender,
     pool: Arc<NodePool>,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Lease {
     pub fn release(self) {
-        self.pool.put(self.sender);
+        self.pool.put(self.sender, self.permit);
+    }
+
+    /// The connection became a tunnel: it keeps its place under the cap for as long as the
+    /// returned permit lives.
+    pub fn into_permit(self) -> OwnedSemaphorePermit {
+        self.permit
     }
 }
 
 impl NodePool {
-    pub fn new(host: &str, port: u16, https: bool, cfg: &Upstream) -> Arc<NodePool> {
+    pub fn new(host: &str, port: u16, https: bool, max_connections: usize, cfg: &Upstream) -> Arc<NodePool> {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let addr = host.parse().ok().map(|ip| SocketAddr::new(ip, port));
         let pool = Arc::new(NodePool {
@@ -69,6 +94,9 @@ impl NodePool {
             addr,
             idle: Mutex::new(Vec::new()),
             max_idle: cfg.pool_max_idle_per_node,
+            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            returned: Notify::new(),
+            queue_timeout: cfg.queue_timeout,
             idle_timeout: cfg.pool_idle_timeout,
             connect_timeout: cfg.connect_timeout,
             tls: if https { cfg.tls.clone() } else { None },
@@ -92,49 +120,73 @@ impl NodePool {
         self: &Arc<Self>,
         mut req: Request<CappedBody>,
     ) -> Result<(Response<Incoming>, Lease), (SendError, Option<Request<CappedBody>>)> {
-        while let Some(mut sender) = self.take() {
-            if !sender.is_ready() {
-                // Released just as its last response ended; hyper marks it ready a moment later.
-                match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                    Ok(Ok(())) => {}
-                    _ => continue,
+        let mut deadline = None;
+        loop {
+            // Registered before looking, so a connection returned in between is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            while let Some((mut sender, permit)) = self.take() {
+                if !sender.is_ready() {
+                    // Released just as its last response ended; hyper marks it ready a moment later.
+                    match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+                        Ok(Ok(())) => {}
+                        _ => continue,
+                    }
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Lease { sender, pool: self.clone(), permit })),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err((SendError::Sent(e.into_error()), None)),
+                    },
                 }
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease { sender, pool: self.clone() })),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err((SendError::Sent(e.into_error()), None)),
-                },
-            }
-        }
-        let mut sender = match self.connect().await {
-            Ok(s) => s,
-            Err(e) => return Err((e, Some(req))),
-        };
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, Lease { sender, pool: self.clone() })),
-            Err(e) => Err((SendError::Sent(e), None)),
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // At the cap: wait for a connection to come back or to close.
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + self.queue_timeout);
+                    tokio::select! {
+                        p = self.permits.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return Err((SendError::Busy, Some(req))),
+                        },
+                        _ = returned => continue,
+                        _ = tokio::time::sleep_until(until) => return Err((SendError::Busy, Some(req))),
+                    }
+                }
+            };
+            let mut sender = match self.connect().await {
+                Ok(s) => s,
+                Err(e) => return Err((e, Some(req))),
+            };
+            return match sender.send_request(req).await {
+                Ok(resp) => Ok((resp, Lease { sender, pool: self.clone(), permit })),
+                Err(e) => Err((SendError::Sent(e), None)),
+            };
         }
     }
 
-    fn take(&self) -> Option<Sender> {
+    fn take(&self) -> Option<(Sender, OwnedSemaphorePermit)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, _)) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() {
+                return Some((i.sender, i.permit));
             }
         }
         None
     }
 
-    fn put(&self, sender: Sender) {
+    fn put(&self, sender: Sender, permit: OwnedSemaphorePermit) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
+            idle.push(Idle { sender, since: Instant::now(), permit });
+            drop(idle);
+            self.returned.notify_one();
         }
     }
 
@@ -187,6 +239,6 @@ async fn reap(pool: Weak<NodePool>) {
         pool.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(s, since)| !s.is_closed() && since.elapsed() < timeout);
+            .retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
     }
 }

@@ -182,8 +182,9 @@ impl Proxy {
         }
         check_method(req.method()).map_err(|e| (e, None))?;
         // RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one Host; none or several is 400.
-        let hosts = req.headers().get_all(header::HOST).iter().count();
-        if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next().cloned();
+        if hosts.next().is_some() || (host.is_none() && req.version() == Version::HTTP_11) {
             return Err((GatewayError::BadRequest("an HTTP/1.1 request needs exactly one Host header"), None));
         }
         let Some(target) = req.uri().path_and_query().filter(|p| p.as_str().starts_with('/')).cloned() else {
@@ -251,12 +252,8 @@ impl Proxy {
 
         let websocket = req.version() <= Version::HTTP_11 && hdr::wants_websocket(req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let original_host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .and_then(|a| HeaderValue::from_str(&a).ok())
-            .or_else(|| req.headers().get(header::HOST).cloned());
+        let original_host =
+            req.uri().authority().map(|a| a.as_str().to_owned()).and_then(|a| HeaderValue::from_str(&a).ok()).or(host);
 
         let (parts, body) = req.into_parts();
         let pace = (!body.is_end_stream()).then(|| Pace::new(g.body_timeout, g.min_body_rate));
@@ -315,8 +312,9 @@ impl Proxy {
         let copy = (idempotent && up.body().is_end_stream() && self.balancer.nodes().len() > 1 && !websocket)
             .then(|| (up.method().clone(), up.headers().clone()));
 
-        // Small answers to reads are read whole before the client sees anything (see `send`).
-        let buffer = matches!(*up.method(), Method::GET | Method::OPTIONS) && !websocket;
+        // Small answers to reads are read whole before the client sees anything (see `send`), where
+        // another node could be tried if the body breaks off.
+        let buffer = copy.is_some() && *up.method() != Method::HEAD;
         let (answer, node) = match self.send(&node, up, &target, buffer).await {
             Ok(answer) => (answer, node),
             Err((err, unsent)) => {
@@ -440,12 +438,18 @@ impl Proxy {
     /// back to the pool. A body that breaks off is the node's failure and a `NodeReset`, which the
     /// caller may retry.
     async fn read_whole(&self, node: &Node, resp: Response<Incoming>, lease: Lease) -> Result<Answer, GatewayError> {
-        use http_body_util::BodyExt;
         let (parts, body) = resp.into_parts();
-        match tokio::time::timeout(self.config.upstream.body_timeout, body.collect()).await {
-            Ok(Ok(collected)) => {
+        let mut read = std::pin::pin!(read_body(body));
+        // Nearly always the body is in already: no timer unless the node makes the gateway wait.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+        let result = match first {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(self.config.upstream.body_timeout, read).await,
+        };
+        match result {
+            Ok(Some(data)) => {
                 lease.release();
-                Ok(Answer::Buffered(Response::from_parts(parts, collected.to_bytes())))
+                Ok(Answer::Buffered(Response::from_parts(parts, data)))
             }
             failed => {
                 tracing::debug!(node = %node.name, timed_out = failed.is_err(), "node broke off a small answer's body");
@@ -562,6 +566,29 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
         }
         _ => Err(GatewayError::MethodNotAllowed),
     }
+}
+
+/// A node's body read to its end (one frame is taken as it is, more are joined); `None` when it
+/// broke off.
+async fn read_body(mut body: Incoming) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let mut first: Option<bytes::Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else { continue };
+        match (&mut first, &mut more) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(f.len() + data.len());
+                joined.extend_from_slice(f);
+                joined.extend_from_slice(&data);
+                first = None;
+                more = Some(joined);
+            }
+            (_, Some(m)) => m.extend_from_slice(&data),
+        }
+    }
+    Some(more.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
 }
 
 /// What a node answered: headers with the body still to stream from it, or read whole already.

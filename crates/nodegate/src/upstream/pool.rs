@@ -122,10 +122,6 @@ impl NodePool {
     ) -> Result<(Response<Incoming>, Lease), (SendError, Option<Request<CappedBody>>)> {
         let mut deadline = None;
         loop {
-            // Registered before looking, so a connection returned in between is not missed.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
             while let Some((mut sender, permit)) = self.take() {
                 if !sender.is_ready() {
                     // Released just as its last response ended; hyper marks it ready a moment later.
@@ -145,7 +141,14 @@ impl NodePool {
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    // At the cap: wait for a connection to come back or to close.
+                    // At the cap: wait for a connection to come back or to close. Registered
+                    // first, then one more look, so a connection returned in between is not missed.
+                    let returned = self.returned.notified();
+                    tokio::pin!(returned);
+                    returned.as_mut().enable();
+                    if !self.idle.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                        continue;
+                    }
                     let until = *deadline.get_or_insert_with(|| Instant::now() + self.queue_timeout);
                     tokio::select! {
                         p = self.permits.clone().acquire_owned() => match p {

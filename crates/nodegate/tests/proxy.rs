@@ -578,3 +578,68 @@ async fn connections_to_a_node_are_capped_and_requests_queue_then_get_503() {
     assert_eq!((a.status.as_u16(), b.status.as_u16(), c.status.as_u16()), (200, 200, 200));
     assert!(n.state().connections.load(Relaxed) <= 2, "the node got more connections than its cap");
 }
+
+/// A node that upgrades any request to a WebSocket tunnel, then streams `flood` bytes at the client
+/// and reports every byte it receives on `got`.
+async fn flooding_upgrade_node(flood: usize) -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        let (mut r, mut w) = s.into_split();
+        tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            let mut left = flood;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if w.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_moves_both_ways_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The node pours 32 MiB at a client that is not reading yet: that direction fills every buffer
+    // on the way and blocks. The other direction must still carry the client's message.
+    let (url, mut got) = flooding_upgrade_node(32 << 20).await;
+    let gw = gateway(&[url], "\n[health]\nactive = false").await;
+    let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+    s.write_all(b"GET /mqtt HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // Let the flood fill the buffers toward the client.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"ping from the client").await.unwrap();
+    let mut seen = Vec::new();
+    let arrived = tokio::time::timeout(Duration::from_secs(3), async {
+        while !seen.ends_with(b"ping from the client") {
+            seen.extend(got.recv().await.expect("the node's side closed"));
+        }
+    })
+    .await;
+    assert!(arrived.is_ok(), "the client's message was held up behind the other direction");
+}

@@ -94,36 +94,89 @@ pub fn spawn_tunnel(
     });
 }
 
-/// `copy_bidirectional`, closed when no byte has moved in either direction for `idle`.
+/// `tokio::io::copy_bidirectional` (both directions at once, each with its own buffer, so a
+/// direction whose reader is slow never holds up the other), closed when no byte has moved in
+/// either direction for `idle`.
 async fn copy_with_idle<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<()>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    let (mut a_open, mut b_open) = (true, true);
-    while a_open || b_open {
-        let step = tokio::time::timeout(idle, async {
-            tokio::select! {
-                n = ar.read(&mut abuf), if a_open => match n? {
-                    0 => { a_open = false; bw.shutdown().await }
-                    n => bw.write_all(&abuf[..n]).await,
-                },
-                n = br.read(&mut bbuf), if b_open => match n? {
-                    0 => { b_open = false; aw.shutdown().await }
-                    n => aw.write_all(&bbuf[..n]).await,
-                },
+    let moved = Moved::default();
+    let (mut a, mut b) = (Counted { io: a, moved: &moved }, Counted { io: b, moved: &moved });
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let mut seen = moved.get();
+    loop {
+        tokio::select! {
+            res = copy.as_mut() => return res.map(|_| ()),
+            _ = tokio::time::sleep(idle) => {
+                let now = moved.get();
+                if now == seen {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout"));
+                }
+                seen = now;
             }
-        })
-        .await;
-        match step {
-            Ok(res) => res?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout")),
         }
     }
-    Ok(())
+}
+
+/// Bytes moved through a tunnel, both ways (one task touches it; atomic only to be `Sync`).
+#[derive(Default)]
+struct Moved(std::sync::atomic::AtomicU64);
+
+impl Moved {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add<T>(&self, res: &std::task::Poll<io::Result<T>>, n: impl FnOnce(&T) -> usize) {
+        if let std::task::Poll::Ready(Ok(v)) = res {
+            self.0.fetch_add(n(v) as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// One side of a tunnel, counting what moves through it.
+struct Counted<'a, T> {
+    io: &'a mut T,
+    moved: &'a Moved,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut *self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.moved.add(&res, |_| n);
+        res
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let res = std::pin::Pin::new(&mut *self.io).poll_write(cx, buf);
+        self.moved.add(&res, |n| *n);
+        res
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
 }

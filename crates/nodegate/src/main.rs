@@ -197,13 +197,16 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         }
     }
     tracing::info!("shutting down: draining in-flight requests");
-    tokio::select! {
+    let code = tokio::select! {
         _ = gateway.shutdown() => ExitCode::SUCCESS,
         _ = wait_for_stop_signal() => {
             tracing::warn!("second stop signal: exiting now");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The access log's last lines are still with its writer thread.
+    let _ = tokio::task::spawn_blocking(|| nodegate::access_log::flush(std::time::Duration::from_secs(2))).await;
+    code
 }
 
 async fn run_demo(listen: SocketAddr, seconds: u64) -> ExitCode {

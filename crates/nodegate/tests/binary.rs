@@ -520,3 +520,60 @@ async fn the_admin_listener_keeps_accepting_after_running_out_of_file_descriptor
     let _ = child.wait();
     assert_eq!(answered.expect("the admin listener stopped accepting").status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_never_reads_does_not_stall_traffic() {
+    let n = node().await;
+    let admin_port = free_port();
+    let config = temp_file(
+        "stuck-log.toml",
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[node]]\nname = \"a\"\nurl = \"{}\"\n\n[health]\nactive = false\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[log]\naccess = true\n",
+            n.url()
+        ),
+    );
+    // stderr is a pipe nobody reads: once its 64 KiB are full, every write to it blocks.
+    let mut child = nodegate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let gw: std::net::SocketAddr = line.trim().strip_prefix("nodegate listening on ").unwrap().parse().unwrap();
+    let long_path = format!("/api/v1/info?{}", "q".repeat(400));
+    // 9,000 lines of about 600 bytes: past the pipe and the writer's queue of 8,192 lines.
+    let served = tokio::time::timeout(Duration::from_secs(30), async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let url = format!("http://{gw}{long_path}");
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut ok = 0;
+                    for _ in 0..2_250 {
+                        ok += usize::from(
+                            send(&c, http::Method::GET, url.clone(), &[], Bytes::new()).await.status == 200,
+                        );
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.unwrap();
+        }
+        ok
+    })
+    .await;
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), get(([127, 0, 0, 1], admin_port).into(), "/status")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(served.expect("traffic stalled behind a blocked access log"), 9_000);
+    let dropped = status.expect("the admin listener stalled too").json()["access_log"]["dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "no line was dropped: the test did not block the log");
+}

@@ -368,3 +368,43 @@ async fn optional_client_certificates_open_key_routes_and_their_absence_does_not
     // Its roles are `key` only: an admin route stays closed to it.
     assert_eq!(get_over(connect(mtls, "a.test", wallet).await.unwrap(), "/api/v1/peers").await.0, 403);
 }
+
+#[tokio::test]
+async fn a_certificate_file_that_blocks_on_read_does_not_stall_traffic() {
+    // One runtime thread (this test's): a reload that read files on it would stop everything.
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("tls-fifo");
+    let gw = gateway(&[n.url()], &tls_config(&dir, &ca, &[&["a.test"]], "")).await;
+    let g = addr(&gw);
+    let config = client_config(&ca.pem(), &[b"http/1.1"], None);
+    // The certificate file becomes a FIFO: reading it blocks until someone writes to it.
+    let cert = dir.join("cert0.pem");
+    std::fs::remove_file(&cert).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&cert).status().unwrap().success());
+    // A watchdog on its own thread releases a blocked reader after 5 s, so that a failure is a
+    // failed assertion, not a hung test.
+    let fifo = cert.clone();
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = released.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .map(|mut f| std::io::Write::write_all(&mut f, b"x"));
+        }
+    });
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await; // several reload checks (every 100 ms)
+    for _ in 0..5 {
+        let tls = connect(g, "a.test", config.clone()).await.unwrap();
+        assert_eq!(get_over(tls, "/api/v1/info").await.0, 200);
+    }
+    let took = start.elapsed();
+    released.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Unblock the reload thread for good.
+    let _ = std::fs::OpenOptions::new().write(true).open(&cert).map(|mut f| std::io::Write::write_all(&mut f, b"x"));
+    assert!(took < Duration::from_secs(3), "traffic waited {took:?} behind a certificate read");
+}

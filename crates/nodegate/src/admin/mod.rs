@@ -60,7 +60,11 @@ fn handle(
         (&Method::GET, "/status") => {
             let nodes: Vec<_> = balancer.nodes().iter().map(|n| n.status()).collect();
             let healthy = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
-            let mut body = serde_json::json!({"nodes": nodes, "available": healthy});
+            let mut body = serde_json::json!({
+                "nodes": nodes,
+                "available": healthy,
+                "access_log": {"dropped": crate::access_log::dropped_lines()},
+            });
             if let Some(c) = cluster {
                 body["cluster"] = serde_json::json!({"redis": c.redis()});
             }

@@ -42,7 +42,9 @@ pub fn spawn(acme: Acme, responders: Responders, mut phase: watch::Receiver<Phas
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(10);
         loop {
-            let wait = match stored(&acme) {
+            let reading = acme.clone();
+            let stored_now = super::off_worker(move || Ok(stored(&reading))).await.unwrap_or(None);
+            let wait = match stored_now {
                 Some(loaded) if !due(&acme, &loaded) => {
                     let renew_at = loaded.not_after - acme.renew_before;
                     responders.tls.add(loaded);
@@ -110,8 +112,11 @@ fn due(acme: &Acme, loaded: &Loaded) -> bool {
 }
 
 async fn obtain(acme: &Acme, responders: &Responders) -> Result<Loaded, String> {
-    std::fs::create_dir_all(&acme.state_dir)
-        .map_err(|e| format!("cannot create state_dir `{}`: {e}", acme.state_dir.display()))?;
+    let dir = acme.state_dir.clone();
+    super::off_worker(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create state_dir `{}`: {e}", dir.display()))
+    })
+    .await?;
     let account = account(acme).await?;
     let identifiers: Vec<Identifier> = acme.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| format!("new order: {e}"))?;
@@ -176,9 +181,13 @@ async fn obtain(acme: &Acme, responders: &Responders) -> Result<Loaded, String> 
     let (chain, key_pem) = result?;
     // Written aside and renamed, so a crash never leaves half a certificate behind.
     let (cert_path, key_path) = (acme.state_dir.join(CERT), acme.state_dir.join(KEY));
-    write_atomic(&key_path, key_pem.as_bytes(), true)?;
-    write_atomic(&cert_path, chain.as_bytes(), false)?;
-    let loaded = load_pair(&cert_path, &key_path)?;
+    let (cert_at, key_at) = (cert_path.clone(), key_path.clone());
+    let loaded = super::off_worker(move || {
+        write_atomic(&key_at, key_pem.as_bytes(), true)?;
+        write_atomic(&cert_at, chain.as_bytes(), false)?;
+        load_pair(&cert_at, &key_at)
+    })
+    .await?;
     let days = loaded.not_after.duration_since(SystemTime::now()).unwrap_or_default().as_secs() / 86_400;
     tracing::info!(domains = ?acme.domains, path = %cert_path.display(), valid_days = days, "ACME certificate issued and stored");
     Ok(loaded)
@@ -191,7 +200,8 @@ async fn account(acme: &Acme) -> Result<Account, String> {
         Some(ca) => Account::builder_with_root(ca).map_err(|e| format!("directory_ca `{}`: {e}", ca.display())),
         None => Account::builder().map_err(|e| e.to_string()),
     };
-    if let Ok(text) = std::fs::read(&path) {
+    let at = path.clone();
+    if let Ok(text) = super::off_worker(move || std::fs::read(&at).map_err(|e| e.to_string())).await {
         let credentials: AccountCredentials =
             serde_json::from_slice(&text).map_err(|e| format!("`{}` is not an ACME account: {e}", path.display()))?;
         let account = builder()?.from_credentials(credentials).await.map_err(|e| format!("ACME account: {e}"))?;
@@ -206,7 +216,8 @@ async fn account(acme: &Acme) -> Result<Account, String> {
         .await
         .map_err(|e| format!("creating an ACME account at {}: {e}", acme.directory))?;
     let text = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
-    write_atomic(&path, &text, true)?;
+    let at = path.clone();
+    super::off_worker(move || write_atomic(&at, &text, true)).await?;
     tracing::info!(id = account.id(), path = %path.display(), "ACME account created and stored");
     Ok(account)
 }

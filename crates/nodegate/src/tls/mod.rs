@@ -259,12 +259,22 @@ impl TlsServer {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => me.reload_if_changed(),
+                    _ = tick.tick() => {}
                     _ = phase.wait_for(|p| *p != Phase::Running) => return,
                 }
+                // File reads and parsing on the blocking pool, never on a worker.
+                let me = me.clone();
+                let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
             }
         });
     }
+}
+
+/// Runs file I/O on tokio's blocking pool, so a slow disk never holds up a worker's requests.
+pub(crate) async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("file task failed: {e}"))?
 }
 
 fn modified(p: &Path) -> Option<SystemTime> {

@@ -16,6 +16,27 @@ use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What an HTTP/2 stream's task knows of its response body, for the watch on streams whose client
+/// never opens its flow-control window (see `listener::StreamExecutor`). Set through a task-local,
+/// so HTTP/1.1, which spawns no task per request, pays one failed look-up a response.
+#[derive(Default)]
+pub struct StreamWatch {
+    /// A response body exists and is not finished.
+    pub armed: std::sync::atomic::AtomicBool,
+    /// The body waits on the node (then the node's timeouts apply, not the client's).
+    pub waiting_on_node: std::sync::atomic::AtomicBool,
+    /// Frames handed to the stream so far.
+    pub progress: std::sync::atomic::AtomicU64,
+}
+
+tokio::task_local! {
+    pub static STREAM: std::sync::Arc<StreamWatch>;
+}
+
+fn watch(f: impl FnOnce(&StreamWatch)) {
+    let _ = STREAM.try_with(|w| f(w));
+}
+
 /// The request body grew past `max_body`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds {limit} bytes")]
@@ -217,6 +238,9 @@ impl ProxyBody {
     /// Attaches the request's guard, finished when this body is done or dropped.
     pub fn with_guard(mut self, guard: RequestGuard) -> Self {
         self.guard = Some(guard);
+        if !self.is_end_stream() {
+            watch(|w| w.armed.store(true, std::sync::atomic::Ordering::Relaxed));
+        }
         self
     }
 
@@ -224,6 +248,9 @@ impl ProxyBody {
         if let Some(g) = &mut self.guard {
             g.bytes_sent += n as u64;
         }
+        watch(|w| {
+            w.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 }
 
@@ -249,6 +276,9 @@ impl Body for ProxyBody {
             }
             Kind::Stream(body, lease, stall) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => {
+                    if !stall.waiting {
+                        watch(|w| w.waiting_on_node.store(true, std::sync::atomic::Ordering::Relaxed));
+                    }
                     if !stall.poll_waited_out(cx) {
                         return Poll::Pending;
                     }
@@ -265,7 +295,10 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(Box::new(NodeBodyStalled))))
                 }
                 Poll::Ready(frame) => {
-                    stall.waiting = false;
+                    if stall.waiting {
+                        stall.waiting = false;
+                        watch(|w| w.waiting_on_node.store(false, std::sync::atomic::Ordering::Relaxed));
+                    }
                     match frame {
                         Some(Ok(frame)) => {
                             if let Some(d) = frame.data_ref() {
@@ -310,6 +343,9 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        if self.guard.is_some() {
+            watch(|w| w.armed.store(false, std::sync::atomic::Ordering::Relaxed));
+        }
         // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
         // fully read body can be dropped before its end was seen: its connection is still good.
         if let Kind::Stream(body, lease, _) = &mut self.kind

@@ -247,3 +247,33 @@ async fn streams_beyond_the_concurrency_limit_are_refused() {
     eprintln!("concurrency: {refused} refused");
     assert_eq!(refused, 200 - 128, "{:?}", frames.iter().map(|f| (f.0, f.2)).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn streams_a_client_never_opens_its_window_for_are_reset_and_release_the_node() {
+    let n = node().await;
+    let extra = "send_timeout = \"500ms\"\n\n[health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = gateway(&[n.url()], extra).await;
+    let g = addr(&gw);
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may receive a byte of DATA until WINDOW_UPDATE,
+    // which never comes. The socket itself stays readable, so nothing blocks at the TCP level.
+    let mut s = TcpStream::connect(g).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    for i in 0..100 {
+        hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream_id(i), &request_block("/debug/bytes?n=1000000")));
+    }
+    s.write_all(&hello).await.unwrap();
+    let admin = gw.admin_addr().unwrap();
+    let in_flight = async || get(admin, "/status").await.json()["nodes"][0]["in_flight"].as_u64().unwrap();
+    // The requests reach the node and hold it...
+    let start = tokio::time::Instant::now();
+    while in_flight().await < 100 && start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...until the send timeout resets their streams.
+    let (frames, _) = frames_until_close(&mut s, Duration::from_millis(1500)).await;
+    let resets = frames.iter().filter(|f| f.0 == RST_STREAM).count();
+    assert_eq!(resets, 100, "streams reset");
+    assert_eq!(in_flight().await, 0, "node requests still held by shut streams");
+    assert!(honest_h2(g).await);
+}

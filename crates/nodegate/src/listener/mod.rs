@@ -271,7 +271,7 @@ async fn bind(addr: SocketAddr, others: &[SocketAddr]) -> io::Result<TcpListener
 
 fn http_builder(config: &Config) -> auto::Builder<BoxingExecutor> {
     let g = &config.gateway;
-    let mut b = auto::Builder::new(BoxingExecutor);
+    let mut b = auto::Builder::new(BoxingExecutor { send_timeout: g.send_timeout });
     // Our own check answers 431 with a JSON body at max_header_size; hyper's cap, at twice that,
     // is the backstop for heads too large to even buffer (hyper's own 431 has an empty body).
     let hard_cap = g.max_header_size.saturating_mul(2).max(8192);
@@ -296,8 +296,16 @@ fn http_builder(config: &Config) -> auto::Builder<BoxingExecutor> {
 /// (several KB), and `tokio::spawn` moves the future it is given several times while it builds the
 /// task: given a box, each move is a pointer. 4,400 fewer instructions a request on HTTP/2
 /// (bench/callgrind, PROTO=h2); HTTP/1.1 spawns nothing per request and is not affected.
+///
+/// Each stream is also watched: a response the client's flow-control window keeps shut (it never
+/// sends WINDOW_UPDATE) would otherwise hold the stream, and the node request behind it, for as
+/// long as the client likes, since the socket itself never blocks. When a response body is pending
+/// for `send_timeout` with no frame taken from it and not waiting on its node, the stream's task
+/// ends: h2 resets the stream (CANCEL) and the node's request is released.
 #[derive(Clone, Copy)]
-pub(crate) struct BoxingExecutor;
+pub(crate) struct BoxingExecutor {
+    pub send_timeout: std::time::Duration,
+}
 
 impl<F> hyper::rt::Executor<F> for BoxingExecutor
 where
@@ -305,7 +313,56 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
+        let watch = Arc::new(crate::body::StreamWatch::default());
+        let inner = crate::body::STREAM.scope(watch.clone(), fut);
+        tokio::spawn(Box::pin(Watched { inner, watch, timeout: self.send_timeout, sleep: None, seen: 0 }));
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Watched<F> {
+        #[pin]
+        inner: F,
+        watch: Arc<crate::body::StreamWatch>,
+        timeout: std::time::Duration,
+        // Made only when a body is blocked by the client: most streams never need one.
+        sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        seen: u64,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let this = self.project();
+        if this.inner.poll(cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        let w = &**this.watch;
+        if !w.armed.load(Relaxed) || w.waiting_on_node.load(Relaxed) {
+            *this.sleep = None;
+            return std::task::Poll::Pending;
+        }
+        let progress = w.progress.load(Relaxed);
+        let deadline = tokio::time::Instant::now() + *this.timeout;
+        match this.sleep {
+            None => {
+                *this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+                *this.seen = progress;
+            }
+            Some(s) if progress != *this.seen => {
+                s.as_mut().reset(deadline);
+                *this.seen = progress;
+            }
+            Some(_) => {}
+        }
+        if this.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
+            tracing::debug!(timeout = ?this.timeout, "HTTP/2 response blocked by the client's flow control: stream reset");
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
     }
 }
 

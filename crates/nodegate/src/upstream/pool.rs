@@ -59,6 +59,12 @@ pub struct NodePool {
     tls: Option<super::TlsClient>,
 }
 
+enum Room {
+    Permit(OwnedSemaphorePermit),
+    Returned,
+    None,
+}
+
 struct Idle {
     sender: Sender,
     since: Instant,
@@ -140,25 +146,13 @@ impl NodePool {
             }
             let permit = match self.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
-                Err(_) => {
-                    // At the cap: wait for a connection to come back or to close. Registered
-                    // first, then one more look, so a connection returned in between is not missed.
-                    let returned = self.returned.notified();
-                    tokio::pin!(returned);
-                    returned.as_mut().enable();
-                    if !self.idle.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-                        continue;
-                    }
-                    let until = *deadline.get_or_insert_with(|| Instant::now() + self.queue_timeout);
-                    tokio::select! {
-                        p = self.permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return Err((SendError::Busy, Some(req))),
-                        },
-                        _ = returned => continue,
-                        _ = tokio::time::sleep_until(until) => return Err((SendError::Busy, Some(req))),
-                    }
-                }
+                // At the cap: boxed, as it is rare, and inline it made every request's future
+                // larger (moved several times a request).
+                Err(_) => match Box::pin(self.wait_for_room(&mut deadline)).await {
+                    Room::Permit(p) => p,
+                    Room::Returned => continue,
+                    Room::None => return Err((SendError::Busy, Some(req))),
+                },
             };
             let mut sender = match self.connect().await {
                 Ok(s) => s,
@@ -168,6 +162,24 @@ impl NodePool {
                 Ok(resp) => Ok((resp, Lease { sender, pool: self.clone(), permit })),
                 Err(e) => Err((SendError::Sent(e), None)),
             };
+        }
+    }
+
+    /// At the cap: waits for a connection to come back to the idle list, for one to close, or
+    /// for the queue timeout (counted from the first wait of this request).
+    async fn wait_for_room(&self, deadline: &mut Option<Instant>) -> Room {
+        // Registered first, then one more look, so a connection returned in between is not missed.
+        let returned = self.returned.notified();
+        tokio::pin!(returned);
+        returned.as_mut().enable();
+        if !self.idle.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Room::Returned;
+        }
+        let until = *deadline.get_or_insert_with(|| Instant::now() + self.queue_timeout);
+        tokio::select! {
+            p = self.permits.clone().acquire_owned() => p.map_or(Room::None, Room::Permit),
+            _ = returned => Room::Returned,
+            _ = tokio::time::sleep_until(until) => Room::None,
         }
     }
 

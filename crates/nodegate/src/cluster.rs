@@ -31,22 +31,31 @@ use crate::config::Cluster;
 use crate::listener::Phase;
 use crate::pipeline::rate_limit::RateLimiter;
 
-/// KEYS: one per client and limiter. ARGV: microseconds each used. Answers, per key, how many
-/// microseconds its fleet TAT is ahead of Redis' now.
+/// KEYS: one per client and limiter. ARGV[1]: the latest Redis time (microseconds) at which the
+/// call may still count; then microseconds each key used. Answers Redis' now, then, per key, how
+/// many microseconds its fleet TAT is ahead of it. A call that runs after its deadline (Redis was
+/// frozen, or the call sat in a socket) changes nothing and answers Redis' now alone: usage from
+/// the past charged at Redis' present would push clients under their limit into 429s.
 const SYNC: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {}
+local out = {now}
+if now > tonumber(ARGV[1]) then return out end
 for i, key in ipairs(KEYS) do
   local tat = tonumber(redis.call('GET', key) or '0') or 0
   if tat < now then tat = now end
-  tat = tat + tonumber(ARGV[i])
+  tat = tat + tonumber(ARGV[i + 1])
   redis.call('SET', key, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
-  out[i] = tat - now
+  out[i + 1] = tat - now
 end
 return out
 "#;
+
+/// This machine's clock in microseconds since the Unix epoch.
+fn local_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
 
 /// Keys per script call: large enough to cover a busy interval in a few round trips, small enough
 /// not to hold Redis (single-threaded) for long.
@@ -116,6 +125,8 @@ impl Sync {
         // With nothing to report, Redis is still pinged every second, so that `/status` and the
         // logs tell the truth on a quiet gateway too.
         let mut last_ping: Option<tokio::time::Instant> = None;
+        // Redis' clock minus this machine's, learned from each answer (the round trip is its error).
+        let mut offset: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -138,16 +149,37 @@ impl Sync {
                     tracing::warn!("redis unreachable: limits hold per gateway until it is back");
                 }
             }
+            if !work.is_empty() && offset.is_none() {
+                // Redis' time, to put deadlines in it; a Redis that does not answer gets none.
+                let cmd = redis::cmd("TIME");
+                let before = local_micros();
+                if let Ok(Ok((secs, micros))) =
+                    tokio::time::timeout(self.timeout, cmd.query_async::<(i64, i64)>(&mut self.conn)).await
+                {
+                    offset = Some(secs * 1_000_000 + micros - (before + local_micros()) / 2);
+                }
+            }
             for chunk in work.chunks(BATCH) {
+                let Some(off) = offset else {
+                    ok = false;
+                    break;
+                };
                 let mut call = script.prepare_invoke();
+                call.arg(local_micros() + off + self.timeout.as_micros() as i64);
                 for (l, p) in chunk {
                     call.key(format!("{}rl:{}:{}", self.prefix, l.name(), p.key));
                     call.arg(p.used.as_micros().max(1) as u64);
                 }
                 match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut self.conn)).await {
-                    Ok(Ok(ahead)) => {
+                    Ok(Ok(answer)) => {
+                        let Some((&now, ahead)) = answer.split_first() else { continue };
+                        offset = Some(now - local_micros());
+                        if ahead.is_empty() {
+                            tracing::debug!("redis ran a sync after its deadline: dropped");
+                            continue;
+                        }
                         for ((l, p), us) in chunk.iter().zip(ahead) {
-                            l.apply_fleet(&p.key, Duration::from_micros(us.max(0) as u64));
+                            l.apply_fleet(&p.key, Duration::from_micros((*us).max(0) as u64));
                         }
                     }
                     Ok(Err(e)) => {

@@ -145,3 +145,37 @@ async fn a_gateway_started_while_redis_is_down_serves_and_finds_redis_later() {
     eventually(async || gw.redis_status() == Some("up")).await;
     assert_eq!(redis_status(&gw).await, "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_a_dead_one_and_its_late_syncs_charge_nobody() {
+    let port = free_port();
+    let redis = Redis::start(port).await;
+    let n = node().await;
+    let gw = cluster_gateway(&n.url(), port).await;
+    let g = addr(&gw);
+    let c = client_from("127.0.0.6");
+    // A client well under its limit (10/s): 7 requests a second, for the whole test.
+    let steady = async |span: Duration| {
+        let start = Instant::now();
+        let mut limited = 0;
+        let mut i = 0u32;
+        while start.elapsed() < span {
+            let r = send(&c, Method::GET, format!("http://{g}/api/v1/info"), &[], Bytes::new()).await;
+            limited += usize::from(r.status == 429);
+            i += 1;
+            tokio::time::sleep_until(start + Duration::from_millis(143) * i).await;
+        }
+        limited
+    };
+    assert_eq!(steady(Duration::from_secs(1)).await, 0);
+    // Redis freezes (SIGSTOP): syncs time out, the client goes on under its limit.
+    let pid = redis.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert_eq!(steady(Duration::from_secs(4)).await, 0, "429s while Redis was frozen");
+    assert_eq!(gw.redis_status(), Some("down"));
+    // It wakes up and runs every sync that was written meanwhile, late: they must charge nobody.
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let limited = steady(Duration::from_secs(3)).await;
+    assert_eq!(limited, 0, "a client under its limit got 429s after Redis came back");
+    assert_eq!(gw.redis_status(), Some("up"));
+}

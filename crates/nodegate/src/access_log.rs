@@ -21,8 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use crate::config::LogFormat;
 use crate::listener::ConnState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+/// How log lines are written: `[log] format`.
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// What the access log says about one request; only built when `[log] access` is on.
 pub struct AccessRecord {

@@ -27,9 +27,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
-use crate::config::Cluster;
-use crate::listener::Phase;
 use crate::pipeline::rate_limit::RateLimiter;
+use crate::shutdown::Phase;
 
 /// KEYS: one per client and limiter. ARGV[1]: the latest Redis time (microseconds) at which the
 /// call may still count; then microseconds each key used. Answers Redis' now, then, per key, how
@@ -60,6 +59,14 @@ fn local_micros() -> i64 {
 /// Keys per script call: large enough to cover a busy interval in a few round trips, small enough
 /// not to hold Redis (single-threaded) for long.
 const BATCH: usize = 512;
+
+#[derive(Debug, Clone, PartialEq)]
+/// `[cluster]`.
+pub struct Cluster {
+    pub redis: String,
+    pub sync_interval: Duration,
+    pub key_prefix: String,
+}
 
 /// Whether Redis answered the last sync or ping; for `/status` and tests.
 #[derive(Default)]

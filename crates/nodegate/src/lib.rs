@@ -17,6 +17,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod profile;
 pub mod proxy;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Log, LogFormat};
+use crate::access_log::LogFormat;
+use crate::config::Log;
 
 pub fn init(log: &Log) {
     // The access log is written by access_log.rs, decided by `[log] access` alone, not by `level`.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::balancer::Balancer;
 use crate::body::ProxyBody;
 use crate::error::json_error;
-use crate::listener::Phase;
+use crate::shutdown::Phase;
 
 /// Binds the admin listener and serves it until the gateway stops; returns the bound address.
 pub async fn start(

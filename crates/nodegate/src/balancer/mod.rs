@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::config::{self, Upstream};
 use crate::upstream::NodePool;
+use crate::upstream::Upstream;
 
 const DECAY: Duration = Duration::from_secs(1);
 const LATENCY_FLOOR_NS: f64 = 1_000_000.0;
@@ -97,7 +97,7 @@ pub struct NodeStatus {
 }
 
 impl Node {
-    pub fn new(n: &config::Node, upstream: &Upstream) -> Arc<Node> {
+    pub fn new(n: &NodeSettings, upstream: &Upstream) -> Arc<Node> {
         Arc::new(Node {
             name: n.name.as_str().into(),
             url: format!("{}://{}{}", n.scheme, n.authority, n.base_path),
@@ -258,6 +258,21 @@ impl Drop for InFlight {
     }
 }
 
+#[derive(Debug, Clone)]
+/// One `[[node]]`, as the balancer runs it.
+pub struct NodeSettings {
+    pub name: String,
+    /// Scheme and authority the node is reached at.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix requests are mounted under ("" when the URL has none).
+    pub base_path: String,
+    pub weight: u32,
+    pub pow: bool,
+    /// Connections to the node at most (in use, idle or tunnelling).
+    pub max_connections: usize,
+}
+
 /// Passive health settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Passive {
@@ -290,7 +305,7 @@ impl Balancer {
     /// Takes a new node list: a node with the same name and URL keeps its state (health, latency,
     /// pooled connections) and takes the new weight and `pow`; others are added or retired.
     /// Requests in flight on a retired node finish normally.
-    pub fn reload(&self, configs: &[config::Node], upstream: &Upstream) -> Reloaded {
+    pub fn reload(&self, configs: &[NodeSettings], upstream: &Upstream) -> Reloaded {
         let old = self.nodes.load_full();
         let mut next = Vec::with_capacity(configs.len());
         let mut changes = Reloaded::default();

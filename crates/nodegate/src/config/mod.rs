@@ -13,7 +13,13 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::{Authority, Scheme};
 
-pub use raw::{LogFormat, Profile};
+pub use crate::access_log::LogFormat;
+pub use crate::balancer::NodeSettings;
+pub use crate::cluster::Cluster;
+pub use crate::health::Health;
+pub use crate::profile::Profile;
+pub use crate::tls::{Acme, AcmeChallenge, CertFiles, ClientAuth, Tls};
+pub use crate::upstream::Upstream;
 
 use crate::pipeline::auth::{ApiKey, JwtKey, parse_hash};
 use crate::pipeline::canonical_path::canonicalize;
@@ -34,7 +40,7 @@ pub struct Config {
     pub jwts: Vec<JwtKey>,
     /// `[rate_limit]`; none when the section is absent.
     pub rate_limit: Option<RateLimit>,
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<NodeSettings>,
     pub upstream: Upstream,
     pub health: Health,
     /// Where `/status` is served; no admin listener when `[admin]` is absent.
@@ -44,78 +50,6 @@ pub struct Config {
     /// `[tls]`: the listen addresses serve HTTPS.
     pub tls: Option<Tls>,
     pub log: Log,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tls {
-    pub certs: Vec<CertFiles>,
-    pub hsts: Option<http::HeaderValue>,
-    pub reload_interval: Duration,
-    pub client_auth: Option<ClientAuth>,
-    pub acme: Option<Acme>,
-}
-
-/// `[tls.acme]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Acme {
-    pub domains: Vec<String>,
-    pub email: Option<String>,
-    pub directory: String,
-    pub state_dir: std::path::PathBuf,
-    pub challenge: AcmeChallenge,
-    pub directory_ca: Option<std::path::PathBuf>,
-    pub renew_before: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-pub enum AcmeChallenge {
-    #[default]
-    #[serde(rename = "http-01")]
-    Http01,
-    #[serde(rename = "tls-alpn-01")]
-    TlsAlpn01,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CertFiles {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-    /// SNI names; empty = the names in the certificate.
-    pub names: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientAuth {
-    pub ca: std::path::PathBuf,
-    pub listen: Vec<SocketAddr>,
-    pub required: bool,
-    pub roles: Vec<crate::pipeline::auth::Role>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cluster {
-    pub redis: String,
-    pub sync_interval: Duration,
-    pub key_prefix: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Health {
-    /// Active probes on or off; passive ejection works either way.
-    pub active: bool,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub max_milestone_lag: u64,
-    /// Consecutive passed probes that make an unhealthy node healthy.
-    pub healthy_threshold: u32,
-    /// Consecutive failed probes that make a healthy node unhealthy.
-    pub unhealthy_threshold: u32,
-    /// Health route for the generic profile.
-    pub path: String,
-    /// Consecutive connect failures or 5xx answers that eject a node between probes.
-    pub eject_after: u32,
-    /// First ejection's length; doubled for each ejection in a row, up to 16 times.
-    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -156,20 +90,6 @@ pub struct Gateway {
     pub send_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    /// Scheme and authority the node is reached at.
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// Path prefix requests are mounted under ("" when the URL has none).
-    pub base_path: String,
-    pub weight: u32,
-    pub pow: bool,
-    /// Connections to the node at most (in use, idle or tunnelling).
-    pub max_connections: usize,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     pub limit: Limit,
@@ -190,20 +110,6 @@ impl Access {
     pub fn permits(&self, client: std::net::IpAddr) -> bool {
         self.allow.contains(client) && !self.deny.contains(client)
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_node: usize,
-    /// Longest a node may pause in the middle of a response body.
-    pub body_timeout: Duration,
-    /// Longest a request waits for a connection at a node's `max_connections`.
-    pub queue_timeout: Duration,
-    /// The TLS client for https:// nodes (built when any node is one).
-    pub tls: Option<crate::upstream::TlsClient>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -411,7 +317,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             "no [[node]] is configured: add at least one, with `name` and `url` (e.g. \"http://127.0.0.1:14265\")",
         ));
     }
-    let mut nodes: Vec<Node> = Vec::with_capacity(raw.node.len());
+    let mut nodes: Vec<NodeSettings> = Vec::with_capacity(raw.node.len());
     for (i, n) in raw.node.into_iter().enumerate() {
         let key = |field: &str| Some(format!("node[{i}].{field}"));
         let name = n.name.get_ref();
@@ -441,7 +347,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         if *n.max_connections.get_ref() == 0 {
             return Err(at.error(n.max_connections.span(), key("max_connections"), "must be 1 or more"));
         }
-        nodes.push(Node {
+        nodes.push(NodeSettings {
             name: name.clone(),
             scheme,
             authority,

@@ -36,7 +36,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RawGateway {
     pub listen: Spanned<Vec<Spanned<String>>>,
-    pub profile: Profile,
+    pub profile: crate::profile::Profile,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<Spanned<String>>,
     /// The one header a trusted proxy names the client in.
@@ -74,7 +74,7 @@ impl Default for RawGateway {
     fn default() -> Self {
         RawGateway {
             listen: Spanned::new(0..0, vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]),
-            profile: Profile::IotaChrysalis,
+            profile: crate::profile::Profile::IotaChrysalis,
             trusted_proxies: Vec::new(),
             client_ip_header: Default::default(),
             allow_encoded_percent: false,
@@ -96,15 +96,6 @@ impl Default for RawGateway {
             send_timeout: Dur(std::time::Duration::from_secs(30)),
         }
     }
-}
-
-/// Which node API the gateway knows how to protect and health-check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    IotaChrysalis,
-    IotaStardust,
-    Generic,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,18 +149,10 @@ impl Default for RawUpstream {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
-    pub format: LogFormat,
+    pub format: crate::access_log::LogFormat,
     pub access: bool,
     /// tracing filter directive, e.g. "info" or "nodegate=debug".
     pub level: String,
@@ -177,7 +160,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { format: LogFormat::Text, access: true, level: "info".into() }
+        RawLog { format: crate::access_log::LogFormat::Text, access: true, level: "info".into() }
     }
 }
 

@@ -22,8 +22,28 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::balancer::Node;
-use crate::config::{Health, Profile};
-use crate::listener::Phase;
+use crate::profile::Profile;
+use crate::shutdown::Phase;
+
+#[derive(Debug, Clone, PartialEq)]
+/// `[health]`.
+pub struct Health {
+    /// Active probes on or off; passive ejection works either way.
+    pub active: bool,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub max_milestone_lag: u64,
+    /// Consecutive passed probes that make an unhealthy node healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that make a healthy node unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Health route for the generic profile.
+    pub path: String,
+    /// Consecutive connect failures or 5xx answers that eject a node between probes.
+    pub eject_after: u32,
+    /// First ejection's length; doubled for each ejection in a row, up to 16 times.
+    pub eject_for: std::time::Duration,
+}
 
 /// What a passed probe learned.
 #[derive(Debug)]

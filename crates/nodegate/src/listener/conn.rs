@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::caps::Slot;
-use super::{Accepted, Kind, Phase, proxy_protocol};
+use super::{Accepted, Kind, proxy_protocol};
+use crate::shutdown::Phase;
 use crate::upstream::headers::Forwarding;
 
 /// What an HTTP/2 client sends first (RFC 9113 section 3.4).

@@ -22,17 +22,8 @@ pub use conn::ConnState;
 use crate::balancer::{Balancer, Node};
 use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::shutdown::Phase;
 use crate::{admin, health};
-
-/// Lifecycle of the whole server, broadcast to every accept loop and connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// Stop accepting; connections finish what they have in flight, then close.
-    Draining,
-    /// Drain timeout passed: close everything now.
-    Stopped,
-}
 
 /// A started gateway.
 pub struct Gateway {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::ip_set::IpSet;
 
-use crate::config::Profile;
+use crate::profile::Profile;
 
 /// Who may use a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

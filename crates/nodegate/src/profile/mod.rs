@@ -10,9 +10,16 @@
 use http::Method;
 use serde_json::Value;
 
-use crate::config::Profile;
-
 /// Whether this route submits messages or blocks (its body decides whether PoW is asked for).
+/// Which node API the gateway knows how to protect and health-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    IotaChrysalis,
+    IotaStardust,
+    Generic,
+}
+
 pub fn is_submission(profile: Profile, method: &Method, path: &str) -> bool {
     if method != Method::POST {
         return false;

@@ -22,10 +22,10 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use super::{Acme, AcmeChallenge};
 use super::{Loaded, Resolver, load_pair};
-use crate::config::{Acme, AcmeChallenge};
-use crate::listener::Phase;
 use crate::listener::redirect::Redirect;
+use crate::shutdown::Phase;
 
 const ACCOUNT: &str = "account.json";
 const CERT: &str = "cert.pem";

@@ -30,8 +30,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, 
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-use crate::config::{CertFiles, Tls};
-use crate::listener::Phase;
+use crate::shutdown::Phase;
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -324,4 +323,51 @@ pub fn self_signed(names: &[String]) -> Result<(String, String), String> {
     params.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+/// `[tls]`, as the TLS parts run on it.
+pub struct Tls {
+    pub certs: Vec<CertFiles>,
+    pub hsts: Option<http::HeaderValue>,
+    pub reload_interval: Duration,
+    pub client_auth: Option<ClientAuth>,
+    pub acme: Option<Acme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    pub state_dir: std::path::PathBuf,
+    pub challenge: AcmeChallenge,
+    pub directory_ca: Option<std::path::PathBuf>,
+    pub renew_before: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// SNI names; empty = the names in the certificate.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAuth {
+    pub ca: std::path::PathBuf,
+    pub listen: Vec<std::net::SocketAddr>,
+    pub required: bool,
+    pub roles: Vec<crate::pipeline::auth::Role>,
 }

@@ -17,9 +17,23 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{BodyTooLarge, BodyTooSlow, ClientBodyError};
-use crate::config::Upstream;
 use crate::error::GatewayError;
-use crate::listener::Phase;
+use crate::shutdown::Phase;
+
+#[derive(Debug, Clone, PartialEq)]
+/// `[upstream]`: how the gateway talks to its nodes.
+pub struct Upstream {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_node: usize,
+    /// Longest a node may pause in the middle of a response body.
+    pub body_timeout: Duration,
+    /// Longest a request waits for a connection at a node's `max_connections`.
+    pub queue_timeout: Duration,
+    /// The TLS client for https:// nodes (built when any node is one).
+    pub tls: Option<TlsClient>,
+}
 
 /// Maps a failed exchange with a node to what the client is told.
 pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {

@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::Upstream;
 use crate::body::CappedBody;
-use crate::config::Upstream;
 
 type Sender = SendRequest<CappedBody>;
 

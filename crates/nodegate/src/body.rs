@@ -1,10 +1,10 @@
-//! Body types. Request bodies stream to the node through [`CappedBody`], which enforces `max_body` on
-//! the bytes actually seen (chunked bodies included). Response bodies are [`ProxyBody`]: either a small
-//! body the gateway made or the node's streamed body, carrying the request's [`RequestGuard`] so the
-//! access log line and the in-flight count close when the last byte is sent, not at the headers.
+//! Response bodies are [`ProxyBody`]: either a small body the gateway made or the node's streamed
+//! body, carrying the request's [`RequestGuard`] so the access log line and the in-flight count
+//! close when the last byte is sent, not at the headers. The gateway's own answers are made here
+//! too ([`answer`], [`json_error`]). Request bodies are `http::request_body`'s.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,7 +14,7 @@ use crate::access_log::RequestGuard;
 use crate::balancer::InFlight;
 use crate::upstream::Lease;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http::request_body::BoxError;
 
 /// What an HTTP/2 stream's task knows of its response body, for the watch on streams whose client
 /// never opens its flow-control window (see `listener::StreamExecutor`). Set through a task-local,
@@ -35,145 +35,6 @@ tokio::task_local! {
 
 fn watch(f: impl FnOnce(&StreamWatch)) {
     let _ = STREAM.try_with(|w| f(w));
-}
-
-/// The request body grew past `max_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds {limit} bytes")]
-pub struct BodyTooLarge {
-    pub limit: u64,
-}
-
-/// An error of the client's own body (the client went away mid-upload), told apart from the node's.
-#[derive(Debug, thiserror::Error)]
-#[error("client request body: {0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
-
-/// The client sent its request body too slowly (`body_timeout`, `min_body_rate`).
-#[derive(Debug, thiserror::Error)]
-#[error("request body arrived too slowly")]
-pub struct BodyTooSlow;
-
-/// Streams the client's body and fails once more than `limit` bytes have passed, or when the client
-/// sends it too slowly; or a body read whole beforehand (to look inside it), which can be sent again.
-pub struct CappedBody {
-    source: Source,
-    seen: u64,
-    limit: u64,
-    pace: Option<Box<Pace>>,
-}
-
-/// Slow-body guard: the next piece must come within `gap` of the last, and once `gap` has passed
-/// the body must average at least `min_rate` bytes a second since its head arrived (so a client
-/// trickling a byte every few seconds is cut off, as with Kestrel's minimum data rate). The timer
-/// is only looked at when the client has nothing to give, so a gateway slow to poll (waiting for a
-/// node) never blames the client.
-pub struct Pace {
-    gap: std::time::Duration,
-    min_rate: u64,
-    start: tokio::time::Instant,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Pace {
-    pub fn new(gap: std::time::Duration, min_rate: u64) -> Box<Pace> {
-        let start = tokio::time::Instant::now();
-        Box::new(Pace { gap, min_rate, start, sleep: Box::pin(tokio::time::sleep_until(start + gap)) })
-    }
-
-    fn progress(&mut self, seen: u64) {
-        let now = tokio::time::Instant::now();
-        let mut deadline = now + self.gap;
-        if self.min_rate > 0 {
-            let earned = std::time::Duration::from_secs_f64(seen as f64 / self.min_rate as f64);
-            deadline = deadline.min(self.start + self.gap + earned);
-        }
-        self.sleep.as_mut().reset(deadline);
-    }
-}
-
-enum Source {
-    Client(Incoming),
-    Buffered(Option<Bytes>),
-}
-
-impl CappedBody {
-    pub fn new(inner: Incoming, limit: u64, pace: Option<Box<Pace>>) -> Self {
-        // A body that is already complete has nothing to be slow about.
-        let pace = pace.filter(|_| !inner.is_end_stream());
-        CappedBody { source: Source::Client(inner), seen: 0, limit, pace }
-    }
-
-    pub fn buffered(data: Bytes) -> Self {
-        let limit = data.len() as u64;
-        CappedBody { source: Source::Buffered((!data.is_empty()).then_some(data)), seen: 0, limit, pace: None }
-    }
-
-    /// A copy of a buffered body, for sending again; `None` for a streamed one.
-    pub fn try_clone(&self) -> Option<Self> {
-        match &self.source {
-            Source::Buffered(d) => {
-                Some(CappedBody { source: Source::Buffered(d.clone()), seen: 0, limit: self.limit, pace: None })
-            }
-            Source::Client(_) => None,
-        }
-    }
-
-    /// Reads the whole body (still capped), for the routes whose body decides where they go.
-    pub async fn read_all(self) -> Result<Bytes, BoxError> {
-        use http_body_util::BodyExt;
-        Ok(self.collect().await?.to_bytes())
-    }
-}
-
-impl Body for CappedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let inner = match &mut this.source {
-            Source::Client(inner) => inner,
-            Source::Buffered(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                if let Some(pace) = &mut this.pace {
-                    ready!(pace.sleep.as_mut().poll(cx));
-                    this.pace = None;
-                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
-                }
-                return Poll::Pending;
-            }
-        };
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            this.seen += data.len() as u64;
-            if this.seen > this.limit {
-                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
-            }
-            if let Some(pace) = &mut this.pace {
-                pace.progress(this.seen);
-            }
-        }
-        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Client(inner) => inner.is_end_stream(),
-            Source::Buffered(d) => d.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Client(inner) => inner.size_hint(),
-            Source::Buffered(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
-        }
-    }
 }
 
 enum Kind {
@@ -355,4 +216,19 @@ impl Drop for ProxyBody {
             lease.release();
         }
     }
+}
+
+/// The gateway's own answer for `err`: its status, JSON body and headers.
+pub fn answer(err: &crate::error::GatewayError) -> http::Response<ProxyBody> {
+    let mut resp = json_error(err.status(), &err.to_string());
+    err.add_headers(resp.headers_mut());
+    resp
+}
+
+/// A JSON error response in the node API's shape.
+pub fn json_error(status: http::StatusCode, message: &str) -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(ProxyBody::full(crate::error::json_text(status, message)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }

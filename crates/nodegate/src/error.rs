@@ -1,12 +1,11 @@
 //! Every answer the gateway produces itself, in one place: one variant, one status, one JSON body in
-//! the node API's own error shape `{"error":{"code":"502","message":"..."}}`.
+//! the node API's own error shape `{"error":{"code":"502","message":"..."}}` (made into a response
+//! by `body::answer`).
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
-
-use crate::body::ProxyBody;
+use http::StatusCode;
+use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 /// The messages are what a client reads: they never name a node (its name is internal; the access
 /// log and the debug log carry it).
@@ -110,32 +109,31 @@ impl GatewayError {
         )
     }
 
-    pub fn to_response(&self) -> Response<ProxyBody> {
-        let mut resp = json_error(self.status(), &self.to_string());
+    /// The headers this answer carries beside its status and JSON body.
+    pub fn add_headers(&self, headers: &mut http::HeaderMap) {
         match self {
             GatewayError::NoNode | GatewayError::NoPowNode => {
-                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::RateLimited { retry_after, limit, policy } => {
                 let secs = retry_after_secs(retry_after);
-                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-                rate_limit_headers(resp.headers_mut(), policy, policy_header(policy, *limit), 0, *retry_after);
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+                rate_limit_headers(headers, policy, policy_header(policy, *limit), 0, *retry_after);
             }
             GatewayError::TooManyInFlight { .. } | GatewayError::NodeBusy => {
-                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::BodyTooSlow => {
-                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             GatewayError::MethodNotAllowed => {
-                resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+                headers.insert(http::header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             }
             GatewayError::CredentialMissing => {
-                resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodegate\""));
             }
             _ => {}
         }
-        resp
     }
 }
 
@@ -214,11 +212,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// A JSON error response in the node API's shape.
-pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": {"code": status.as_str(), "message": message}});
-    let mut resp = Response::new(ProxyBody::full(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+/// The JSON body of an error in the node API's shape.
+pub fn json_text(status: StatusCode, message: &str) -> String {
+    serde_json::json!({"error": {"code": status.as_str(), "message": message}}).to_string()
 }

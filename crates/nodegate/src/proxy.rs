@@ -13,11 +13,13 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::access_log::{AccessRecord, RequestGuard};
 use crate::balancer::{Balancer, InFlight, Node, Passive};
-use crate::body::{CappedBody, Pace, ProxyBody, Stall};
+use crate::body::{ProxyBody, Stall};
 use crate::config::Config;
+use crate::conn::{ConnState, Scheme};
 use crate::error::GatewayError;
 use crate::events::{RefusalReason, Refusals};
-use crate::listener::ConnState;
+use crate::http::headers::{self as hdr, X_REQUEST_ID};
+use crate::http::request_body::{CappedBody, Pace};
 use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::canonical_path::{canonicalize, refuse_double_encoding};
 use crate::pipeline::identity;
@@ -25,7 +27,6 @@ use crate::pipeline::in_flight::{InFlightCap, Slot};
 use crate::pipeline::rate_limit::{ClientKey, Decision as RateDecision, Limit, RateLimiter};
 use crate::pipeline::route_policy::Access;
 use crate::profile;
-use crate::upstream::headers::{self as hdr, X_REQUEST_ID};
 use crate::upstream::{self, Lease};
 
 pub struct Proxy {
@@ -98,9 +99,9 @@ impl Proxy {
         &self.config.gateway.trusted_proxies
     }
 
-    pub fn timeouts(&self) -> crate::listener::Timeouts {
+    pub fn timeouts(&self) -> crate::conn::Timeouts {
         let g = &self.config.gateway;
-        crate::listener::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
+        crate::conn::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
     }
 
     /// Serves one request. Never fails: every problem becomes a JSON answer.
@@ -144,10 +145,10 @@ impl Proxy {
                     Some(reason) => self.refused(err, reason, client, uri.path()),
                     None => err,
                 };
-                (err.to_response(), node)
+                (crate::body::answer(&err), node)
             }
         };
-        if conn.scheme == "https"
+        if conn.scheme == Scheme::Https
             && let Some(hsts) = self.config.tls.as_ref().and_then(|t| t.hsts.clone())
         {
             resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
@@ -300,7 +301,7 @@ impl Proxy {
         if client == conn.peer.ip().to_canonical() {
             hdr::set_forwarded(headers, &conn.forwarding, original_host);
         } else {
-            hdr::set_forwarded(headers, &hdr::Forwarding::new(client, conn.scheme), original_host);
+            hdr::set_forwarded(headers, &hdr::Forwarding::new(client, conn.scheme.as_str()), original_host);
         }
         headers.insert(&X_REQUEST_ID, request_id);
 

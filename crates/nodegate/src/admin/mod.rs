@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::balancer::Balancer;
 use crate::body::ProxyBody;
-use crate::error::json_error;
+use crate::body::json_error;
 use crate::shutdown::Phase;
 
 /// Binds the admin listener and serves it until the gateway stops; returns the bound address.

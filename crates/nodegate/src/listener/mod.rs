@@ -6,8 +6,6 @@ mod conn;
 pub mod proxy_protocol;
 pub mod redirect;
 
-pub use conn::Timeouts;
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +14,6 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-
-pub use conn::ConnState;
 
 use crate::balancer::{Balancer, Node};
 use crate::config::Config;
@@ -125,7 +121,8 @@ impl Gateway {
             tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
         }
         if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
-            let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: redirect.clone() };
+            let responders =
+                crate::tls::acme::Responders { tls: server.resolver.clone(), http: redirect.tokens.clone() };
             crate::tls::acme::spawn(acme, responders, phase.subscribe());
         }
         let drain_timeout = config.gateway.drain_timeout;

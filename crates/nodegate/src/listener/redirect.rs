@@ -2,33 +2,31 @@
 //! method and body are kept) and answers ACME HTTP-01 challenges
 //! (`/.well-known/acme-challenge/<token>`). Nothing is proxied over plain HTTP.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use http::header::{CONTENT_TYPE, HOST, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode};
 
 use crate::body::ProxyBody;
-use crate::error::json_error;
+use crate::body::json_error;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 pub struct Redirect {
     https_port: u16,
-    /// Token -> key authorization, while an ACME order asks for it.
-    pub challenges: Mutex<HashMap<String, String>>,
+    /// ACME HTTP-01 answers, while an order asks for them.
+    pub tokens: Arc<crate::tls::acme::Http01Tokens>,
 }
 
 impl Redirect {
     pub fn new(https_port: u16) -> Redirect {
-        Redirect { https_port, challenges: Mutex::new(HashMap::new()) }
+        Redirect { https_port, tokens: Arc::default() }
     }
 
     pub fn answer<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let path = req.uri().path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-            let found = self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
-            return match found {
+            return match self.tokens.get(token) {
                 Some(key_authorization) => {
                     let mut resp = Response::new(ProxyBody::full(key_authorization));
                     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -89,7 +87,7 @@ mod tests {
         for bad in ["evil.example/x", "a@evil.example", "", "exa mple"] {
             assert_eq!(answer(&r, bad, "/").status(), StatusCode::BAD_REQUEST, "{bad}");
         }
-        r.challenges.lock().unwrap().insert("tok".into(), "tok.thumb".into());
+        r.tokens.challenges.lock().unwrap().insert("tok".into(), "tok.thumb".into());
         assert_eq!(answer(&r, "node.example", "/.well-known/acme-challenge/tok").status(), StatusCode::OK);
         assert_eq!(answer(&r, "node.example", "/.well-known/acme-challenge/other").status(), StatusCode::NOT_FOUND);
     }

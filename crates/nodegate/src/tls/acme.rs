@@ -24,17 +24,30 @@ use tokio::sync::watch;
 
 use super::{Acme, AcmeChallenge};
 use super::{Loaded, Resolver, load_pair};
-use crate::listener::redirect::Redirect;
 use crate::shutdown::Phase;
 
 const ACCOUNT: &str = "account.json";
 const CERT: &str = "cert.pem";
 const KEY: &str = "key.pem";
 
+/// HTTP-01 answers while an order is open: token -> key authorization, served by the
+/// `listen_http` listeners.
+#[derive(Default)]
+pub struct Http01Tokens {
+    pub challenges: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Http01Tokens {
+    /// The key authorization for `token`, while its order asks for it.
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.challenges.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    }
+}
+
 /// Where challenge answers go while an order is open.
 pub struct Responders {
     pub tls: Arc<Resolver>,
-    pub http: Arc<Redirect>,
+    pub http: Arc<Http01Tokens>,
 }
 
 /// Loads a stored certificate, or gets one, then keeps it renewed, until the gateway stops.

@@ -7,11 +7,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-/// Who a verified client certificate says the client is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub name: String,
-}
+pub use crate::conn::ClientIdentity;
 
 /// Reads PEM CA certificates into a root store.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {

@@ -1,7 +1,6 @@
 //! The way to the nodes: a pool of keep-alive HTTP/1.1 connections per node, error classification
 //! into the gateway's answers, and the byte tunnel behind a WebSocket upgrade.
 
-pub mod headers;
 mod pool;
 mod tls;
 
@@ -16,8 +15,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
-use crate::body::{BodyTooLarge, BodyTooSlow, ClientBodyError};
 use crate::error::GatewayError;
+use crate::http::request_body::{BodyTooLarge, BodyTooSlow, ClientBodyError};
 use crate::shutdown::Phase;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Upstream;
-use crate::body::CappedBody;
+use crate::http::request_body::CappedBody;
 
 type Sender = SendRequest<CappedBody>;
 

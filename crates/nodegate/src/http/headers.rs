@@ -86,6 +86,7 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
+    /// `proto` is the client's scheme: "http" or "https".
     pub fn new(client: IpAddr, proto: &'static str) -> Forwarding {
         let ip = client.to_canonical();
         let forwarded = match ip {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use testnode::{Options, TestNode};
 
 use crate::config::Config;
-use crate::listener::Gateway;
+use crate::gateway::Gateway;
 
 /// The demo's nodes and gateway, running.
 pub struct Demo {

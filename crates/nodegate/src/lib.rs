@@ -12,6 +12,7 @@ pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod listener;
@@ -24,4 +25,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
-pub use listener::Gateway;
+pub use gateway::Gateway;

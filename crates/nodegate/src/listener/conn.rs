@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::caps::Slot;
-use super::{Accepted, Kind, proxy_protocol};
+use super::{Accepted, Front, proxy_protocol};
 use crate::conn::{ConnState, Scheme, Timeouts, WatchVerdict};
 use crate::shutdown::Phase;
 
@@ -105,7 +105,7 @@ pub(super) async fn serve(
     phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
-    let Accepted { proxy, builder, proxy_protocol, kind, caps } = accepted;
+    let Accepted { proxy, builder, proxy_protocol, front, caps } = accepted;
     let mut client_slot = None;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.
@@ -131,24 +131,24 @@ pub(super) async fn serve(
         peer = named;
     }
     let local = stream.local_addr().unwrap_or(peer);
-    let scheme = if matches!(kind, Kind::Tls(_)) { Scheme::Https } else { Scheme::Http };
+    let scheme = if matches!(front, Front::Tls(_)) { Scheme::Https } else { Scheme::Http };
     let state = Arc::new(ConnState::new(peer, local, scheme, client_slot.is_some(), phase.clone(), alive));
     let timeouts = proxy.timeouts();
     let io = WatchedIo { inner: stream, state: state.clone(), _slots: (slot, client_slot), preface: Some(0) };
     let svc_state = state.clone();
-    match kind {
-        Kind::Plain => {
+    match front {
+        Front::Plain => {
             let service = proxied(proxy, svc_state);
             drive(TokioIo::new(io), &builder, service, &state, timeouts, phase).await;
         }
-        Kind::Redirect(redirect) => {
+        Front::Redirect(redirect) => {
             let service = hyper::service::service_fn(move |req| {
                 let redirect = redirect.clone();
                 async move { Ok::<_, Infallible>(redirect.answer(&req)) }
             });
             drive(TokioIo::new(io), &builder, service, &state, timeouts, phase).await;
         }
-        Kind::Tls(acceptor) => {
+        Front::Tls(acceptor) => {
             // The handshake is part of the head: it must be done within the header timeout.
             let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,

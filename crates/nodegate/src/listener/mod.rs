@@ -15,211 +15,75 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::balancer::{Balancer, Node};
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::shutdown::Phase;
-use crate::{admin, health};
 
-/// A started gateway.
-pub struct Gateway {
-    addrs: Vec<SocketAddr>,
-    admin: Option<SocketAddr>,
-    config: Arc<Config>,
-    balancer: Arc<Balancer>,
-    phase: watch::Sender<Phase>,
-    /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
-    alive: mpsc::Receiver<()>,
-    drain_timeout: std::time::Duration,
-    cluster: Option<Arc<crate::cluster::ClusterState>>,
-    tls: Option<Arc<crate::tls::TlsServer>>,
-    redirect_addrs: Vec<SocketAddr>,
-    refusals: crate::events::Refusals,
+/// What `bind_all` bound: the proxying listeners' addresses (`[gateway] listen`, then
+/// `listen_proxy_protocol`, then `[tls.client_auth] listen`), the redirect listeners', and the
+/// redirect's ACME HTTP-01 tokens.
+pub struct Bound {
+    pub addrs: Vec<SocketAddr>,
+    pub redirect_addrs: Vec<SocketAddr>,
+    pub http01: Arc<crate::tls::acme::Http01Tokens>,
 }
 
-impl Gateway {
-    /// Binds every `[gateway] listen` address and starts serving.
-    pub async fn start(config: Config) -> io::Result<Gateway> {
-        let config = Arc::new(config);
-        let nodes = config.nodes.iter().map(|n| Node::new(n, &config.upstream)).collect();
-        let balancer = Arc::new(Balancer::new(nodes));
-        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
-        let refusals = proxy.refusals().clone();
-        let (phase, _) = watch::channel(Phase::Running);
-        if config.health.active {
-            for node in balancer.nodes().iter() {
-                health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
-            }
-        }
-        let cluster =
-            config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
-        let admin = match config.admin {
-            Some(addr) => Some(admin::start(addr, balancer.clone(), cluster.clone(), phase.subscribe()).await?),
-            None => None,
+/// Binds every listener the config names and serves each with its own accept loop until the
+/// phase leaves `Running`; every loop and connection holds `alive` while it lasts.
+pub async fn bind_all(
+    config: &Config,
+    proxy: Arc<Proxy>,
+    tls: Option<&crate::tls::TlsServer>,
+    phase: &watch::Sender<Phase>,
+    alive: mpsc::Sender<()>,
+) -> io::Result<Bound> {
+    let builder = Arc::new(http_builder(config));
+    let g = &config.gateway;
+    let caps = caps::Caps::new(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
+    let front = match tls {
+        Some(s) => Front::Tls(tokio_rustls::TlsAcceptor::from(s.config.clone())),
+        None => Front::Plain,
+    };
+    let mut listeners: Vec<(SocketAddr, bool, Front)> = Vec::new();
+    listeners.extend(g.listen.iter().map(|a| (*a, false, front.clone())));
+    listeners.extend(g.listen_proxy_protocol.iter().map(|a| (*a, true, front.clone())));
+    if let (Some(t), Some(s)) = (&config.tls, tls)
+        && let (Some(ca), Some(ca_config)) = (&t.client_auth, &s.client_auth_config)
+    {
+        let front = Front::Tls(tokio_rustls::TlsAcceptor::from(ca_config.clone()));
+        listeners.extend(ca.listen.iter().map(|a| (*a, false, front.clone())));
+    }
+    let every: Vec<SocketAddr> = listeners.iter().map(|l| l.0).chain(g.listen_http.iter().copied()).collect();
+    let mut addrs = Vec::new();
+    for (addr, proxy_protocol, front) in listeners {
+        let listener = bind(addr, &every).await?;
+        let local = listener.local_addr()?;
+        addrs.push(local);
+        tracing::info!(%local, proxy_protocol, "listening");
+        let conns =
+            Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone(), front };
+        tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive.clone()));
+    }
+    // The HTTPS port a redirect points to: the first `listen` address's.
+    let https_port = addrs.first().map_or(443, |a: &SocketAddr| a.port());
+    let redirect = Arc::new(redirect::Redirect::new(https_port));
+    let mut redirect_addrs = Vec::new();
+    for addr in &g.listen_http {
+        let listener = bind(*addr, &every).await?;
+        let local = listener.local_addr()?;
+        redirect_addrs.push(local);
+        tracing::info!(%local, "listening (redirect to HTTPS)");
+        let front = Front::Redirect(redirect.clone());
+        let conns = Accepted {
+            proxy: proxy.clone(),
+            builder: builder.clone(),
+            proxy_protocol: false,
+            caps: caps.clone(),
+            front,
         };
-        let (alive_tx, alive) = mpsc::channel::<()>(1);
-        let builder = Arc::new(http_builder(&config));
-        let g = &config.gateway;
-        let caps = caps::Caps::new(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
-        let tls = match &config.tls {
-            Some(t) => {
-                let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;
-                if let Some(acme) = &t.acme {
-                    crate::tls::acme::preload(acme, &server.resolver);
-                }
-                server.watch(t.reload_interval, phase.subscribe());
-                Some(server)
-            }
-            None => None,
-        };
-        let front = match &tls {
-            Some(s) => Kind::Tls(tokio_rustls::TlsAcceptor::from(s.config.clone())),
-            None => Kind::Plain,
-        };
-        let mut listeners: Vec<(SocketAddr, bool, Kind)> = Vec::new();
-        listeners.extend(config.gateway.listen.iter().map(|a| (*a, false, front.clone())));
-        listeners.extend(config.gateway.listen_proxy_protocol.iter().map(|a| (*a, true, front.clone())));
-        if let (Some(t), Some(s)) = (&config.tls, &tls)
-            && let (Some(ca), Some(ca_config)) = (&t.client_auth, &s.client_auth_config)
-        {
-            let kind = Kind::Tls(tokio_rustls::TlsAcceptor::from(ca_config.clone()));
-            listeners.extend(ca.listen.iter().map(|a| (*a, false, kind.clone())));
-        }
-        let mut addrs = Vec::new();
-        let mut redirect_addrs = Vec::new();
-        let every: Vec<SocketAddr> =
-            listeners.iter().map(|l| l.0).chain(config.gateway.listen_http.iter().copied()).collect();
-        for (addr, proxy_protocol, kind) in listeners {
-            let listener = bind(addr, &every)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            let local = listener.local_addr()?;
-            addrs.push(local);
-            tracing::info!(%local, proxy_protocol, "listening");
-            let conns =
-                Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone(), kind };
-            tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
-        }
-        // The HTTPS port a redirect points to: the first `listen` address's.
-        let https_port = addrs.first().map_or(443, |a: &SocketAddr| a.port());
-        let redirect = Arc::new(redirect::Redirect::new(https_port));
-        for addr in &config.gateway.listen_http {
-            let listener = bind(*addr, &every)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            let local = listener.local_addr()?;
-            redirect_addrs.push(local);
-            tracing::info!(%local, "listening (redirect to HTTPS)");
-            let kind = Kind::Redirect(redirect.clone());
-            let conns = Accepted {
-                proxy: proxy.clone(),
-                builder: builder.clone(),
-                proxy_protocol: false,
-                caps: caps.clone(),
-                kind,
-            };
-            tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive_tx.clone()));
-        }
-        if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
-            let responders =
-                crate::tls::acme::Responders { tls: server.resolver.clone(), http: redirect.tokens.clone() };
-            crate::tls::acme::spawn(acme, responders, phase.subscribe());
-        }
-        let drain_timeout = config.gateway.drain_timeout;
-        Ok(Gateway {
-            addrs,
-            redirect_addrs,
-            admin,
-            config,
-            balancer,
-            phase,
-            alive,
-            drain_timeout,
-            cluster,
-            tls,
-            refusals,
-        })
+        tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive.clone()));
     }
-
-    /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, then
-    /// `[tls.client_auth] listen`, in order (useful with port 0).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
-    }
-
-    /// The bound `listen_http` (redirect) addresses.
-    pub fn redirect_addrs(&self) -> &[SocketAddr] {
-        &self.redirect_addrs
-    }
-
-    /// Loads the TLS certificate files again now (as SIGHUP does); an error keeps the old ones.
-    pub fn reload_certificates(&self) -> Result<(), String> {
-        match &self.tls {
-            Some(t) => t.reload(),
-            None => Ok(()),
-        }
-    }
-
-    /// Applies a new config's `[[node]]` list without dropping anything in flight: nodes are added,
-    /// removed or re-weighted (see `Balancer::reload`). Other sections take a restart; a change to
-    /// them is reported as a warning and left alone.
-    pub fn reload(&self, new: &Config) {
-        if let Err(e) = self.reload_certificates() {
-            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
-        }
-        let changes = self.balancer.reload(&new.nodes, &self.config.upstream);
-        if self.config.health.active {
-            for node in &changes.added {
-                health::spawn(
-                    node.clone(),
-                    self.config.gateway.profile,
-                    self.config.health.clone(),
-                    self.phase.subscribe(),
-                );
-            }
-        }
-        let added: Vec<&str> = changes.added.iter().map(|n| &*n.name).collect();
-        tracing::info!(?added, removed = ?changes.removed, kept = ?changes.kept, "nodes reloaded");
-        let old = &self.config;
-        if new.gateway.listen != old.gateway.listen
-            || new.gateway.profile != old.gateway.profile
-            || new.admin != old.admin
-            || new.cluster != old.cluster
-            || format!("{:?}{:?}{:?}{:?}", new.upstream, new.health, new.log, new.rate_limit)
-                != format!("{:?}{:?}{:?}{:?}", old.upstream, old.health, old.log, old.rate_limit)
-        {
-            tracing::warn!("reload applies [[node]] changes only; other changed settings take a restart");
-        }
-    }
-
-    /// Whether Redis answered the last limit sync: `"unknown"`, `"up"` or `"down"`; `None`
-    /// without `[cluster]`.
-    pub fn redis_status(&self) -> Option<&'static str> {
-        self.cluster.as_ref().map(|c| c.redis())
-    }
-
-    /// Every request refused from now on, as a typed event (the ban engine's input).
-    pub fn refusals(&self) -> tokio::sync::broadcast::Receiver<crate::events::Refusal> {
-        self.refusals.subscribe()
-    }
-
-    /// The admin listener's bound address, when `[admin]` is configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin
-    }
-
-    /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then closes
-    /// whatever is left. Returns once every connection is gone.
-    pub async fn shutdown(mut self) {
-        self.phase.send_replace(Phase::Draining);
-        let drained = tokio::time::timeout(self.drain_timeout, self.alive.recv()).await.is_ok();
-        if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections");
-            self.phase.send_replace(Phase::Stopped);
-            self.alive.recv().await;
-        }
-        tracing::info!("stopped");
-    }
+    Ok(Bound { addrs, redirect_addrs, http01: redirect.tokens.clone() })
 }
 
 /// Binds and listens. "Address in use" is retried four times, 500 ms apart, as nginx does: right
@@ -252,7 +116,8 @@ async fn bind(addr: SocketAddr, others: &[SocketAddr]) -> io::Result<TcpListener
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            other => return other,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))),
+            ok => return ok,
         }
     }
 }
@@ -364,12 +229,12 @@ pub(crate) struct Accepted {
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
     pub caps: Arc<caps::Caps>,
-    pub kind: Kind,
+    pub front: Front,
 }
 
 /// What a listener speaks.
 #[derive(Clone)]
-pub(crate) enum Kind {
+pub(crate) enum Front {
     /// HTTP/1.1 and h2c, proxied.
     Plain,
     /// HTTPS, proxied.

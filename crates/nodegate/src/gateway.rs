@@ -1,0 +1,166 @@
+//! The composition root: starts every part of a gateway from one config (balancer, health checks,
+//! fleet sync, admin listener, TLS, listeners), reloads what can be reloaded, and drains on shutdown.
+//! `main.rs` is the command line around it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::balancer::{Balancer, Node};
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::shutdown::Phase;
+use crate::{admin, health, listener};
+
+/// A started gateway.
+pub struct Gateway {
+    addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    config: Arc<Config>,
+    balancer: Arc<Balancer>,
+    phase: watch::Sender<Phase>,
+    /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
+    alive: mpsc::Receiver<()>,
+    drain_timeout: std::time::Duration,
+    cluster: Option<Arc<crate::cluster::ClusterState>>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
+    redirect_addrs: Vec<SocketAddr>,
+    refusals: crate::events::Refusals,
+}
+
+impl Gateway {
+    /// Binds every `[gateway] listen` address and starts serving.
+    pub async fn start(config: Config) -> io::Result<Gateway> {
+        let config = Arc::new(config);
+        let nodes = config.nodes.iter().map(|n| Node::new(n, &config.upstream)).collect();
+        let balancer = Arc::new(Balancer::new(nodes));
+        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
+        let refusals = proxy.refusals().clone();
+        let (phase, _) = watch::channel(Phase::Running);
+        if config.health.active {
+            for node in balancer.nodes().iter() {
+                health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
+            }
+        }
+        let cluster =
+            config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
+        let admin = match config.admin {
+            Some(addr) => Some(admin::start(addr, balancer.clone(), cluster.clone(), phase.subscribe()).await?),
+            None => None,
+        };
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        let tls = match &config.tls {
+            Some(t) => {
+                let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;
+                if let Some(acme) = &t.acme {
+                    crate::tls::acme::preload(acme, &server.resolver);
+                }
+                server.watch(t.reload_interval, phase.subscribe());
+                Some(server)
+            }
+            None => None,
+        };
+        let bound = listener::bind_all(&config, proxy, tls.as_deref(), &phase, alive_tx).await?;
+        if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
+            let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: bound.http01.clone() };
+            crate::tls::acme::spawn(acme, responders, phase.subscribe());
+        }
+        let (addrs, redirect_addrs) = (bound.addrs, bound.redirect_addrs);
+        let drain_timeout = config.gateway.drain_timeout;
+        Ok(Gateway {
+            addrs,
+            redirect_addrs,
+            admin,
+            config,
+            balancer,
+            phase,
+            alive,
+            drain_timeout,
+            cluster,
+            tls,
+            refusals,
+        })
+    }
+
+    /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, then
+    /// `[tls.client_auth] listen`, in order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The bound `listen_http` (redirect) addresses.
+    pub fn redirect_addrs(&self) -> &[SocketAddr] {
+        &self.redirect_addrs
+    }
+
+    /// Loads the TLS certificate files again now (as SIGHUP does); an error keeps the old ones.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a new config's `[[node]]` list without dropping anything in flight: nodes are added,
+    /// removed or re-weighted (see `Balancer::reload`). Other sections take a restart; a change to
+    /// them is reported as a warning and left alone.
+    pub fn reload(&self, new: &Config) {
+        if let Err(e) = self.reload_certificates() {
+            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
+        }
+        let changes = self.balancer.reload(&new.nodes, &self.config.upstream);
+        if self.config.health.active {
+            for node in &changes.added {
+                health::spawn(
+                    node.clone(),
+                    self.config.gateway.profile,
+                    self.config.health.clone(),
+                    self.phase.subscribe(),
+                );
+            }
+        }
+        let added: Vec<&str> = changes.added.iter().map(|n| &*n.name).collect();
+        tracing::info!(?added, removed = ?changes.removed, kept = ?changes.kept, "nodes reloaded");
+        let old = &self.config;
+        if new.gateway.listen != old.gateway.listen
+            || new.gateway.profile != old.gateway.profile
+            || new.admin != old.admin
+            || new.cluster != old.cluster
+            || format!("{:?}{:?}{:?}{:?}", new.upstream, new.health, new.log, new.rate_limit)
+                != format!("{:?}{:?}{:?}{:?}", old.upstream, old.health, old.log, old.rate_limit)
+        {
+            tracing::warn!("reload applies [[node]] changes only; other changed settings take a restart");
+        }
+    }
+
+    /// Whether Redis answered the last limit sync: `"unknown"`, `"up"` or `"down"`; `None`
+    /// without `[cluster]`.
+    pub fn redis_status(&self) -> Option<&'static str> {
+        self.cluster.as_ref().map(|c| c.redis())
+    }
+
+    /// Every request refused from now on, as a typed event (the ban engine's input).
+    pub fn refusals(&self) -> tokio::sync::broadcast::Receiver<crate::events::Refusal> {
+        self.refusals.subscribe()
+    }
+
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then closes
+    /// whatever is left. Returns once every connection is gone.
+    pub async fn shutdown(mut self) {
+        self.phase.send_replace(Phase::Draining);
+        let drained = tokio::time::timeout(self.drain_timeout, self.alive.recv()).await.is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections");
+            self.phase.send_replace(Phase::Stopped);
+            self.alive.recv().await;
+        }
+        tracing::info!("stopped");
+    }
+}

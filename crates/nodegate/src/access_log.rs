@@ -52,7 +52,7 @@ pub struct RequestGuard {
     pub upstream_body_error: bool,
     pub record: Option<Box<AccessRecord>>,
     /// The client's in-flight slot, freed with the response.
-    pub slot: Option<crate::pipeline::in_flight::Slot>,
+    pub slot: Option<crate::pipeline::in_flight::InFlightSlot>,
 }
 
 impl RequestGuard {

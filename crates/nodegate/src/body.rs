@@ -37,7 +37,7 @@ fn watch(f: impl FnOnce(&StreamWatch)) {
     let _ = STREAM.try_with(|w| f(w));
 }
 
-enum Kind {
+enum BodyKind {
     Full(Option<Bytes>),
     /// The node's body, and the connection it came on, returned to the pool at the body's end.
     Stream(Incoming, Option<Lease>, Stall),
@@ -80,7 +80,7 @@ impl Stall {
 
 /// The body of every response the gateway sends.
 pub struct ProxyBody {
-    kind: Kind,
+    kind: BodyKind,
     guard: Option<RequestGuard>,
     /// Keeps the request counted in flight on its node until the body is done.
     _node: Option<InFlight>,
@@ -89,11 +89,11 @@ pub struct ProxyBody {
 impl ProxyBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        ProxyBody { kind: Kind::Full((!data.is_empty()).then_some(data)), guard: None, _node: None }
+        ProxyBody { kind: BodyKind::Full((!data.is_empty()).then_some(data)), guard: None, _node: None }
     }
 
     pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight, stall: Stall) -> Self {
-        ProxyBody { kind: Kind::Stream(body, lease, stall), guard: None, _node: Some(node) }
+        ProxyBody { kind: BodyKind::Stream(body, lease, stall), guard: None, _node: Some(node) }
     }
 
     /// Attaches the request's guard, finished when this body is done or dropped.
@@ -122,7 +122,7 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match &mut this.kind {
-            Kind::Full(data) => {
+            BodyKind::Full(data) => {
                 let frame = data.take().map(|d| {
                     let n = d.len();
                     (Frame::data(d), n)
@@ -135,7 +135,7 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
-            Kind::Stream(body, lease, stall) => match Pin::new(body).poll_frame(cx) {
+            BodyKind::Stream(body, lease, stall) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => {
                     if !stall.waiting {
                         watch(|w| w.waiting_on_node.store(true, std::sync::atomic::Ordering::Relaxed));
@@ -188,16 +188,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(d) => d.is_none(),
-            Kind::Stream(b, ..) => b.is_end_stream(),
+            BodyKind::Full(d) => d.is_none(),
+            BodyKind::Stream(b, ..) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream(b, ..) => b.size_hint(),
+            BodyKind::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            BodyKind::Full(None) => SizeHint::with_exact(0),
+            BodyKind::Stream(b, ..) => b.size_hint(),
         }
     }
 }
@@ -209,7 +209,7 @@ impl Drop for ProxyBody {
         }
         // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
         // fully read body can be dropped before its end was seen: its connection is still good.
-        if let Kind::Stream(body, lease, _) = &mut self.kind
+        if let BodyKind::Stream(body, lease, _) = &mut self.kind
             && body.is_end_stream()
             && let Some(lease) = lease.take()
         {

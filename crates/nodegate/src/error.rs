@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use http::StatusCode;
+
+use crate::pipeline::rate_limit::LimitPolicy;
 use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 /// The messages are what a client reads: they never name a node (its name is internal; the access
@@ -48,7 +50,7 @@ pub enum GatewayError {
     #[error("this gateway proxies GET, HEAD, POST, PUT, DELETE, OPTIONS and PATCH only")]
     MethodNotAllowed,
     #[error("{}: try again in {1} s", policy_text(.policy), retry_after_secs(.retry_after))]
-    RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit, policy: &'static str },
+    RateLimited { retry_after: Duration, limit: crate::pipeline::rate_limit::Limit, policy: LimitPolicy },
     #[error("no node is available")]
     NoNode,
     #[error("the nodes are busy: try again shortly")]
@@ -118,7 +120,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, limit, policy } => {
                 let secs = retry_after_secs(retry_after);
                 headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-                rate_limit_headers(headers, policy, policy_header(policy, *limit), 0, *retry_after);
+                rate_limit_headers(headers, *policy, policy_header(*policy, *limit), 0, *retry_after);
             }
             GatewayError::TooManyInFlight { .. } | GatewayError::NodeBusy => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -140,11 +142,11 @@ impl GatewayError {
 /// What a `405` offers instead.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
-fn policy_text(policy: &str) -> &'static str {
+fn policy_text(policy: &LimitPolicy) -> &'static str {
     match policy {
-        "route" => "too many requests to this route",
-        "pow" => "remote proof of work budget used up",
-        _ => "too many requests",
+        LimitPolicy::Route => "too many requests to this route",
+        LimitPolicy::Pow => "remote proof of work budget used up",
+        LimitPolicy::PerClient => "too many requests",
     }
 }
 
@@ -157,7 +159,7 @@ fn retry_after_secs(d: &Duration) -> u64 {
 /// `policy_value` is [`policy_header`]'s, which callers on the hot path make once per limit.
 pub fn rate_limit_headers(
     headers: &mut http::HeaderMap,
-    policy: &str,
+    policy: LimitPolicy,
     policy_value: HeaderValue,
     remaining: u32,
     reset: Duration,
@@ -173,20 +175,20 @@ static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 // tenth of a whole proxied request; the policy's value is also made once per limit by the proxy.
 
 /// `"policy";q=<burst>;w=<seconds for a full burst>`.
-pub fn policy_header(policy: &str, limit: crate::pipeline::rate_limit::Limit) -> HeaderValue {
+pub fn policy_header(policy: LimitPolicy, limit: crate::pipeline::rate_limit::Limit) -> HeaderValue {
     let window = (limit.interval * limit.burst).as_secs().max(1);
     header_value(policy, &[("q", u64::from(limit.burst)), ("w", window)])
 }
 
 /// `"policy";r=<remaining>;t=<seconds until more is available>`.
-fn remaining_header(policy: &str, remaining: u32, reset: Duration) -> HeaderValue {
+fn remaining_header(policy: LimitPolicy, remaining: u32, reset: Duration) -> HeaderValue {
     header_value(policy, &[("r", u64::from(remaining)), ("t", retry_after_secs(&reset))])
 }
 
-fn header_value(policy: &str, parts: &[(&str, u64)]) -> HeaderValue {
+fn header_value(policy: LimitPolicy, parts: &[(&str, u64)]) -> HeaderValue {
     let mut v = Vec::with_capacity(48);
     v.push(b'"');
-    v.extend(policy.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'-'));
+    v.extend(policy.as_str().bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'-'));
     v.push(b'"');
     for (key, n) in parts {
         v.push(b';');

@@ -17,7 +17,7 @@ pub struct Caps {
 }
 
 /// An admitted connection; leaving the caps when dropped.
-pub struct Slot {
+pub struct ConnSlot {
     caps: Arc<Caps>,
     ip: IpAddr,
     /// Counted in `max_connections` too (the socket's peer); a client named by a PROXY header
@@ -31,17 +31,17 @@ impl Caps {
     }
 
     /// A slot for a new connection from `ip`, or `None` when a cap is reached.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
         self.enter(ip, true)
     }
 
     /// A slot for the client a PROXY header names on a connection already admitted from its
     /// balancer (which is exempt): the client's own cap applies to it all the same.
-    pub fn admit_named(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub fn admit_named(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
         self.enter(ip, false)
     }
 
-    fn enter(self: &Arc<Self>, ip: IpAddr, in_total: bool) -> Option<Slot> {
+    fn enter(self: &Arc<Self>, ip: IpAddr, in_total: bool) -> Option<ConnSlot> {
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if in_total && open.0 >= self.total_max {
@@ -55,11 +55,11 @@ impl Caps {
             open.0 += 1;
         }
         *open.1.entry(ip).or_insert(0) += 1;
-        Some(Slot { caps: self.clone(), ip, in_total })
+        Some(ConnSlot { caps: self.clone(), ip, in_total })
     }
 }
 
-impl Drop for Slot {
+impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
         if self.in_total {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::caps::Slot;
+use super::caps::ConnSlot;
 use super::{Accepted, Front, proxy_protocol};
 use crate::conn::{ConnState, Scheme, Timeouts, WatchVerdict};
 use crate::shutdown::Phase;
@@ -31,7 +31,7 @@ struct WatchedIo {
     state: Arc<ConnState>,
     /// The connection's place under the connection caps, and the PROXY-named client's. They live
     /// as long as the socket: a WebSocket tunnel (the same socket, upgraded) still counts.
-    _slots: (Slot, Option<Slot>),
+    _slots: (ConnSlot, Option<ConnSlot>),
     /// How much of the HTTP/2 preface the connection's first bytes matched so far; `None` once
     /// decided. Only the whole preface makes it HTTP/2: a client that sends `P` and then an
     /// HTTP/1.1 request must not shed the header timeout of its later requests.
@@ -101,7 +101,7 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     accepted: Accepted,
-    slot: Slot,
+    slot: ConnSlot,
     phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {

@@ -14,7 +14,7 @@ pub struct InFlightCap {
 }
 
 /// One request counted against its client until dropped.
-pub struct Slot {
+pub struct InFlightSlot {
     cap: Arc<InFlightCap>,
     key: ClientKey,
 }
@@ -29,14 +29,14 @@ impl InFlightCap {
     }
 
     /// A slot for `key`, or `None` when it already has `max` requests in flight.
-    pub fn enter(self: &Arc<Self>, key: ClientKey) -> Option<Slot> {
+    pub fn enter(self: &Arc<Self>, key: ClientKey) -> Option<InFlightSlot> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let n = table.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(Slot { cap: self.clone(), key })
+        Some(InFlightSlot { cap: self.clone(), key })
     }
 
     /// Clients with something in flight now.
@@ -45,7 +45,7 @@ impl InFlightCap {
     }
 }
 
-impl Drop for Slot {
+impl Drop for InFlightSlot {
     fn drop(&mut self) {
         let mut table = self.cap.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = table.get_mut(&self.key) {

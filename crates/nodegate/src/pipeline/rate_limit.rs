@@ -106,6 +106,27 @@ impl fmt::Display for ClientKey {
     }
 }
 
+/// Which limit answered, as the `RateLimit` headers and 429s name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// `[rate_limit] per_client` (or an API key's own limit).
+    PerClient,
+    /// A `[[route]]`'s own limit.
+    Route,
+    /// The remote proof-of-work budget.
+    Pow,
+}
+
+impl LimitPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitPolicy::PerClient => "per-client",
+            LimitPolicy::Route => "route",
+            LimitPolicy::Pow => "pow",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     /// Time between requests at the sustained rate.

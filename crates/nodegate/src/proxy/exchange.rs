@@ -1,0 +1,239 @@
+//! The `forward` phase: choose a node, exchange the request with it over its pool, retry on another
+//! node where that is safe, and clean the answer's head for the client.
+
+use std::sync::Arc;
+
+use http::header;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::{Body as _, Incoming};
+
+use super::{Ctx, Prepared, Proxy};
+use crate::balancer::{InFlight, Node};
+use crate::body::{ProxyBody, Stall};
+use crate::error::GatewayError;
+use crate::http::headers as hdr;
+use crate::http::request_body::CappedBody;
+use crate::upstream::{self, Lease};
+
+/// What a node answered: headers with the body still to stream from it, or read whole already.
+enum Answer {
+    Stream(Response<Incoming>, Lease, InFlight),
+    Buffered(Response<bytes::Bytes>),
+}
+
+impl Proxy {
+    /// Prepares the request (`prepare`, `read_first`), then exchanges it with a node.
+    pub(super) async fn forward(
+        &self,
+        req: Request<Incoming>,
+        target: PathAndQuery,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let mut p = self.prepare(req, target, ctx)?;
+        if p.read_first {
+            // Boxed: most requests have no body, and inline it made every request's future larger.
+            Box::pin(self.read_first(&mut p, ctx)).await?;
+        }
+        let Prepared { request: up, target, client_upgrade, need_pow, .. } = p;
+        let no_node = || if need_pow { GatewayError::NoPowNode } else { GatewayError::NoNode };
+        let node = self.balancer.pick(need_pow, None).ok_or_else(no_node)?;
+        // An idempotent request with no body can be rebuilt for a retry if its connection breaks
+        // before any answer; copying its head is only worth it when there is another node to try.
+        let websocket = client_upgrade.is_some();
+        let idempotent = matches!(*up.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let copy = (idempotent && up.body().is_end_stream() && self.balancer.nodes().len() > 1 && !websocket)
+            .then(|| (up.method().clone(), up.headers().clone()));
+        // Small answers to reads are read whole before the client sees anything (see `send`), where
+        // another node could be tried if the body breaks off.
+        let buffer = copy.is_some() && *up.method() != Method::HEAD;
+        let (answer, node) = match self.send(&node, up, &target, buffer).await {
+            Ok(answer) => (answer, node),
+            Err((err, unsent)) => {
+                // Retry once on another node: a request that never left (no connection), or an
+                // idempotent one whose connection broke before any answer. A POST that may have
+                // reached a node is never resent: a message must not be submitted twice.
+                let again = match unsent {
+                    Some(req) => Some(req),
+                    None if matches!(err, GatewayError::NodeReset { .. }) => copy.map(|(method, headers)| {
+                        let mut req = Request::new(CappedBody::buffered(bytes::Bytes::new()));
+                        *req.method_mut() = method;
+                        *req.headers_mut() = headers;
+                        req
+                    }),
+                    None => None,
+                };
+                let other = self.balancer.pick(need_pow, Some(&node));
+                match (again, other) {
+                    (Some(req), Some(other)) => {
+                        tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
+                        // Boxed: the retry path is rare, and an inline second exchange made every request's
+                        // future 2.8 KB larger (it is moved several times a request).
+                        match Box::pin(self.send(&other, req, &target, buffer)).await {
+                            Ok(answer) => (answer, other),
+                            Err((err, _)) => {
+                                ctx.node = Some(other.name.clone());
+                                return Err(err);
+                            }
+                        }
+                    }
+                    _ => {
+                        ctx.node = Some(node.name.clone());
+                        return Err(err);
+                    }
+                }
+            }
+        };
+        ctx.node = Some(node.name.clone());
+
+        let (mut resp, lease, in_flight) = match answer {
+            Answer::Stream(resp, lease, in_flight) => (resp, Some(lease), in_flight),
+            Answer::Buffered(mut resp) => {
+                hdr::strip_hop_by_hop(resp.headers_mut());
+                let mut resp = resp.map(ProxyBody::full);
+                self.rate_limit_headers(&mut resp, ctx.rate_state);
+                return Ok(resp);
+            }
+        };
+        let mut lease = lease;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the tunnel; it never goes back to the pool, and keeps its
+            // place under the node's connection cap while it lasts.
+            let permit = lease.take().map(Lease::into_permit);
+            match client_upgrade {
+                Some(client_upgrade) => {
+                    let node_upgrade = hyper::upgrade::on(&mut resp);
+                    upstream::spawn_tunnel(
+                        client_upgrade,
+                        node_upgrade,
+                        self.config.gateway.idle_timeout,
+                        ctx.conn.phase.clone(),
+                        (ctx.conn.alive.clone(), permit),
+                    );
+                    hdr::strip_hop_by_hop(resp.headers_mut());
+                    hdr::set_websocket_upgrade(resp.headers_mut());
+                }
+                None => {
+                    let what = "101 Switching Protocols to a request that asked for no upgrade";
+                    return Err(GatewayError::NodeBadAnswer { node: node.name.to_string(), what });
+                }
+            }
+        } else {
+            hdr::strip_hop_by_hop(resp.headers_mut());
+        }
+        let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
+        let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
+        self.rate_limit_headers(&mut resp, ctx.rate_state);
+        Ok(resp)
+    }
+
+    /// One exchange with one node, reported to the balancer: `target` under the node's base path.
+    /// On failure, the request comes back if it never left the gateway.
+    ///
+    /// With `buffer` (a GET or OPTIONS), an answer that declares a body of at most
+    /// `request_buffer` is read whole before the client sees its headers: a node that dies
+    /// between its headers and the end of its body is then a failed exchange, retried on another
+    /// node like a refused connection, instead of a truncated answer (nginx and HAProxy truncate).
+    async fn send(
+        &self,
+        node: &Arc<Node>,
+        mut req: Request<CappedBody>,
+        target: &Uri,
+        buffer: bool,
+    ) -> Result<Answer, (GatewayError, Option<Request<CappedBody>>)> {
+        *req.uri_mut() =
+            node_uri(node, target).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
+        // The node gets its own authority as Host; the client's went into X-Forwarded-Host.
+        req.headers_mut().insert(header::HOST, node.host.clone());
+        let timeout = self.config.upstream.response_timeout;
+        let in_flight = node.start();
+        // Pinned where it is made: handing the (large) future to `timeout` by value copied it twice
+        // a request (bench/callgrind).
+        let exchange = node.pool.send(req);
+        tokio::pin!(exchange);
+        match tokio::time::timeout(timeout, exchange.as_mut()).await {
+            Ok(Ok((resp, lease))) => {
+                in_flight.answered();
+                if resp.status().is_server_error() {
+                    node.failure(&self.passive);
+                } else {
+                    node.success();
+                }
+                let small = |n: u64| n > 0 && n <= self.config.gateway.request_buffer;
+                if buffer && !resp.body().is_end_stream() && resp.body().size_hint().exact().is_some_and(small) {
+                    return Box::pin(self.read_whole(node, resp, lease)).await.map_err(|e| (e, None));
+                }
+                Ok(Answer::Stream(resp, lease, in_flight))
+            }
+            Ok(Err((e, unsent))) => {
+                tracing::debug!(node = %node.name, error = ?e, "upstream request failed");
+                let err = upstream::classify(&e, &node.name, &self.config.upstream);
+                if err.is_node_fault() {
+                    node.failure(&self.passive);
+                }
+                Err((err, unsent))
+            }
+            Err(_) => {
+                node.failure(&self.passive);
+                Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
+            }
+        }
+    }
+
+    /// Reads a small answer's body whole (within the upstream body timeout); the connection goes
+    /// back to the pool. A body that breaks off is the node's failure and a `NodeReset`, which the
+    /// caller may retry.
+    async fn read_whole(&self, node: &Node, resp: Response<Incoming>, lease: Lease) -> Result<Answer, GatewayError> {
+        let (parts, body) = resp.into_parts();
+        let mut read = std::pin::pin!(read_body(body));
+        // Nearly always the body is in already: no timer unless the node makes the gateway wait.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+        let result = match first {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(self.config.upstream.body_timeout, read).await,
+        };
+        match result {
+            Ok(Some(data)) => {
+                lease.release();
+                Ok(Answer::Buffered(Response::from_parts(parts, data)))
+            }
+            failed => {
+                tracing::debug!(node = %node.name, timed_out = failed.is_err(), "node broke off a small answer's body");
+                node.failure(&self.passive);
+                Err(GatewayError::NodeReset { node: node.name.to_string() })
+            }
+        }
+    }
+}
+
+/// A node's body read to its end (one frame is taken as it is, more are joined); `None` when it
+/// broke off.
+async fn read_body(mut body: Incoming) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let mut first: Option<bytes::Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else { continue };
+        match (&mut first, &mut more) {
+            (None, None) => first = Some(data),
+            (Some(f), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(f.len() + data.len());
+                joined.extend_from_slice(f);
+                joined.extend_from_slice(&data);
+                first = None;
+                more = Some(joined);
+            }
+            (_, Some(m)) => m.extend_from_slice(&data),
+        }
+    }
+    Some(more.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
+}
+
+/// The origin-form target a node is sent: its base path, then the client's path and query.
+fn node_uri(node: &Node, target: &Uri) -> Result<Uri, http::Error> {
+    if node.base_path.is_empty() {
+        return Ok(target.clone());
+    }
+    let pq = target.path_and_query().map_or("/", |p| p.as_str());
+    Ok(Uri::from(PathAndQuery::try_from(format!("{}{pq}", node.base_path))?))
+}

@@ -1,0 +1,407 @@
+//! The request flow, one phase after another (shared/design.md):
+//!
+//! ```text
+//! handle:  identify -> filter -> route -> authorize -> limit -> prepare -> forward -> respond
+//!                      \________ admit (no waiting) ________/   \____ forward ____/
+//!          who it is   address,   canonical  credential  rates,     body, PoW,  node,      refusal
+//!                      size,      path and   and roles   in-flight  headers     exchange,  accounting,
+//!                      method,    its rule                                      retry      log, headers
+//!                      Host
+//! ```
+//!
+//! Each phase takes the request's [`Ctx`] and either returns what the next one needs or a
+//! [`GatewayError`], which `respond` turns into the node API's error shape. The phases are small
+//! functions here; rate limits are in `limits`, the exchange with the nodes in `exchange`.
+
+mod exchange;
+mod limits;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Version};
+use hyper::body::{Body as _, Incoming};
+
+pub use limits::Limiters;
+
+use crate::access_log::{AccessRecord, RequestGuard};
+use crate::balancer::{Balancer, Passive};
+use crate::body::ProxyBody;
+use crate::config::Config;
+use crate::conn::{ConnState, Scheme};
+use crate::error::GatewayError;
+use crate::events::Refusals;
+use crate::http::headers::{self as hdr, X_REQUEST_ID};
+use crate::http::request_body::{CappedBody, Pace};
+use crate::pipeline::auth::{self, Verdict};
+use crate::pipeline::canonical_path::{canonicalize, refuse_double_encoding};
+use crate::pipeline::identity;
+use crate::pipeline::in_flight::{InFlightCap, InFlightSlot};
+use crate::pipeline::rate_limit::{ClientKey, Limit, LimitPolicy};
+use crate::pipeline::route_policy::{Access, Rule};
+use crate::profile;
+
+pub struct Proxy {
+    config: Arc<Config>,
+    balancer: Arc<Balancer>,
+    passive: Passive,
+    limits: Limiters,
+    in_flight: Option<Arc<InFlightCap>>,
+    /// `RateLimit-Policy` for `per_client`, made once.
+    client_policy: Option<HeaderValue>,
+    refusals: Refusals,
+}
+
+/// What one request carries from phase to phase.
+struct Ctx<'a> {
+    conn: &'a ConnState,
+    /// The client as identified: the peer, or whom a trusted proxy named.
+    client: IpAddr,
+    request_id: HeaderValue,
+    /// The request's one Host header, for the forwarding headers.
+    host: Option<HeaderValue>,
+    /// The route rule that decided, when one did.
+    rule: Option<&'a Rule>,
+    /// Whose budget the request spends, and that credential's own limit: set by `authorize`.
+    client_key: Option<(ClientKey, Option<Limit>)>,
+    /// The tightest limit that applied, for the `RateLimit` headers.
+    rate_state: Option<(LimitPolicy, Limit, u32)>,
+    /// The client's place under `max_in_flight_per_client`, freed with the response.
+    slot: Option<InFlightSlot>,
+    /// The node that answered or failed, for the access log.
+    node: Option<Arc<str>>,
+}
+
+/// A request ready for a node: the cleaned request, the client's target (each node puts its base
+/// path in front), and the client's side of a WebSocket upgrade.
+struct Prepared {
+    request: Request<CappedBody>,
+    target: http::Uri,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    need_pow: bool,
+    /// The body is read whole before a node is chosen (see `read_first`).
+    read_first: bool,
+    /// A message submission: its body says whether it asks for remote PoW.
+    submission: bool,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>) -> Proxy {
+        let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
+        let limits = Limiters::new(&config);
+        let max = config.gateway.max_in_flight_per_client;
+        let in_flight = (max > 0).then(|| InFlightCap::new(max));
+        let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
+        Proxy { config, balancer, passive, limits, in_flight, client_policy, refusals: Refusals::default() }
+    }
+
+    pub fn limiters(&self) -> &Limiters {
+        &self.limits
+    }
+
+    /// Every refusal, as it happens (see `events`).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    pub fn trusted_proxies(&self) -> &crate::pipeline::ip_set::IpSet {
+        &self.config.gateway.trusted_proxies
+    }
+
+    pub fn timeouts(&self) -> crate::conn::Timeouts {
+        let g = &self.config.gateway;
+        crate::conn::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
+    }
+
+    /// Serves one request. Never fails: every problem becomes a JSON answer.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
+        let guard = RequestGuard::new(conn.clone());
+        let identified = self.identify(&req, &conn);
+        let client = *identified.as_ref().unwrap_or_else(|(_, peer)| peer);
+        let mut ctx = Ctx {
+            conn: &conn,
+            client,
+            request_id: hdr::request_id(req.headers()),
+            host: None,
+            rule: None,
+            client_key: None,
+            rate_state: None,
+            slot: None,
+            node: None,
+        };
+        let record = self.config.log.access.then(|| self.access_record(&req, &ctx));
+        // Kept for the refusal event (a reference count, not a copy).
+        let uri = req.uri().clone();
+        // The request moves once, into `forward`: a future of its own around the phases would
+        // copy it once more (bench/callgrind).
+        let result = match identified.map_err(|(err, _)| err).and_then(|_| self.admit(&req, &mut ctx)) {
+            Ok(target) => self.forward(req, target, &mut ctx).await,
+            Err(err) => Err(err),
+        };
+        self.respond(result, ctx, uri.path(), guard, record)
+    }
+
+    /// The phases that decide without waiting, in order; returns the target the nodes are sent.
+    fn admit<'a>(&'a self, req: &Request<Incoming>, ctx: &mut Ctx<'a>) -> Result<PathAndQuery, GatewayError> {
+        let target = self.filter(req, ctx)?;
+        let target = self.route(req, target, ctx)?;
+        self.authorize(req, ctx)?;
+        self.limit(ctx)?;
+        Ok(target)
+    }
+
+    /// Who the client is (`pipeline::identity`). A broken forwarding chain is refused, and logged
+    /// as the proxy's (the peer, the error's second half).
+    fn identify(&self, req: &Request<Incoming>, conn: &ConnState) -> Result<IpAddr, (GatewayError, IpAddr)> {
+        let g = &self.config.gateway;
+        let peer = conn.peer.ip().to_canonical();
+        if g.trusted_proxies.is_empty() || conn.proxy_protocol {
+            return Ok(peer);
+        }
+        identity::client_ip(conn.peer.ip(), req.headers(), &g.trusted_proxies, g.client_ip_header)
+            .map_err(|identity::BrokenChain| (GatewayError::BrokenForwardingChain, peer))
+    }
+
+    /// Address, head size, method and Host; returns the request's target.
+    fn filter(&self, req: &Request<Incoming>, ctx: &mut Ctx<'_>) -> Result<PathAndQuery, GatewayError> {
+        let g = &self.config.gateway;
+        if !self.config.access.permits(ctx.client) {
+            return Err(GatewayError::AddressDenied);
+        }
+        if head_size(req) > g.max_header_size {
+            return Err(GatewayError::HeadersTooLarge { limit: g.max_header_size });
+        }
+        check_method(req.method())?;
+        // RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one Host; none or several is 400.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        ctx.host = hosts.next().cloned();
+        if hosts.next().is_some() || (ctx.host.is_none() && req.version() == Version::HTTP_11) {
+            return Err(GatewayError::BadRequest("an HTTP/1.1 request needs exactly one Host header"));
+        }
+        req.uri()
+            .path_and_query()
+            .filter(|p| p.as_str().starts_with('/'))
+            .cloned()
+            .ok_or(GatewayError::BadRequest("the request target must be a path"))
+    }
+
+    /// Route policy on the canonical path; returns the target the nodes are sent: that same
+    /// canonical path, with the query.
+    fn route<'a>(
+        &'a self,
+        req: &Request<Incoming>,
+        target: PathAndQuery,
+        ctx: &mut Ctx<'a>,
+    ) -> Result<PathAndQuery, GatewayError> {
+        let canonical = canonicalize(target.path()).map_err(GatewayError::BadPath)?;
+        if !self.config.gateway.allow_encoded_percent {
+            refuse_double_encoding(&canonical).map_err(GatewayError::BadPath)?;
+        }
+        ctx.rule = self.config.routes.decide(req.method(), &canonical.decoded);
+        if ctx.rule.is_some_and(|r| !r.admits(ctx.client)) {
+            return Err(GatewayError::AddressDenied);
+        }
+        // An already canonical path keeps the target as it came, query and all.
+        let invalid = |_| GatewayError::BadRequest("the request target is not valid");
+        match target.query() {
+            _ if canonical.encoded == target.path() => Ok(target),
+            None => PathAndQuery::try_from(canonical.encoded.as_ref()).map_err(invalid),
+            Some(q) => PathAndQuery::try_from(format!("{}?{q}", canonical.encoded)).map_err(invalid),
+        }
+    }
+
+    /// The route's access level against the request's credential (API key, JWT, client
+    /// certificate); sets whose budget the request spends.
+    fn authorize(&self, req: &Request<Incoming>, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
+        // A verified client certificate (`[tls.client_auth]`) is a credential too, with its roles.
+        let cert = ctx.conn.client_cert.get();
+        match ctx.rule.map_or(Access::Deny, |r| r.access) {
+            Access::Public => {}
+            needed @ (Access::Key | Access::Admin) => {
+                self.address_exhausted(ctx.client)?;
+                match auth::authorize(&self.config.api_keys, &self.config.jwts, req.headers(), needed) {
+                    Verdict::Allowed { key, api_key } => ctx.client_key = Some((key, api_key.and_then(|k| k.limit))),
+                    Verdict::Unauthenticated => match cert {
+                        Some(_) if auth::opens(self.cert_roles(), needed) => {}
+                        Some(_) => return Err(GatewayError::CredentialNotEnough),
+                        None => return Err(GatewayError::CredentialMissing),
+                    },
+                    Verdict::Forbidden { .. } => return Err(GatewayError::CredentialNotEnough),
+                }
+            }
+            Access::Deny => return Err(GatewayError::NotExposed),
+        }
+        if ctx.client_key.is_none() {
+            // Limits are per credential when the client authenticated, else per address (or /64).
+            ctx.client_key = Some(match cert {
+                Some(id) => (ClientKey::Cert(id.name.clone()), None),
+                None => (ClientKey::from_ip(ctx.client, self.config.rate_limit.map_or(64, |r| r.ipv6_prefix)), None),
+            });
+        }
+        Ok(())
+    }
+
+    /// The body and the headers the node is sent. A small body, or one that decides about remote
+    /// PoW, is marked to be read whole before a node is chosen (`read_first`).
+    fn prepare(
+        &self,
+        mut req: Request<Incoming>,
+        target: PathAndQuery,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Prepared, GatewayError> {
+        let g = &self.config.gateway;
+        let declared_len = content_length(req.headers())?;
+        if let Some(len) = declared_len
+            && len > g.max_body
+        {
+            return Err(GatewayError::BodyTooLarge { limit: g.max_body });
+        }
+        let websocket = req.version() <= Version::HTTP_11 && hdr::wants_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let original_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .and_then(|a| HeaderValue::from_str(&a).ok())
+            .or(ctx.host.take());
+
+        let (parts, body) = req.into_parts();
+        let pace = (!body.is_end_stream()).then(|| Pace::new(g.body_timeout, g.min_body_rate));
+        let body = CappedBody::new(body, g.max_body, pace);
+        let submission = profile::is_submission(g.profile, &parts.method, target.path());
+        // Small bodies are read whole first, so a slow upload holds no node connection.
+        let small = declared_len.is_some_and(|n| n <= g.request_buffer);
+        let read_first = submission || (small && !body.is_end_stream());
+
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method;
+        *up.version_mut() = Version::HTTP_11;
+        let headers = up.headers_mut();
+        *headers = parts.headers;
+        hdr::strip_hop_by_hop(headers);
+        headers.remove(header::EXPECT);
+        // The credential was for the gateway; the node sees it only where a route says so.
+        if !ctx.rule.is_some_and(|r| r.pass_credential) {
+            auth::strip(headers);
+        }
+        if websocket {
+            hdr::set_websocket_upgrade(headers);
+        }
+        // The connection's precomputed values, unless a trusted proxy named another client.
+        if ctx.client == ctx.conn.peer.ip().to_canonical() {
+            hdr::set_forwarded(headers, &ctx.conn.forwarding, original_host);
+        } else {
+            hdr::set_forwarded(headers, &hdr::Forwarding::new(ctx.client, ctx.conn.scheme.as_str()), original_host);
+        }
+        headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+        let target = http::Uri::from(target);
+        Ok(Prepared { request: up, target, client_upgrade, need_pow: false, read_first, submission })
+    }
+
+    /// Reads the body whole (capped by `max_body`, paced by the slow-body guards), so that it can be
+    /// resent and, for a submission, so that it says whether it asks for remote PoW (which then
+    /// spends the client's PoW budget).
+    async fn read_first(&self, p: &mut Prepared, ctx: &Ctx<'_>) -> Result<(), GatewayError> {
+        let body = std::mem::replace(p.request.body_mut(), CappedBody::buffered(bytes::Bytes::new()));
+        let data = body.read_all().await.map_err(|e| crate::upstream::classify_body(&*e))?;
+        if p.submission {
+            let content_type = p.request.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+            p.need_pow = profile::needs_pow(content_type, &data);
+            if p.need_pow {
+                self.pow_budget(ctx)?;
+            }
+        }
+        *p.request.body_mut() = CappedBody::buffered(data);
+        Ok(())
+    }
+
+    /// The answer as the client gets it: a refusal costs the client and is an event, HSTS on
+    /// HTTPS, the request id, and the access log line and in-flight slot closed with the body.
+    #[inline(always)]
+    fn respond(
+        &self,
+        result: Result<Response<ProxyBody>, GatewayError>,
+        ctx: Ctx<'_>,
+        path: &str,
+        mut guard: RequestGuard,
+        mut record: Option<Box<AccessRecord>>,
+    ) -> Response<ProxyBody> {
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(err) => {
+                let err = match err.refusal_reason() {
+                    Some(reason) => self.refused(err, reason, ctx.client, path),
+                    None => err,
+                };
+                crate::body::answer(&err)
+            }
+        };
+        if ctx.conn.scheme == Scheme::Https
+            && let Some(hsts) = self.config.tls.as_ref().and_then(|t| t.hsts.clone())
+        {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
+        // Unique per response: HTTP/2's HPACK would only churn its table indexing it.
+        let mut request_id = ctx.request_id;
+        request_id.set_sensitive(true);
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+        if let Some(r) = &mut record {
+            r.status = resp.status().as_u16();
+            r.node = ctx.node;
+        }
+        guard.record = record;
+        guard.slot = ctx.slot;
+        resp.map(|b| b.with_guard(guard))
+    }
+
+    fn access_record(&self, req: &Request<Incoming>, ctx: &Ctx<'_>) -> Box<AccessRecord> {
+        Box::new(AccessRecord {
+            format: self.config.log.format,
+            client: ctx.client,
+            method: req.method().clone(),
+            path: req.uri().path().chars().take(512).collect(),
+            status: 0,
+            node: None,
+            request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
+            start: tokio::time::Instant::now(),
+        })
+    }
+
+    fn cert_roles(&self) -> &[auth::Role] {
+        self.config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
+    }
+}
+
+/// Only the methods a node's API uses pass, spelled as registered (methods are case-sensitive: a
+/// `post` would slip past a rule for `POST` and still be read as one by a lenient node). CONNECT
+/// and TRACE never pass a gateway.
+fn check_method(method: &Method) -> Result<(), GatewayError> {
+    match *method {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS | Method::PATCH => {
+            Ok(())
+        }
+        _ if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) => {
+            Err(GatewayError::BadRequest("methods are case-sensitive: write them in capitals (GET, POST)"))
+        }
+        _ => Err(GatewayError::MethodNotAllowed),
+    }
+}
+
+/// Bytes of the request head as sent: request line plus `name: value\r\n` for each header.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 20;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
+    let Some(v) = headers.get(header::CONTENT_LENGTH) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or(GatewayError::BadRequest("invalid Content-Length"))
+}

@@ -1,7 +1,12 @@
 //! Configuration: a raw serde model that mirrors the TOML file (unknown keys are errors), validated
 //! into the typed model the gateway runs on. Every error names `FILE:LINE:COLUMN` and the key.
 
+mod credentials;
+mod limits;
+mod nodes;
 mod raw;
+mod routes;
+mod tls;
 pub mod units;
 
 use std::fmt;
@@ -9,9 +14,6 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
-
-use http::Uri;
-use http::uri::{Authority, Scheme};
 
 pub use crate::access_log::LogFormat;
 pub use crate::balancer::NodeSettings;
@@ -21,17 +23,16 @@ pub use crate::profile::Profile;
 pub use crate::tls::{Acme, AcmeChallenge, CertFiles, ClientAuth, Tls};
 pub use crate::upstream::Upstream;
 
-use crate::pipeline::auth::{ApiKey, JwtKey, parse_hash};
-use crate::pipeline::canonical_path::canonicalize;
+use crate::pipeline::auth::{ApiKey, JwtKey};
 use crate::pipeline::ip_set::IpSet;
 use crate::pipeline::rate_limit::Limit;
-use crate::pipeline::route_policy::{RoutePolicy, Rule};
+use crate::pipeline::route_policy::RoutePolicy;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub gateway: Gateway,
-    pub access: Access,
+    pub gateway: GatewaySettings,
+    pub access: AddressFilter,
     /// `[[route]]` rules and the profile's defaults.
     pub routes: RoutePolicy,
     /// `[[api_key]]`: hashes and roles.
@@ -53,7 +54,8 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct Gateway {
+/// `[gateway]`: listeners, the client's identity, and the per-connection guards.
+pub struct GatewaySettings {
     pub listen: Vec<SocketAddr>,
     pub profile: Profile,
     /// Peers whose forwarding headers are believed.
@@ -101,12 +103,12 @@ pub struct RateLimit {
 
 /// `[access]`: which client addresses may use the gateway at all; deny wins.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Access {
+pub struct AddressFilter {
     pub allow: IpSet,
     pub deny: IpSet,
 }
 
-impl Access {
+impl AddressFilter {
     pub fn permits(&self, client: std::net::IpAddr) -> bool {
         self.allow.contains(client) && !self.deny.contains(client)
     }
@@ -310,54 +312,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         return Err(at.error(0..0, Some("gateway.max_header_size".into()), "must be at least 1KiB"));
     }
 
-    if raw.node.is_empty() {
-        return Err(at.error(
-            0..0,
-            Some("node".into()),
-            "no [[node]] is configured: add at least one, with `name` and `url` (e.g. \"http://127.0.0.1:14265\")",
-        ));
-    }
-    let mut nodes: Vec<NodeSettings> = Vec::with_capacity(raw.node.len());
-    for (i, n) in raw.node.into_iter().enumerate() {
-        let key = |field: &str| Some(format!("node[{i}].{field}"));
-        let name = n.name.get_ref();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(at.error(
-                n.name.span(),
-                key("name"),
-                format!("`{name}` must be non-empty letters, digits, `-`, `_` or `.`"),
-            ));
-        }
-        if nodes.iter().any(|prev| prev.name == *name) {
-            return Err(at.error(
-                n.name.span(),
-                key("name"),
-                format!("duplicate node name `{name}`: each node needs its own"),
-            ));
-        }
-        if *n.weight.get_ref() == 0 {
-            return Err(at.error(
-                n.weight.span(),
-                key("weight"),
-                "must be 1 or more (remove the node to stop using it)",
-            ));
-        }
-        let (scheme, authority, base_path) =
-            parse_node_url(n.url.get_ref()).map_err(|m| at.error(n.url.span(), key("url"), m))?;
-        if *n.max_connections.get_ref() == 0 {
-            return Err(at.error(n.max_connections.span(), key("max_connections"), "must be 1 or more"));
-        }
-        nodes.push(NodeSettings {
-            name: name.clone(),
-            scheme,
-            authority,
-            base_path,
-            weight: *n.weight.get_ref(),
-            pow: n.pow,
-            max_connections: *n.max_connections.get_ref(),
-        });
-    }
-
+    let nodes = nodes::nodes(raw.node, at)?;
     let trusted_proxies = ip_set(&g.trusted_proxies, "gateway.trusted_proxies", at)?;
     let mut listen_proxy_protocol = Vec::new();
     for addr in &g.listen_proxy_protocol {
@@ -371,185 +326,14 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         }
         listen_proxy_protocol.push(parsed);
     }
-    let access = Access {
+    let access = AddressFilter {
         allow: ip_set(&raw.access.allow, "access.allow", at)?,
         deny: ip_set(&raw.access.deny, "access.deny", at)?,
     };
-    let mut rules = Vec::with_capacity(raw.route.len());
-    for (i, r) in raw.route.iter().enumerate() {
-        let key = |field: &str| Some(format!("route[{i}].{field}"));
-        let pattern = r.path.get_ref();
-        let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
-        if prefix.contains('*') {
-            return Err(at.error(r.path.span(), key("path"), format!("`{pattern}`: `*` may only end a pattern")));
-        }
-        let canonical =
-            canonicalize(prefix).map_err(|e| at.error(r.path.span(), key("path"), format!("`{pattern}`: {e}")))?;
-        // A pattern is matched against canonical paths, so one in any other form would never match.
-        if canonical.decoded != prefix {
-            return Err(at.error(
-                r.path.span(),
-                key("path"),
-                format!(
-                    "`{pattern}` is not in canonical form; write `{}{}`",
-                    canonical.decoded,
-                    if pattern.ends_with('*') { "*" } else { "" }
-                ),
-            ));
-        }
-        let methods = match &r.methods {
-            None => None,
-            Some(ms) => Some(
-                ms.iter()
-                    .map(|m| {
-                        let name = m.get_ref();
-                        http::Method::from_bytes(name.as_bytes())
-                            .ok()
-                            .filter(|_| name.bytes().all(|b| b.is_ascii_uppercase()))
-                            .ok_or_else(|| {
-                                at.error(
-                                    m.span(),
-                                    key("methods"),
-                                    format!("`{name}` is not an HTTP method (e.g. \"GET\")"),
-                                )
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
-        let allow = match &r.allow {
-            Some(list) => Some(ip_set(list, &format!("route[{i}].allow"), at)?),
-            None => None,
-        };
-        let deny = ip_set(&r.deny, &format!("route[{i}].deny"), at)?;
-        let limit = limit(r.rate, r.burst.as_ref(), &format!("route[{i}]"), at)?;
-        let cost = match &r.cost {
-            None => 1,
-            Some(c) if *c.get_ref() == 0 => return Err(at.error(c.span(), key("cost"), "must be 1 or more")),
-            Some(c) => *c.get_ref(),
-        };
-        rules.push(Rule {
-            id: i,
-            limit,
-            cost,
-            pattern: pattern.clone(),
-            methods,
-            access: r.access,
-            allow,
-            deny,
-            pass_credential: r.pass_credential,
-        });
-    }
-    let routes = RoutePolicy::new(rules, g.profile);
-    let mut jwts = Vec::with_capacity(raw.jwt.len());
-    for (i, j) in raw.jwt.iter().enumerate() {
-        let key = |field: &str| Some(format!("jwt[{i}].{field}"));
-        let need = |field: &str, what: Option<&toml::Spanned<String>>| {
-            what.cloned().ok_or_else(|| {
-                at.error(j.algorithm.span(), key(field), format!("{} needs `{field}`", j.algorithm.get_ref()))
-            })
-        };
-        let (algorithm, decoding) = match j.algorithm.get_ref().as_str() {
-            "HS256" => {
-                let secret = need("secret", j.secret.as_ref())?;
-                if secret.get_ref().len() < 32 {
-                    return Err(at.error(secret.span(), key("secret"), "an HS256 secret needs at least 32 bytes"));
-                }
-                (jsonwebtoken::Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(secret.get_ref().as_bytes()))
-            }
-            "EdDSA" => {
-                let path = need("public_key", j.public_key.as_ref())?;
-                let pem = std::fs::read(path.get_ref()).map_err(|e| {
-                    at.error(path.span(), key("public_key"), format!("cannot read `{}`: {e}", path.get_ref()))
-                })?;
-                let decoding = jsonwebtoken::DecodingKey::from_ed_pem(&pem).map_err(|e| {
-                    at.error(
-                        path.span(),
-                        key("public_key"),
-                        format!("`{}` is not an Ed25519 public key in PEM: {e}", path.get_ref()),
-                    )
-                })?;
-                (jsonwebtoken::Algorithm::EdDSA, decoding)
-            }
-            other => {
-                return Err(at.error(
-                    j.algorithm.span(),
-                    key("algorithm"),
-                    format!("`{other}`: use \"HS256\" or \"EdDSA\""),
-                ));
-            }
-        };
-        jwts.push(JwtKey::new(
-            j.name.get_ref().clone(),
-            algorithm,
-            decoding,
-            j.issuer.as_deref(),
-            j.audience.as_deref(),
-        ));
-    }
-    let mut api_keys: Vec<ApiKey> = Vec::with_capacity(raw.api_key.len());
-    for (i, k) in raw.api_key.iter().enumerate() {
-        let key = |field: &str| Some(format!("api_key[{i}].{field}"));
-        let name = k.name.get_ref();
-        if name.is_empty() || api_keys.iter().any(|other| other.name == *name) {
-            return Err(at.error(k.name.span(), key("name"), format!("`{name}` must be a non-empty name used once")));
-        }
-        let hash = parse_hash(k.hash.get_ref()).ok_or_else(|| {
-            at.error(
-                k.hash.span(),
-                key("hash"),
-                "must be `sha256:` and 64 hex digits, as `nodegate key hash` prints it (never the key itself)",
-            )
-        })?;
-        if k.roles.get_ref().is_empty() {
-            return Err(at.error(k.roles.span(), key("roles"), "needs at least one role: \"key\" or \"admin\""));
-        }
-        let limit = limit(k.rate, k.burst.as_ref(), &format!("api_key[{i}]"), at)?;
-        api_keys.push(ApiKey { name: name.clone(), hash, roles: k.roles.get_ref().clone(), limit });
-    }
-    // One name, one client: a token issuer named like an API key (or like another issuer) would
-    // read as the same client in logs, events and limits.
-    for (i, j) in raw.jwt.iter().enumerate() {
-        let name = j.name.get_ref();
-        let clash = if api_keys.iter().any(|k| k.name == *name) {
-            Some("an [[api_key]]")
-        } else if raw.jwt[..i].iter().any(|o| o.name.get_ref() == name) {
-            Some("another [[jwt]]")
-        } else {
-            None
-        };
-        if let Some(other) = clash {
-            return Err(at.error(
-                j.name.span(),
-                Some(format!("jwt[{i}].name")),
-                format!("`{name}` is also the name of {other}: give each credential its own"),
-            ));
-        }
-    }
-    let rate_limit = match raw.rate_limit {
-        None => None,
-        Some(r) => {
-            if *r.burst.get_ref() == 0 {
-                return Err(at.error(r.burst.span(), Some("rate_limit.burst".into()), "must be 1 or more"));
-            }
-            if *r.ipv6_prefix.get_ref() > 128 {
-                return Err(at.error(r.ipv6_prefix.span(), Some("rate_limit.ipv6_prefix".into()), "must be 0 to 128"));
-            }
-            Some(RateLimit {
-                limit: Limit { interval: r.per_client.0, burst: *r.burst.get_ref() },
-                ipv6_prefix: *r.ipv6_prefix.get_ref(),
-                max_clients: r.max_clients,
-                pow: limit_with("pow", "pow_burst", r.pow, r.pow_burst.as_ref(), "rate_limit", at)?,
-            })
-        }
-    };
-    if rate_limit.is_none() {
-        let limited = routes.rules().iter().any(|r| r.limit.is_some() || r.cost != 1)
-            || api_keys.iter().any(|k| k.limit.is_some());
-        if limited {
-            return Err(at.error(0..0, Some("rate_limit".into()), "route and key limits need a [rate_limit] section"));
-        }
-    }
+    let routes = routes::routes(&raw.route, g.profile, at)?;
+    let jwts = credentials::jwts(&raw.jwt, at)?;
+    let api_keys = credentials::api_keys(&raw.api_key, &raw.jwt, at)?;
+    let rate_limit = limits::rate_limit(raw.rate_limit, &routes, &api_keys, at)?;
     let cluster = match raw.cluster {
         None => None,
         Some(c) => {
@@ -565,7 +349,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     };
     let tls = match raw.tls {
         None => None,
-        Some(t) => Some(tls_section(t, at)?),
+        Some(t) => Some(tls::tls_section(t, at)?),
     };
     let mut listen_http = Vec::new();
     for addr in &g.listen_http {
@@ -587,33 +371,12 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             "http-01 is answered on [gateway] listen_http (port 80 for a public CA): add it, or use \"tls-alpn-01\"",
         ));
     }
-    let h = raw.health;
-    for (key, v) in [
-        ("health.healthy_threshold", h.healthy_threshold),
-        ("health.unhealthy_threshold", h.unhealthy_threshold),
-        ("health.eject_after", h.eject_after),
-    ] {
-        if v == 0 {
-            return Err(at.error(0..0, Some(key.into()), "must be 1 or more"));
-        }
-    }
-    if !h.path.starts_with('/') {
-        return Err(at.error(0..0, Some("health.path".into()), format!("`{}` must start with /", h.path)));
-    }
+    let health = nodes::health(raw.health, at)?;
     let admin = match raw.admin {
         None => None,
         Some(a) => Some(socket_addr(&a.listen, "admin.listen", at)?),
     };
-    let u = raw.upstream;
-    let upstream_tls = if nodes.iter().any(|n| n.scheme == Scheme::HTTPS) || u.ca.is_some() {
-        let ca = u.ca.as_ref();
-        Some(
-            crate::upstream::TlsClient::new(ca.map(|c| std::path::Path::new(c.get_ref().as_str())))
-                .map_err(|e| at.error(ca.map_or(0..0, |c| c.span()), Some("upstream.ca".into()), e))?,
-        )
-    } else {
-        None
-    };
+    let upstream = nodes::upstream(raw.upstream, &nodes, at)?;
     let config = Config {
         access,
         routes,
@@ -622,19 +385,9 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         rate_limit,
         cluster,
         tls,
-        health: Health {
-            active: h.active,
-            interval: h.interval.0,
-            timeout: h.timeout.0,
-            max_milestone_lag: h.max_milestone_lag,
-            healthy_threshold: h.healthy_threshold,
-            unhealthy_threshold: h.unhealthy_threshold,
-            path: h.path,
-            eject_after: h.eject_after,
-            eject_for: h.eject_for.0,
-        },
+        health,
         admin,
-        gateway: Gateway {
+        gateway: GatewaySettings {
             listen,
             profile: g.profile,
             trusted_proxies,
@@ -658,135 +411,11 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             send_timeout: g.send_timeout.0,
         },
         nodes,
-        upstream: Upstream {
-            connect_timeout: u.connect_timeout.0,
-            response_timeout: u.response_timeout.0,
-            pool_idle_timeout: u.pool_idle_timeout.0,
-            pool_max_idle_per_node: u.pool_max_idle_per_node,
-            body_timeout: u.body_timeout.0,
-            queue_timeout: u.queue_timeout.0,
-            tls: upstream_tls,
-        },
+        upstream,
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
     };
     check_bounds(&config, at)?;
     Ok(config)
-}
-
-fn tls_section(t: raw::RawTls, at: &Locator) -> Result<Tls, ConfigError> {
-    let mut certs = Vec::new();
-    let acme = match &t.acme {
-        None => None,
-        Some(a) => Some(acme_section(a, at)?),
-    };
-    let Some(c) = &t.cert else {
-        if acme.is_none() {
-            return Err(at.error(0..0, Some("tls.cert".into()), "needs `cert` and `key` (PEM files), or [tls.acme]"));
-        }
-        return Ok(Tls {
-            certs,
-            hsts: hsts(&t, at)?,
-            reload_interval: t.reload_interval.0.max(Duration::from_millis(100)),
-            client_auth: client_auth(t.client_auth, at)?,
-            acme,
-        });
-    };
-    let span = c.span();
-    let check = |cert: &str, key: &str, names: Vec<String>, k: &str| {
-        let files = CertFiles { cert: cert.into(), key: key.into(), names };
-        crate::tls::load_pair(&files.cert, &files.key).map_err(|e| at.error(span.clone(), Some(k.into()), e))?;
-        Ok::<_, ConfigError>(files)
-    };
-    match c.get_ref() {
-        toml::Value::String(path) => {
-            let Some(key) = &t.key else {
-                return Err(at.error(span, Some("tls.key".into()), "needs `key` beside `cert`"));
-            };
-            certs.push(check(path, key.get_ref(), Vec::new(), "tls.cert")?);
-        }
-        toml::Value::Array(list) if !list.is_empty() => {
-            if let Some(key) = &t.key {
-                return Err(at.error(key.span(), Some("tls.key".into()), "with [[tls.cert]], each has its own `key`"));
-            }
-            for (i, one) in list.iter().enumerate() {
-                let one: raw::RawTlsCert = one.clone().try_into().map_err(|e: toml::de::Error| {
-                    at.error(span.clone(), Some(format!("tls.cert[{i}]")), e.message().to_owned())
-                })?;
-                certs.push(check(&one.cert, &one.key, one.names, &format!("tls.cert[{i}].cert"))?);
-            }
-        }
-        _ => {
-            return Err(at.error(
-                span,
-                Some("tls.cert".into()),
-                "a PEM file (with `key` beside it), or [[tls.cert]] tables with `cert` and `key`",
-            ));
-        }
-    }
-    Ok(Tls {
-        certs,
-        hsts: hsts(&t, at)?,
-        reload_interval: t.reload_interval.0.max(Duration::from_millis(100)),
-        client_auth: client_auth(t.client_auth, at)?,
-        acme,
-    })
-}
-
-fn hsts(t: &raw::RawTls, at: &Locator) -> Result<Option<http::HeaderValue>, ConfigError> {
-    let Some(v) = &t.hsts else { return Ok(None) };
-    http::HeaderValue::from_str(v.get_ref()).ok().filter(|_| v.get_ref().starts_with("max-age=")).map(Some).ok_or_else(
-        || at.error(v.span(), Some("tls.hsts".into()), "write it as \"max-age=<seconds>[; includeSubDomains]\""),
-    )
-}
-
-fn client_auth(c: Option<raw::RawClientAuth>, at: &Locator) -> Result<Option<ClientAuth>, ConfigError> {
-    let Some(c) = c else { return Ok(None) };
-    crate::tls::load_roots(c.ca.get_ref().as_ref())
-        .map_err(|e| at.error(c.ca.span(), Some("tls.client_auth.ca".into()), e))?;
-    let mut listen = Vec::new();
-    for addr in c.listen.get_ref() {
-        listen.push(socket_addr(addr, "tls.client_auth.listen", at)?);
-    }
-    if listen.is_empty() {
-        return Err(at.error(c.listen.span(), Some("tls.client_auth.listen".into()), "needs at least one address"));
-    }
-    Ok(Some(ClientAuth { ca: c.ca.get_ref().into(), listen, required: c.required, roles: c.roles }))
-}
-
-fn acme_section(a: &raw::RawAcme, at: &Locator) -> Result<Acme, ConfigError> {
-    let domains: Vec<String> = a.domains.get_ref().iter().map(|d| d.trim().to_ascii_lowercase()).collect();
-    if domains.is_empty() {
-        return Err(at.error(a.domains.span(), Some("tls.acme.domains".into()), "needs at least one domain"));
-    }
-    for d in &domains {
-        let ok = !d.is_empty()
-            && d.len() <= 253
-            && d.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        if !ok {
-            return Err(at.error(
-                a.domains.span(),
-                Some("tls.acme.domains".into()),
-                format!("`{d}` is not a domain name"),
-            ));
-        }
-    }
-    let directory = a.directory.get_ref();
-    if !directory.starts_with("https://") {
-        return Err(at.error(a.directory.span(), Some("tls.acme.directory".into()), "must be an https:// URL"));
-    }
-    if let Some(ca) = &a.directory_ca {
-        crate::tls::load_roots(ca.get_ref().as_ref())
-            .map_err(|e| at.error(ca.span(), Some("tls.acme.directory_ca".into()), e))?;
-    }
-    Ok(Acme {
-        domains,
-        email: a.email.clone(),
-        directory: directory.clone(),
-        state_dir: a.state_dir.get_ref().into(),
-        challenge: a.challenge,
-        directory_ca: a.directory_ca.as_ref().map(|c| c.get_ref().into()),
-        renew_before: a.renew_before.0,
-    })
 }
 
 /// A `rate` and `burst` pair; the burst defaults to one second's worth of the rate (at least 1).
@@ -853,26 +482,6 @@ fn ip_set(items: &[toml::Spanned<String>], key: &str, at: &Locator) -> Result<Ip
         nets.push(net);
     }
     Ok(IpSet::new(&nets))
-}
-
-fn parse_node_url(url: &str) -> Result<(Scheme, Authority, String), String> {
-    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
-    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-        return Err(format!("`{url}`: node URLs are http:// or https://"));
-    }
-    let authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` needs a host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("`{url}`: credentials in node URLs are not allowed"));
-    }
-    if authority.host().is_empty() {
-        return Err(format!("`{url}` needs a host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("`{url}`: a node URL cannot have a query string"));
-    }
-    let base_path = uri.path().trim_end_matches('/').to_string();
-    Ok((scheme, authority, base_path))
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use crate::{admin, health, listener};
 
 /// A started gateway.
 pub struct Gateway {
+    /// `[upstream]` as the pools use it (with the system's roots loaded when needed).
+    upstream: crate::upstream::Upstream,
     addrs: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     config: Arc<Config>,
@@ -34,7 +36,8 @@ impl Gateway {
     /// Binds every `[gateway] listen` address and starts serving.
     pub async fn start(config: Config) -> io::Result<Gateway> {
         let config = Arc::new(config);
-        let nodes = config.nodes.iter().map(|n| Node::new(n, &config.upstream)).collect();
+        let upstream = config.upstream.ready(&config.nodes).map_err(io::Error::other)?;
+        let nodes = config.nodes.iter().map(|n| Node::new(n, &upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
         let refusals = proxy.refusals().clone();
@@ -70,6 +73,7 @@ impl Gateway {
         let (addrs, redirect_addrs) = (bound.addrs, bound.redirect_addrs);
         let drain_timeout = config.gateway.drain_timeout;
         Ok(Gateway {
+            upstream,
             addrs,
             redirect_addrs,
             admin,
@@ -110,7 +114,14 @@ impl Gateway {
         if let Err(e) = self.reload_certificates() {
             tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
         }
-        let changes = self.balancer.reload(&new.nodes, &self.config.upstream);
+        let upstream = match self.upstream.ready(&new.nodes) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the system's root certificates for https:// nodes did not load");
+                return;
+            }
+        };
+        let changes = self.balancer.reload(&new.nodes, &upstream);
         if self.config.health.active {
             for node in &changes.added {
                 health::spawn(

@@ -376,7 +376,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         None => None,
         Some(a) => Some(socket_addr(&a.listen, "admin.listen", at)?),
     };
-    let upstream = nodes::upstream(raw.upstream, &nodes, at)?;
+    let upstream = nodes::upstream(raw.upstream, at)?;
     let config = Config {
         access,
         routes,

@@ -59,15 +59,15 @@ pub(super) fn nodes(raw_nodes: Vec<raw::RawNode>, at: &Locator) -> Result<Vec<No
     Ok(nodes)
 }
 
-pub(super) fn upstream(u: raw::RawUpstream, nodes: &[NodeSettings], at: &Locator) -> Result<Upstream, ConfigError> {
-    let upstream_tls = if nodes.iter().any(|n| n.scheme == Scheme::HTTPS) || u.ca.is_some() {
-        let ca = u.ca.as_ref();
-        Some(
-            crate::upstream::TlsClient::new(ca.map(|c| std::path::Path::new(c.get_ref().as_str())))
-                .map_err(|e| at.error(ca.map_or(0..0, |c| c.span()), Some("upstream.ca".into()), e))?,
-        )
-    } else {
-        None
+pub(super) fn upstream(u: raw::RawUpstream, at: &Locator) -> Result<Upstream, ConfigError> {
+    // A CA the config names is read here; the system's roots, for https:// nodes without one, are
+    // loaded when the gateway starts (`Upstream::ready`): validation reads no file it was not given.
+    let upstream_tls = match &u.ca {
+        Some(ca) => Some(
+            crate::upstream::TlsClient::new(Some(std::path::Path::new(ca.get_ref().as_str())))
+                .map_err(|e| at.error(ca.span(), Some("upstream.ca".into()), e))?,
+        ),
+        None => None,
     };
     Ok(Upstream {
         connect_timeout: u.connect_timeout.0,

@@ -34,6 +34,18 @@ pub struct Upstream {
     pub tls: Option<TlsClient>,
 }
 
+impl Upstream {
+    /// These settings ready for `nodes`: with a TLS client on the system's roots when a node is
+    /// https:// and no `[upstream] ca` was given (loaded here, at start, not by validation).
+    pub fn ready(&self, nodes: &[crate::balancer::NodeSettings]) -> Result<Upstream, String> {
+        let mut ready = self.clone();
+        if ready.tls.is_none() && nodes.iter().any(|n| n.scheme == http::uri::Scheme::HTTPS) {
+            ready.tls = Some(TlsClient::new(None)?);
+        }
+        Ok(ready)
+    }
+}
+
 /// Maps a failed exchange with a node to what the client is told.
 pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
     let sent = match err {

@@ -36,7 +36,7 @@ impl Gateway {
     /// Binds every `[gateway] listen` address and starts serving.
     pub async fn start(config: Config) -> io::Result<Gateway> {
         let config = Arc::new(config);
-        let upstream = config.upstream.ready(&config.nodes).map_err(io::Error::other)?;
+        let upstream = config.upstream.ready(https_nodes(&config.nodes)).map_err(io::Error::other)?;
         let nodes = config.nodes.iter().map(|n| Node::new(n, &upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
@@ -114,7 +114,7 @@ impl Gateway {
         if let Err(e) = self.reload_certificates() {
             tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
         }
-        let upstream = match self.upstream.ready(&new.nodes) {
+        let upstream = match self.upstream.ready(https_nodes(&new.nodes)) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: the system's root certificates for https:// nodes did not load");
@@ -174,4 +174,8 @@ impl Gateway {
         }
         tracing::info!("stopped");
     }
+}
+
+fn https_nodes(nodes: &[crate::balancer::NodeSettings]) -> bool {
+    nodes.iter().any(|n| n.scheme == http::uri::Scheme::HTTPS)
 }

@@ -35,11 +35,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// These settings ready for `nodes`: with a TLS client on the system's roots when a node is
+    /// These settings ready for use: with a TLS client on the system's roots when some node is
     /// https:// and no `[upstream] ca` was given (loaded here, at start, not by validation).
-    pub fn ready(&self, nodes: &[crate::balancer::NodeSettings]) -> Result<Upstream, String> {
+    pub fn ready(&self, https_nodes: bool) -> Result<Upstream, String> {
         let mut ready = self.clone();
-        if ready.tls.is_none() && nodes.iter().any(|n| n.scheme == http::uri::Scheme::HTTPS) {
+        if ready.tls.is_none() && https_nodes {
             ready.tls = Some(TlsClient::new(None)?);
         }
         Ok(ready)

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
+pub mod bans;
 pub mod body;
 pub mod cluster;
 pub mod config;

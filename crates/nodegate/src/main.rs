@@ -39,6 +39,12 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Log filters, as fail2ban-regex: `filter sshd FILE` prints each line that is a client's
+    /// failure, and a summary on standard error.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
         /// Where the demo gateway listens (port 0 picks a free one).
@@ -47,6 +53,20 @@ enum Command {
         /// Stop by itself after this many seconds (0 = run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// sshd's log (syslog, RFC 3339 or RFC 5424 lines): which lines are a client's failure.
+    Sshd {
+        /// Which failures count: normal, ddos, extra or aggressive (all).
+        #[arg(long, value_enum, default_value = "normal")]
+        mode: nodegate::bans::sshd::Mode,
+        /// One JSON object a matching line: {"line": N, "ip": "...", "time": "..." or null}.
+        #[arg(long)]
+        json: bool,
+        file: PathBuf,
     },
 }
 
@@ -102,6 +122,7 @@ fn main() -> ExitCode {
             println!("{}", auth::hash(&key));
             ExitCode::SUCCESS
         }
+        Command::Filter { command: FilterCommand::Sshd { mode, json, file } } => filter_sshd(mode, json, &file),
         Command::Cert { command: CertCommand::SelfSigned { names, cert, key } } => {
             let (cert_pem, key_pem) = match nodegate::tls::self_signed(&names) {
                 Ok(pair) => pair,
@@ -273,4 +294,53 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(data)
+}
+
+/// `nodegate filter sshd`: every matching line on standard output, the summary on standard error.
+fn filter_sshd(mode: nodegate::bans::sshd::Mode, json: bool, path: &std::path::Path) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let filter = nodegate::bans::sshd::Filter::new(mode, time::OffsetDateTime::now_utc());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut read, mut matched) = (0u64, 0u64);
+    let mut per_rule: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("reading {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+        read += 1;
+        // A line that is not UTF-8 is read as far as it goes: sshd's own words are ASCII.
+        let line = String::from_utf8_lossy(&buf);
+        let Some(f) = filter.failure(&line) else { continue };
+        matched += 1;
+        *per_rule.entry(f.rule.name()).or_default() += 1;
+        let time = f.time.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        let written = if json {
+            let time = time.map_or("null".to_string(), |t| format!("\"{t}\""));
+            writeln!(out, "{{\"line\": {read}, \"ip\": \"{}\", \"time\": {time}}}", f.ip)
+        } else {
+            writeln!(out, "{read}\t{}\t{}\t{}", f.ip, time.as_deref().unwrap_or("-"), f.rule.name())
+        };
+        if written.is_err() {
+            return ExitCode::from(2);
+        }
+    }
+    let _ = out.flush();
+    let rules: Vec<String> = per_rule.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    eprintln!("lines read: {read}, matched: {matched} ({})", rules.join(", "));
+    ExitCode::SUCCESS
 }

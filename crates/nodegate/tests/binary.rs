@@ -577,3 +577,33 @@ async fn a_log_reader_that_never_reads_does_not_stall_traffic() {
     let dropped = status.expect("the admin listener stalled too").json()["access_log"]["dropped"].as_u64().unwrap();
     assert!(dropped > 0, "no line was dropped: the test did not block the log");
 }
+
+#[test]
+fn filter_sshd_prints_each_failure_as_json_with_its_line_and_a_summary() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sshd/auth.log");
+    let text = std::fs::read_to_string(sample).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let out = nodegate().args(["filter", "sshd", "--mode", "aggressive", "--json", sample]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut found = 0;
+    for json in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        let n = v["line"].as_u64().unwrap() as usize;
+        // The line before it in the sample is its annotation: `#= ADDRESS FAMILY`.
+        let note = lines[n - 2].strip_prefix("#= ").unwrap_or_else(|| panic!("line {n} is not annotated"));
+        assert_eq!(v["ip"], note.split(' ').next().unwrap(), "line {n}");
+        assert!(v["time"].as_str().is_some_and(|t| t.starts_with("20")), "{json}");
+        found += 1;
+    }
+    let annotated = lines.iter().filter(|l| l.starts_with("#= ") && !l.ends_with("- -")).count();
+    assert_eq!(found, annotated);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(&format!("lines read: {}, matched: {found}", lines.len())), "{stderr}");
+    // Normal mode finds fewer; a missing file is a clear error.
+    let normal = nodegate().args(["filter", "sshd", "--json", sample]).output().unwrap();
+    assert!(String::from_utf8(normal.stdout).unwrap().lines().count() < found);
+    let missing = nodegate().args(["filter", "sshd", "/nonexistent/auth.log"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/auth.log"));
+}

@@ -35,7 +35,8 @@ pub enum Rule {
     InvalidUser,
     /// `User U from A not allowed because ...`
     NotAllowed,
-    /// PAM's `authentication failure; ... rhost=A` and sshd's `PAM: Authentication failure for U from A`
+    /// sshd's `PAM: Authentication failure for U from A` (PAM's own line for the same attempt is not
+    /// counted: sshd's `Failed password` line already is)
     PamFailure,
     /// `ROOT LOGIN REFUSED FROM A`
     RootRefused,
@@ -216,16 +217,9 @@ fn classify(msg: &str) -> Option<(Rule, IpAddr)> {
         let (ip, rest) = last_word_after(core, " from ")?;
         return rest.is_empty().then_some((Rule::PamFailure, ip));
     }
-    if core.starts_with("pam_unix(sshd:auth): authentication failure;") {
-        // ... rhost=A  user=U  (the user is last, and may be absent)
-        let i = core.rfind(" rhost=")?;
-        let value = core[i + 7..].split(' ').next()?;
-        let after = core[i + 7 + value.len()..].trim_start();
-        if !(after.is_empty() || after.starts_with("user=")) {
-            return None;
-        }
-        return Some((Rule::PamFailure, parse_ip(value)?));
-    }
+    // PAM's own `pam_unix(sshd:auth): authentication failure; ... rhost=A` is not counted: sshd
+    // writes `Failed password ... from A` for the same attempt, and one attempt must count once
+    // (fail2ban, too, matches it without counting it).
     if let Some(rest) = core.strip_prefix("ROOT LOGIN REFUSED FROM ") {
         let word = rest.split(' ').next()?;
         return Some((Rule::RootRefused, parse_ip(word)?));

@@ -4,27 +4,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A haproxy child process, killed when dropped.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn haproxy_binary() -> &'static str {
     // Debian installs it in /usr/sbin, which not every PATH holds.
     if std::path::Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" }
 }
 
-async fn haproxy_in_front_of(gateway: std::net::SocketAddr) -> (Haproxy, u16) {
+async fn haproxy_in_front_of(gateway: std::net::SocketAddr) -> (KillOnDrop, u16) {
     let port = free_port();
     let dir = temp_dir("haproxy");
     let cfg = dir.join("haproxy.cfg");
@@ -44,7 +34,7 @@ async fn haproxy_in_front_of(gateway: std::net::SocketAddr) -> (Haproxy, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("haproxy is not installed: scripts/test installs it (apt-get install haproxy)");
-    let h = Haproxy(child);
+    let h = KillOnDrop(child);
     eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()).await;
     (h, port)
 }

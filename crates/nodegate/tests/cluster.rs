@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 /// A redis-server child process on `port`, killed (SIGKILL, no goodbye) when dropped.
-struct Redis(Child);
+struct Redis(KillOnDrop);
 
 impl Redis {
     async fn start(port: u16) -> Redis {
@@ -29,16 +29,9 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: scripts/test installs it (apt-get install redis-server)");
-        let redis = Redis(child);
+        let redis = Redis(KillOnDrop(child));
         eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()).await;
         redis
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -169,7 +162,7 @@ async fn a_frozen_redis_is_a_dead_one_and_its_late_syncs_charge_nobody() {
     };
     assert_eq!(steady(Duration::from_secs(1)).await, 0);
     // Redis freezes (SIGSTOP): syncs time out, the client goes on under its limit.
-    let pid = redis.0.id().to_string();
+    let pid = redis.0.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     assert_eq!(steady(Duration::from_secs(4)).await, 0, "429s while Redis was frozen");
     assert_eq!(gw.redis_status(), Some("down"));

@@ -15,6 +15,9 @@ use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 pub enum GatewayError {
     #[error("your address may not use this gateway")]
     AddressDenied,
+    /// A ban is in force: refused, but not a new refusal (it would feed the jail that banned it).
+    #[error("your address is banned here for a while")]
+    Banned,
     #[error("bad request: {0}")]
     BadPath(crate::pipeline::canonical_path::PathError),
     #[error("this route needs a valid credential")]
@@ -63,7 +66,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            AddressDenied => StatusCode::FORBIDDEN,
+            AddressDenied | Banned => StatusCode::FORBIDDEN,
             BadPath(_) => StatusCode::BAD_REQUEST,
             CredentialMissing => StatusCode::UNAUTHORIZED,
             CredentialNotEnough => StatusCode::FORBIDDEN,

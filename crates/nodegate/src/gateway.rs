@@ -39,7 +39,8 @@ impl Gateway {
         let upstream = config.upstream.ready(https_nodes(&config.nodes)).map_err(io::Error::other)?;
         let nodes = config.nodes.iter().map(|n| Node::new(n, &upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
-        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone()));
+        let bans = Arc::new(crate::bans::engine::BanList::default());
+        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone()));
         let refusals = proxy.refusals().clone();
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {
@@ -65,7 +66,20 @@ impl Gateway {
             }
             None => None,
         };
-        let bound = listener::bind_all(&config, proxy, tls.as_deref(), &phase, alive_tx).await?;
+        if let Some(b) = &config.bans {
+            // Trusted proxies and the nodes themselves are never banned, whatever a jail says.
+            let mut b = b.clone();
+            let nodes: Vec<ipnet::IpNet> = config
+                .nodes
+                .iter()
+                .filter_map(|n| n.authority.host().trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                .map(ipnet::IpNet::from)
+                .collect();
+            b.ignore =
+                b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
+            crate::bans::engine::spawn(&b, bans.clone(), proxy.refusals(), &phase);
+        }
+        let bound = listener::bind_all(&config, proxy, bans.clone(), tls.as_deref(), &phase, alive_tx).await?;
         if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
             let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: bound.http01.clone() };
             crate::tls::acme::spawn(acme, responders, phase.subscribe());

@@ -4,6 +4,7 @@
 //! that feeds jails from sources, the `[bans]`/`[[jail]]` config, enforcement in the gateway and
 //! nftables, persistence and sharing.
 
+pub mod engine;
 pub mod follow;
 pub mod jail;
 pub mod sshd;

@@ -1,6 +1,7 @@
 //! Configuration: a raw serde model that mirrors the TOML file (unknown keys are errors), validated
 //! into the typed model the gateway runs on. Every error names `FILE:LINE:COLUMN` and the key.
 
+mod bans;
 mod credentials;
 mod limits;
 mod nodes;
@@ -51,6 +52,8 @@ pub struct Config {
     /// `[tls]`: the listen addresses serve HTTPS.
     pub tls: Option<Tls>,
     pub log: Log,
+    /// `[bans]` with its `[[jail]]`s; none without a `[[jail]]`.
+    pub bans: Option<crate::bans::engine::Bans>,
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +380,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         Some(a) => Some(socket_addr(&a.listen, "admin.listen", at)?),
     };
     let upstream = nodes::upstream(raw.upstream, at)?;
+    let bans = bans::bans(raw.bans, raw.jail, at)?;
     let config = Config {
         access,
         routes,
@@ -413,6 +417,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         nodes,
         upstream,
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
+        bans,
     };
     check_bounds(&config, at)?;
     Ok(config)

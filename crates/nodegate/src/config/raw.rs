@@ -30,6 +30,57 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub log: RawLog,
+    pub bans: Option<RawBans>,
+    #[serde(default)]
+    pub jail: Vec<RawJail>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBans {
+    /// Where bans and their history are kept (persistence is still to come).
+    pub state_dir: Option<Spanned<String>>,
+    /// Never banned.
+    #[serde(default)]
+    pub ignore: Vec<Spanned<String>>,
+    /// "nftables" or "none" (only "none" so far: bans are enforced in the gateway).
+    #[serde(default)]
+    pub firewall: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJail {
+    pub name: Spanned<String>,
+    pub source: Spanned<String>,
+    pub log: Option<Spanned<String>>,
+    pub journal: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mode: crate::bans::sshd::Mode,
+    #[serde(default = "five")]
+    pub maxretry: Spanned<u32>,
+    #[serde(default = "ten_min")]
+    pub findtime: Dur,
+    #[serde(default = "ten_min")]
+    pub bantime: Dur,
+    #[serde(default)]
+    pub increment: bool,
+    #[serde(default = "one_week")]
+    pub max_bantime: Dur,
+    /// Gateway jails: which refusals count (all when absent).
+    pub reasons: Option<Vec<Spanned<String>>>,
+}
+
+fn five() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
+}
+
+fn ten_min() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
+}
+
+fn one_week() -> Dur {
+    Dur(std::time::Duration::from_secs(7 * 86_400))
 }
 
 #[derive(Debug, Deserialize)]

@@ -105,7 +105,7 @@ pub(super) async fn serve(
     phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
 ) {
-    let Accepted { proxy, builder, proxy_protocol, front, caps } = accepted;
+    let Accepted { proxy, builder, proxy_protocol, front, caps, .. } = accepted;
     let mut client_slot = None;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.

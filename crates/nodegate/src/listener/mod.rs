@@ -33,6 +33,7 @@ pub struct Bound {
 pub async fn bind_all(
     config: &Config,
     proxy: Arc<Proxy>,
+    bans: Arc<crate::bans::engine::BanList>,
     tls: Option<&crate::tls::TlsServer>,
     phase: &watch::Sender<Phase>,
     alive: mpsc::Sender<()>,
@@ -60,8 +61,8 @@ pub async fn bind_all(
         let local = listener.local_addr()?;
         addrs.push(local);
         tracing::info!(%local, proxy_protocol, "listening");
-        let conns =
-            Accepted { proxy: proxy.clone(), builder: builder.clone(), proxy_protocol, caps: caps.clone(), front };
+        let (proxy, builder, caps, bans) = (proxy.clone(), builder.clone(), caps.clone(), bans.clone());
+        let conns = Accepted { proxy, builder, proxy_protocol, caps, bans, front };
         tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive.clone()));
     }
     // The HTTPS port a redirect points to: the first `listen` address's.
@@ -74,13 +75,8 @@ pub async fn bind_all(
         redirect_addrs.push(local);
         tracing::info!(%local, "listening (redirect to HTTPS)");
         let front = Front::Redirect(redirect.clone());
-        let conns = Accepted {
-            proxy: proxy.clone(),
-            builder: builder.clone(),
-            proxy_protocol: false,
-            caps: caps.clone(),
-            front,
-        };
+        let (proxy, builder, caps, bans) = (proxy.clone(), builder.clone(), caps.clone(), bans.clone());
+        let conns = Accepted { proxy, builder, proxy_protocol: false, caps, bans, front };
         tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive.clone()));
     }
     Ok(Bound { addrs, redirect_addrs, http01: redirect.tokens.clone() })
@@ -229,6 +225,7 @@ pub(crate) struct Accepted {
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
     pub caps: Arc<caps::Caps>,
+    pub bans: Arc<crate::bans::engine::BanList>,
     pub front: Front,
 }
 
@@ -267,6 +264,11 @@ async fn accept_loop(
     loop {
         tokio::select! {
             (stream, peer) = accept(&listener) => {
+                // A banned address is closed here, before any TLS or HTTP work.
+                if conns.bans.is_banned(peer.ip()) {
+                    tracing::debug!(%peer, "banned: closed at accept");
+                    continue;
+                }
                 // Over a connection cap: closed here, before any work is spent on it.
                 let Some(slot) = conns.caps.admit(peer.ip()) else {
                     tracing::debug!(%peer, "connection cap reached: closed at accept");

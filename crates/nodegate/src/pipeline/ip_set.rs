@@ -34,6 +34,15 @@ impl IpSet {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
+    /// Both sets' addresses.
+    pub fn union(&self, other: &IpSet) -> IpSet {
+        let mut v4 = self.v4.clone();
+        v4.extend_from_slice(&other.v4);
+        let mut v6 = self.v6.clone();
+        v6.extend_from_slice(&other.v6);
+        IpSet { v4: merge(v4), v6: merge(v6) }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {
             IpAddr::V4(a) => within(&self.v4, u32::from(a)),

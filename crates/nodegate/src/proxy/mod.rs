@@ -52,6 +52,7 @@ pub struct Proxy {
     /// `RateLimit-Policy` for `per_client`, made once.
     client_policy: Option<HeaderValue>,
     refusals: Refusals,
+    bans: Arc<crate::bans::engine::BanList>,
 }
 
 /// What one request carries from phase to phase.
@@ -88,13 +89,13 @@ struct Prepared {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>) -> Proxy {
+    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>, bans: Arc<crate::bans::engine::BanList>) -> Proxy {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
         let limits = Limiters::new(&config);
         let max = config.gateway.max_in_flight_per_client;
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
-        Proxy { config, balancer, passive, limits, in_flight, client_policy, refusals: Refusals::default() }
+        Proxy { config, balancer, passive, limits, in_flight, client_policy, refusals: Refusals::default(), bans }
     }
 
     pub fn limiters(&self) -> &Limiters {
@@ -167,6 +168,11 @@ impl Proxy {
     /// Address, head size, method and Host; returns the request's target.
     fn filter(&self, req: &Request<Incoming>, ctx: &mut Ctx<'_>) -> Result<PathAndQuery, GatewayError> {
         let g = &self.config.gateway;
+        // A banned peer never gets this far (closed at accept); a banned client behind a trusted
+        // proxy is refused here, before anything else.
+        if ctx.client != ctx.conn.peer.ip().to_canonical() && self.bans.is_banned(ctx.client) {
+            return Err(GatewayError::Banned);
+        }
         if !self.config.access.permits(ctx.client) {
             return Err(GatewayError::AddressDenied);
         }

@@ -1,0 +1,105 @@
+//! End-to-end bans (issue 13, first slice): a jail that follows a real sshd log file appended to
+//! while the gateway runs, and a jail fed by the gateway's own refusals; banned addresses are
+//! closed at accept, a banned client behind a trusted proxy gets 403, and injection bans nobody.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A GET from `local` with extra header lines; the status, or "" when the gateway closed at once.
+async fn status_from(local: &str, gw: SocketAddr, path: &str, headers: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local.parse::<IpAddr>().unwrap(), 0)).unwrap();
+    let mut s = socket.connect(gw).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
+}
+
+fn append(path: &std::path::Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sshd_failures_appended_to_a_followed_log_ban_the_address_at_accept() {
+    let n = node().await;
+    let dir = temp_dir("bans-sshd");
+    let log = dir.join("auth.log");
+    std::fs::write(&log, "Nov 27 09:00:00 h sshd[1]: Failed password for root from 127.0.0.2 port 1 ssh2\n").unwrap();
+    let extra = format!(
+        "\n[health]\nactive = false\n\n[bans]\nignore = [\"127.0.0.1\"]\n\n[[jail]]\nname = \"sshd\"\nsource = \"sshd\"\n\
+         log = \"{}\"\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"10m\"\n",
+        log.display()
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let g = addr(&gw);
+    assert_eq!(status_from("127.0.0.2", g, "/api/v1/info", "").await, "200");
+    // Two failures (the line already in the file is history), then injection attempts: user names
+    // made to look like 127.0.0.3's failures; they are 127.0.0.9's.
+    let failure = |ip: &str| format!("Nov 27 09:00:01 h sshd[2]: Failed password for root from {ip} port 4711 ssh2");
+    let forged =
+        "Nov 27 09:00:02 h sshd[3]: Invalid user x from 127.0.0.3 port 22 from 127.0.0.9 port 4711".to_string();
+    append(&log, &[failure("127.0.0.2"), failure("127.0.0.2"), forged.clone(), forged.clone(), forged]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(status_from("127.0.0.2", g, "/api/v1/info", "").await, "200", "banned after two failures");
+    assert_eq!(status_from("127.0.0.3", g, "/api/v1/info", "").await, "200", "a forged user name banned its address");
+    // The third failure: closed at accept from then on; others are served.
+    append(&log, &[failure("127.0.0.2"), failure("127.0.0.1"), failure("127.0.0.1"), failure("127.0.0.1")]);
+    eventually(async || status_from("127.0.0.2", g, "/api/v1/info", "").await.is_empty()).await;
+    assert_eq!(status_from("127.0.0.9", g, "/api/v1/info", "").await, "", "the real address of the forged lines");
+    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "").await, "200", "[bans] ignore");
+    assert_eq!(status_from("127.0.0.3", g, "/api/v1/info", "").await, "200");
+}
+
+#[tokio::test]
+async fn the_gateways_own_refusals_ban_by_reason_and_a_ban_behind_a_proxy_is_403() {
+    let n = node().await;
+    let extra = "trusted_proxies = [\"127.0.0.1\"]\n\n[health]\nactive = false\n\n\
+                 [[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 3\n";
+    let gw = gateway(&[n.url()], extra).await;
+    let g = addr(&gw);
+    // Bad paths are not this jail's reason: no ban.
+    for _ in 0..5 {
+        assert_eq!(status_from("127.0.0.6", g, "/api/v1/messages/%2", "").await, "400");
+    }
+    // Three probes of routes that are not exposed: banned.
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
+    }
+    eventually(async || status_from("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
+    assert_eq!(status_from("127.0.0.6", g, "/api/v1/info", "").await, "200");
+    // Behind the trusted proxy: the client it names is banned with 403; the proxy never is.
+    let xff = "x-forwarded-for: 198.51.100.7\r\n";
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.1", g, "/api/v1/not-here", xff).await, "404");
+    }
+    eventually(async || status_from("127.0.0.1", g, "/api/v1/info", xff).await == "403").await;
+    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "x-forwarded-for: 198.51.100.8\r\n").await, "200");
+    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "").await, "200");
+}
+
+#[test]
+fn jail_mistakes_are_config_errors_at_their_place() {
+    let node = "\n[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
+    for (text, key) in [
+        ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\n", "jail[0].log"),
+        ("[[jail]]\nname = \"s\"\nsource = \"ftp\"\n", "jail[0].source"),
+        ("[[jail]]\nname = \"g\"\nsource = \"gateway\"\nreasons = [\"nope\"]\n", "jail[0].reasons"),
+        ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\njournal = \"ssh.service\"\n", "jail[0].journal"),
+        ("[[jail]]\nname = \"g\"\nsource = \"gateway\"\nmaxretry = 0\n", "jail[0].maxretry"),
+        ("[bans]\nfirewall = \"iptables\"\n", "bans.firewall"),
+    ] {
+        let e = nodegate::Config::parse(&format!("{text}{node}"), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+    }
+}

@@ -39,7 +39,10 @@ impl Gateway {
         let upstream = config.upstream.ready(https_nodes(&config.nodes)).map_err(io::Error::other)?;
         let nodes = config.nodes.iter().map(|n| Node::new(n, &upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
-        let bans = Arc::new(crate::bans::engine::BanList::default());
+        let bans = Arc::new(match config.bans.as_ref().and_then(|b| b.state_dir.as_deref()) {
+            Some(dir) => crate::bans::engine::BanList::with_state(dir).map_err(io::Error::other)?,
+            None => crate::bans::engine::BanList::default(),
+        });
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone()));
         let refusals = proxy.refusals().clone();
         let (phase, _) = watch::channel(Phase::Running);

@@ -192,7 +192,7 @@ impl JailTask {
         let now = Instant::now();
         for ban in self.jail.failure(ip, now) {
             tracing::warn!(jail = %self.name, net = %ban.net, duration = ?ban.duration, step = ban.step, "banned");
-            self.list.insert(ban.net, now + ban.duration);
+            // On disk first, then enforced: a ban anyone has seen in force survives a crash.
             if let Some(path) = self.list.file.clone() {
                 let name = self.name.clone();
                 let written =
@@ -201,6 +201,7 @@ impl JailTask {
                     tracing::error!(jail = %self.name, error = %e, "ban not written to state_dir: it holds until a restart");
                 }
             }
+            self.list.insert(ban.net, now + ban.duration);
         }
     }
 

@@ -54,7 +54,9 @@ impl Gateway {
         let cluster =
             config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
         let admin = match config.admin {
-            Some(addr) => Some(admin::start(addr, balancer.clone(), cluster.clone(), phase.subscribe()).await?),
+            Some(addr) => {
+                Some(admin::start(addr, balancer.clone(), cluster.clone(), bans.clone(), phase.subscribe()).await?)
+            }
             None => None,
         };
         let (alive_tx, alive) = mpsc::channel::<()>(1);

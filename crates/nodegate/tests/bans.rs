@@ -64,7 +64,7 @@ async fn sshd_failures_appended_to_a_followed_log_ban_the_address_at_accept() {
 #[tokio::test]
 async fn the_gateways_own_refusals_ban_by_reason_and_a_ban_behind_a_proxy_is_403() {
     let n = node().await;
-    let extra = "trusted_proxies = [\"127.0.0.1\"]\n\n[health]\nactive = false\n\n\
+    let extra = "trusted_proxies = [\"127.0.0.1\"]\n\n[health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
                  [[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 3\n";
     let gw = gateway(&[n.url()], extra).await;
     let g = addr(&gw);
@@ -78,6 +78,7 @@ async fn the_gateways_own_refusals_ban_by_reason_and_a_ban_behind_a_proxy_is_403
     }
     eventually(async || status_from("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
     assert_eq!(status_from("127.0.0.6", g, "/api/v1/info", "").await, "200");
+    assert_eq!(get(gw.admin_addr().unwrap(), "/status").await.json()["bans"]["active"], 1);
     // Behind the trusted proxy: the client it names is banned with 403; the proxy never is.
     let xff = "x-forwarded-for: 198.51.100.7\r\n";
     for _ in 0..3 {

@@ -1,5 +1,6 @@
 //! The admin listener (`[admin] listen`; configure it on loopback): `GET /status` shows what the
-//! gateway knows of each node, and whether Redis answers when limits are shared (`[cluster]`).
+//! gateway knows of each node, whether Redis answers when limits are shared (`[cluster]`), the
+//! access log lines dropped and the bans in force.
 
 use std::convert::Infallible;
 use std::io;
@@ -24,6 +25,7 @@ pub async fn start(
     addr: SocketAddr,
     balancer: Arc<Balancer>,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
+    bans: Arc<crate::bans::engine::BanList>,
     mut phase: watch::Receiver<Phase>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -35,10 +37,10 @@ pub async fn start(
         loop {
             tokio::select! {
                 (stream, _) = crate::listener::accept(&listener) => {
-                    let (balancer, cluster) = (balancer.clone(), cluster.clone());
+                    let (balancer, cluster, bans) = (balancer.clone(), cluster.clone(), bans.clone());
                     let svc = hyper::service::service_fn(move |req| {
-                        let (balancer, cluster) = (balancer.clone(), cluster.clone());
-                        async move { Ok::<_, Infallible>(handle(&balancer, cluster.as_deref(), &req)) }
+                        let (balancer, cluster, bans) = (balancer.clone(), cluster.clone(), bans.clone());
+                        async move { Ok::<_, Infallible>(handle(&balancer, cluster.as_deref(), &bans, &req)) }
                     });
                     tokio::spawn(async move {
                         let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
@@ -54,6 +56,7 @@ pub async fn start(
 fn handle(
     balancer: &Balancer,
     cluster: Option<&crate::cluster::ClusterState>,
+    bans: &crate::bans::engine::BanList,
     req: &Request<Incoming>,
 ) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
@@ -64,6 +67,7 @@ fn handle(
                 "nodes": nodes,
                 "available": healthy,
                 "access_log": {"dropped": crate::access_log::dropped_lines()},
+                "bans": {"active": bans.len()},
             });
             if let Some(c) = cluster {
                 body["cluster"] = serde_json::json!({"redis": c.redis()});

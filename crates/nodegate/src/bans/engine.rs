@@ -124,12 +124,8 @@ impl BanList {
         if active.is_empty() {
             return false;
         }
-        let ip = ip.to_canonical();
         let now = Instant::now();
-        let lens: &[u8] = if ip.is_ipv4() { &[32] } else { &[128, 64, 48] };
-        lens.iter()
-            .filter_map(|len| IpNet::new(ip, *len).ok())
-            .any(|net| active.get(&net.trunc()).is_some_and(|until| *until > now))
+        super::jail::ban_nets(ip).any(|net| active.get(&net).is_some_and(|until| *until > now))
     }
 
     /// Appends a ban to the ban file and syncs it, so that it survives a crash (blocking: run off

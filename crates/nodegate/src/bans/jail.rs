@@ -110,9 +110,7 @@ impl Jail {
     /// Whether a ban of this jail covers `ip` at `now`: the networks a ban can be on are the
     /// address itself and, for IPv6, its /64 and /48, so this is at most three look-ups.
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
-        let ip = ip.to_canonical();
-        let nets: &[u8] = if ip.is_ipv4() { &[32] } else { &[128, 64, 48] };
-        nets.iter().filter_map(|len| IpNet::new(ip, *len).ok()).any(|net| self.is_banned_net(&net.trunc(), now))
+        ban_nets(ip).any(|net| self.is_banned_net(&net, now))
     }
 
     fn is_banned_net(&self, net: &IpNet, now: Instant) -> bool {
@@ -123,6 +121,13 @@ impl Jail {
     pub fn tracked(&self) -> (usize, usize) {
         (self.failures.len(), self.history.len())
     }
+}
+
+/// The networks a ban on `ip` can be on: the address itself and, for IPv6, its /64 and /48.
+pub fn ban_nets(ip: IpAddr) -> impl Iterator<Item = IpNet> {
+    let ip = ip.to_canonical();
+    let lens: &'static [u8] = if ip.is_ipv4() { &[32] } else { &[128, 64, 48] };
+    lens.iter().filter_map(move |len| IpNet::new(ip, *len).ok()).map(|net| net.trunc())
 }
 
 /// Makes room in a full table: drops what `live` says is over, then a random tenth.

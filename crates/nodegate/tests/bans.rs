@@ -4,23 +4,9 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A GET from `local` with extra header lines; the status, or "" when the gateway closed at once.
-async fn status_from(local: &str, gw: SocketAddr, path: &str, headers: &str) -> String {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(local.parse::<IpAddr>().unwrap(), 0)).unwrap();
-    let mut s = socket.connect(gw).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n");
-    let _ = s.write_all(req.as_bytes()).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
-}
 
 fn append(path: &std::path::Path, lines: &[String]) {
     use std::io::Write;
@@ -43,7 +29,7 @@ async fn sshd_failures_appended_to_a_followed_log_ban_the_address_at_accept() {
     );
     let gw = gateway(&[n.url()], &extra).await;
     let g = addr(&gw);
-    assert_eq!(status_from("127.0.0.2", g, "/api/v1/info", "").await, "200");
+    assert_eq!(status_from_addr("127.0.0.2", g, "/api/v1/info", "").await, "200");
     // Two failures (the line already in the file is history), then injection attempts: user names
     // made to look like 127.0.0.3's failures; they are 127.0.0.9's.
     let failure = |ip: &str| format!("Nov 27 09:00:01 h sshd[2]: Failed password for root from {ip} port 4711 ssh2");
@@ -51,14 +37,18 @@ async fn sshd_failures_appended_to_a_followed_log_ban_the_address_at_accept() {
         "Nov 27 09:00:02 h sshd[3]: Invalid user x from 127.0.0.3 port 22 from 127.0.0.9 port 4711".to_string();
     append(&log, &[failure("127.0.0.2"), failure("127.0.0.2"), forged.clone(), forged.clone(), forged]);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(status_from("127.0.0.2", g, "/api/v1/info", "").await, "200", "banned after two failures");
-    assert_eq!(status_from("127.0.0.3", g, "/api/v1/info", "").await, "200", "a forged user name banned its address");
+    assert_eq!(status_from_addr("127.0.0.2", g, "/api/v1/info", "").await, "200", "banned after two failures");
+    assert_eq!(
+        status_from_addr("127.0.0.3", g, "/api/v1/info", "").await,
+        "200",
+        "a forged user name banned its address"
+    );
     // The third failure: closed at accept from then on; others are served.
     append(&log, &[failure("127.0.0.2"), failure("127.0.0.1"), failure("127.0.0.1"), failure("127.0.0.1")]);
-    eventually(async || status_from("127.0.0.2", g, "/api/v1/info", "").await.is_empty()).await;
-    assert_eq!(status_from("127.0.0.9", g, "/api/v1/info", "").await, "", "the real address of the forged lines");
-    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "").await, "200", "[bans] ignore");
-    assert_eq!(status_from("127.0.0.3", g, "/api/v1/info", "").await, "200");
+    eventually(async || status_from_addr("127.0.0.2", g, "/api/v1/info", "").await.is_empty()).await;
+    assert_eq!(status_from_addr("127.0.0.9", g, "/api/v1/info", "").await, "", "the real address of the forged lines");
+    assert_eq!(status_from_addr("127.0.0.1", g, "/api/v1/info", "").await, "200", "[bans] ignore");
+    assert_eq!(status_from_addr("127.0.0.3", g, "/api/v1/info", "").await, "200");
 }
 
 #[tokio::test]
@@ -70,23 +60,23 @@ async fn the_gateways_own_refusals_ban_by_reason_and_a_ban_behind_a_proxy_is_403
     let g = addr(&gw);
     // Bad paths are not this jail's reason: no ban.
     for _ in 0..5 {
-        assert_eq!(status_from("127.0.0.6", g, "/api/v1/messages/%2", "").await, "400");
+        assert_eq!(status_from_addr("127.0.0.6", g, "/api/v1/messages/%2", "").await, "400");
     }
     // Three probes of routes that are not exposed: banned.
     for _ in 0..3 {
-        assert_eq!(status_from("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
+        assert_eq!(status_from_addr("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
     }
-    eventually(async || status_from("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
-    assert_eq!(status_from("127.0.0.6", g, "/api/v1/info", "").await, "200");
+    eventually(async || status_from_addr("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
+    assert_eq!(status_from_addr("127.0.0.6", g, "/api/v1/info", "").await, "200");
     assert_eq!(get(gw.admin_addr().unwrap(), "/status").await.json()["bans"]["active"], 1);
     // Behind the trusted proxy: the client it names is banned with 403; the proxy never is.
     let xff = "x-forwarded-for: 198.51.100.7\r\n";
     for _ in 0..3 {
-        assert_eq!(status_from("127.0.0.1", g, "/api/v1/not-here", xff).await, "404");
+        assert_eq!(status_from_addr("127.0.0.1", g, "/api/v1/not-here", xff).await, "404");
     }
-    eventually(async || status_from("127.0.0.1", g, "/api/v1/info", xff).await == "403").await;
-    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "x-forwarded-for: 198.51.100.8\r\n").await, "200");
-    assert_eq!(status_from("127.0.0.1", g, "/api/v1/info", "").await, "200");
+    eventually(async || status_from_addr("127.0.0.1", g, "/api/v1/info", xff).await == "403").await;
+    assert_eq!(status_from_addr("127.0.0.1", g, "/api/v1/info", "x-forwarded-for: 198.51.100.8\r\n").await, "200");
+    assert_eq!(status_from_addr("127.0.0.1", g, "/api/v1/info", "").await, "200");
 }
 
 #[test]

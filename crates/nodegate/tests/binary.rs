@@ -608,18 +608,6 @@ fn filter_sshd_prints_each_failure_as_json_with_its_line_and_a_summary() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/auth.log"));
 }
 
-/// A GET from `local`; the status, or "" when the gateway closed the connection at once.
-async fn status_from_local(local: &str, gw: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::new(local.parse().unwrap(), 0)).unwrap();
-    let mut s = socket.connect(gw).await.unwrap();
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").as_bytes()).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
-}
-
 #[tokio::test]
 async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
     let n = node().await;
@@ -635,14 +623,14 @@ async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
     let gw = Running::start("bans-state.toml", &config);
     let g = gw.addr;
     for _ in 0..2 {
-        assert_eq!(status_from_local("127.0.0.5", g, "/api/v1/not-here").await, "404");
+        assert_eq!(status_from_addr("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
     }
-    eventually(async || status_from_local("127.0.0.5", g, "/api/v1/info").await.is_empty()).await;
+    eventually(async || status_from_addr("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
     // kill -9: no goodbye, no flush.
     drop(gw);
     let gw = Running::start("bans-state.toml", &config);
-    assert_eq!(status_from_local("127.0.0.5", gw.addr, "/api/v1/info").await, "", "the ban did not survive");
-    assert_eq!(status_from_local("127.0.0.6", gw.addr, "/api/v1/info").await, "200");
+    assert_eq!(status_from_addr("127.0.0.5", gw.addr, "/api/v1/info", "").await, "", "the ban did not survive");
+    assert_eq!(status_from_addr("127.0.0.6", gw.addr, "/api/v1/info", "").await, "200");
     drop(gw);
     // A damaged line: the file is kept aside, the readable bans still hold, the gateway starts.
     let file = state.join("bans.jsonl");
@@ -651,7 +639,7 @@ async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
     text.push_str("{\"net\": \"not a net\"\n");
     std::fs::write(&file, text).unwrap();
     let gw = Running::start("bans-state.toml", &config);
-    assert_eq!(status_from_local("127.0.0.5", gw.addr, "/api/v1/info").await, "");
+    assert_eq!(status_from_addr("127.0.0.5", gw.addr, "/api/v1/info", "").await, "");
     let aside: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))

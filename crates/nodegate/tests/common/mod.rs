@@ -225,3 +225,16 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A GET from the loopback address `local` (127.0.0.x) with extra header lines (each ending in
+/// CRLF); the answer's status, or "" when the gateway closed the connection without answering.
+pub async fn status_from_addr(local: &str, gw: SocketAddr, path: &str, headers: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(local.parse().unwrap(), 0)).unwrap();
+    let mut s = socket.connect(gw).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}connection: close\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
+}

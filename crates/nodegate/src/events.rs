@@ -25,6 +25,29 @@ pub enum RefusalReason {
     RateLimited,
 }
 
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 6] = [
+        RefusalReason::AddressDenied,
+        RefusalReason::BadRequest,
+        RefusalReason::CredentialMissing,
+        RefusalReason::CredentialNotEnough,
+        RefusalReason::NotExposed,
+        RefusalReason::RateLimited,
+    ];
+
+    /// As `[[jail]] reasons` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalReason::AddressDenied => "address-denied",
+            RefusalReason::BadRequest => "bad-request",
+            RefusalReason::CredentialMissing => "credential-missing",
+            RefusalReason::CredentialNotEnough => "credential-not-enough",
+            RefusalReason::NotExposed => "not-exposed",
+            RefusalReason::RateLimited => "rate-limited",
+        }
+    }
+}
+
 /// One refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -39,9 +39,13 @@ impl Gateway {
         let upstream = config.upstream.ready(https_nodes(&config.nodes)).map_err(io::Error::other)?;
         let nodes = config.nodes.iter().map(|n| Node::new(n, &upstream)).collect();
         let balancer = Arc::new(Balancer::new(nodes));
-        let bans = Arc::new(match config.bans.as_ref().and_then(|b| b.state_dir.as_deref()) {
-            Some(dir) => crate::bans::engine::BanList::with_state(dir).map_err(io::Error::other)?,
-            None => crate::bans::engine::BanList::default(),
+        let bans = Arc::new(match &config.bans {
+            Some(b @ crate::bans::engine::Bans { state_dir: Some(dir), .. }) => {
+                // A network's history matters while a jail can still raise its next ban.
+                let history = b.jails.iter().map(|j| j.settings.max_bantime).max().unwrap_or_default();
+                crate::bans::list::BanList::with_state(dir, history).map_err(io::Error::other)?
+            }
+            _ => crate::bans::list::BanList::default(),
         });
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone()));
         let refusals = proxy.refusals().clone();
@@ -53,9 +57,28 @@ impl Gateway {
         }
         let cluster =
             config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
+        let mut ban_admin = admin::BanAdmin { list: bans.clone(), rails: None, jails: Vec::new(), firewall: None };
+        if let Some(b) = &config.bans {
+            // Trusted proxies and the nodes themselves are never banned, whatever a jail says.
+            let mut b = b.clone();
+            let nodes: Vec<ipnet::IpNet> = config
+                .nodes
+                .iter()
+                .filter_map(|n| n.authority.host().trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                .map(ipnet::IpNet::from)
+                .collect();
+            b.ignore =
+                b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
+            let rails = Arc::new(crate::bans::rails::Rails::new(b.ignore.clone(), b.ssh_ports.clone()));
+            ban_admin.jails = crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), proxy.refusals(), &phase);
+            ban_admin.rails = Some(rails);
+            if b.firewall == crate::bans::engine::Firewall::Nftables {
+                ban_admin.firewall = Some(crate::bans::nft::spawn(bans.clone(), b.verify_interval, phase.subscribe()));
+            }
+        }
         let admin = match config.admin {
             Some(addr) => {
-                Some(admin::start(addr, balancer.clone(), cluster.clone(), bans.clone(), phase.subscribe()).await?)
+                Some(admin::start(addr, balancer.clone(), cluster.clone(), ban_admin, phase.subscribe()).await?)
             }
             None => None,
         };
@@ -71,19 +94,6 @@ impl Gateway {
             }
             None => None,
         };
-        if let Some(b) = &config.bans {
-            // Trusted proxies and the nodes themselves are never banned, whatever a jail says.
-            let mut b = b.clone();
-            let nodes: Vec<ipnet::IpNet> = config
-                .nodes
-                .iter()
-                .filter_map(|n| n.authority.host().trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
-                .map(ipnet::IpNet::from)
-                .collect();
-            b.ignore =
-                b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
-            crate::bans::engine::spawn(&b, bans.clone(), proxy.refusals(), &phase);
-        }
         let bound = listener::bind_all(&config, proxy, bans.clone(), tls.as_deref(), &phase, alive_tx).await?;
         if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
             let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: bound.http01.clone() };

@@ -1,4 +1,4 @@
-//! The `nodegate` command: run, check, demo, key, cert.
+//! The `nodegate` command: run, check, demo, key, cert, filter, bans.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +45,17 @@ enum Command {
         #[command(subcommand)]
         command: FilterCommand,
     },
+    /// Bans in the running gateway (through its admin listener): list, add, remove, why.
+    Bans {
+        /// The config whose `[admin] listen` to reach.
+        #[arg(long, short, default_value = "/etc/nodegate/nodegate.toml")]
+        config: PathBuf,
+        /// The admin listener's address (instead of reading the config).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        #[command(subcommand)]
+        command: BansCommand,
+    },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
         /// Where the demo gateway listens (port 0 picks a free one).
@@ -54,6 +65,29 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seconds: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// The bans in force.
+    List {
+        /// The admin API's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address (or an IPv6 /64 or /48) now.
+    Add {
+        address: String,
+        /// How long: 90s, 10m, 1h, 7d...
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a ban.
+    Remove { address: String },
+    /// What led to an address's ban: the events, its expiry and escalation step.
+    Why { address: String },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +157,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Filter { command: FilterCommand::Sshd { mode, json, file } } => filter_sshd(mode, json, &file),
+        Command::Bans { config, admin, command } => {
+            let admin = match admin {
+                Some(a) => a,
+                None => match Config::load(&config) {
+                    Ok(c) => match c.admin {
+                        Some(a) => nodegate::admin::client::reachable(a),
+                        None => {
+                            eprintln!(
+                                "{}: no [admin] listen: the running gateway has no admin API to ask",
+                                config.display()
+                            );
+                            return ExitCode::from(2);
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("{e}\n(or name the admin listener with --admin ADDR)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            runtime(1).block_on(bans_command(admin, command))
+        }
         Command::Cert { command: CertCommand::SelfSigned { names, cert, key } } => {
             let (cert_pem, key_pem) = match nodegate::tls::self_signed(&names) {
                 Ok(pair) => pair,
@@ -175,6 +231,81 @@ key = \"{}\"",
             runtime(0).block_on(run_demo(listen, seconds))
         }
     }
+}
+
+async fn bans_command(admin: SocketAddr, command: BansCommand) -> ExitCode {
+    use http::Method;
+    use nodegate::admin::client::call;
+    let path_of = |a: &str| format!("/bans/{}", a.replace('/', "%2F"));
+    let (method, path, body) = match &command {
+        BansCommand::List { .. } => (Method::GET, "/bans".to_string(), None),
+        BansCommand::Add { address, duration, reason } => (
+            Method::POST,
+            "/bans".to_string(),
+            Some(serde_json::json!({"address": address, "for": duration, "reason": reason})),
+        ),
+        BansCommand::Remove { address } => (Method::DELETE, path_of(address), None),
+        BansCommand::Why { address } => (Method::GET, path_of(address), None),
+    };
+    let (status, json) = match call(admin, method, &path, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status >= 400 {
+        eprintln!("{} ({status})", json["error"]["message"].as_str().unwrap_or(&json.to_string()));
+        return ExitCode::FAILURE;
+    }
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    match command {
+        BansCommand::List { json: true } => println!("{json:#}"),
+        BansCommand::List { json: false } => {
+            let bans = json["bans"].as_array().cloned().unwrap_or_default();
+            if bans.is_empty() {
+                println!("no bans in force");
+            }
+            for b in bans {
+                println!(
+                    "{:<28} {:>8}s left  until {}  jail {}  step {}  {}",
+                    text(&b["net"]),
+                    text(&b["remaining_seconds"]),
+                    text(&b["until"]),
+                    text(&b["jail"]),
+                    text(&b["step"]),
+                    text(&b["reason"])
+                );
+            }
+        }
+        BansCommand::Add { .. } => println!("banned {} until {}", text(&json["net"]), text(&json["until"])),
+        BansCommand::Remove { .. } => println!("ban lifted: {}", text(&json["removed"])),
+        BansCommand::Why { address } => {
+            if json["banned"] != serde_json::Value::Bool(true) {
+                println!("{address} is not banned now");
+            }
+            let shown = |label: &str, b: &serde_json::Value| {
+                println!(
+                    "{label} {} by jail {} until {} (step {}: bans before this one), {}",
+                    text(&b["net"]),
+                    text(&b["jail"]),
+                    text(&b["until"]),
+                    text(&b["step"]),
+                    text(&b["reason"])
+                );
+                for e in b["events"].as_array().into_iter().flatten() {
+                    println!("    {}  {}", text(&e["time"]), text(&e["text"]));
+                }
+            };
+            for b in json["bans"].as_array().into_iter().flatten() {
+                shown("banned:", b);
+            }
+            for b in json["past"].as_array().into_iter().flatten() {
+                shown("earlier:", b);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// One worker means a current-thread runtime: no work-stealing queues or cross-thread wake-ups to

@@ -1,19 +1,23 @@
-//! The ban engine: jails fed by their sources (a followed sshd log, or the gateway's own refusals),
-//! and the list of active bans the gateway enforces (connections from a banned address are closed
-//! at accept, before TLS; a banned client named by a trusted proxy gets 403 before anything else).
+//! The ban engine: jails fed by their sources (a followed sshd log, or the gateway's own
+//! refusals), whose decisions go to the ban list (`list`), checked against the safety rails
+//! (`rails`) first. The list is enforced by the gateway (connections from a banned address are
+//! closed at accept, before TLS; a banned client named by a trusted proxy gets 403 before anything
+//! else) and, with `firewall = "nftables"`, by the kernel (`nft`).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::follow::Follower;
 use super::jail::{Jail, JailSettings};
+use super::list::{BanList, Decision, Evidence, unix_now};
+use super::rails::Rails;
 use super::sshd::{Filter, Mode};
 use crate::events::{Refusal, RefusalReason};
 use crate::pipeline::ip_set::IpSet;
@@ -22,10 +26,22 @@ use crate::shutdown::Phase;
 /// `[bans]` and its `[[jail]]`s.
 #[derive(Debug, Clone)]
 pub struct Bans {
-    /// Where bans will be kept across restarts (persistence is still to come).
+    /// Where bans and their history are kept across restarts.
     pub state_dir: Option<PathBuf>,
     pub ignore: IpSet,
+    pub firewall: Firewall,
+    /// How often the firewall's sets are read back and repaired.
+    pub verify_interval: Duration,
+    /// Ports whose established connections protect their peers from bans; empty: none.
+    pub ssh_ports: Vec<u16>,
     pub jails: Vec<JailConfig>,
+}
+
+/// `[bans] firewall`: where bans are enforced besides the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firewall {
+    None,
+    Nftables,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +49,10 @@ pub struct JailConfig {
     pub name: String,
     pub source: Source,
     pub settings: JailSettings,
+    /// Logs and counts what it would ban, bans nothing.
+    pub dry_run: bool,
+    /// A source that gave no line of its kind for this long says so (log, `/status`).
+    pub blind_after: Duration,
 }
 
 /// Where a jail's failures come from.
@@ -44,166 +64,168 @@ pub enum Source {
     Gateway { reasons: Vec<RefusalReason> },
 }
 
-/// The active bans; read at every accept and request, written when a jail bans.
+impl Source {
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::Sshd { .. } => "sshd",
+            Source::Gateway { .. } => "gateway",
+        }
+    }
+}
+
+/// What a jail has done since the start (for `/status` and metrics).
 #[derive(Default)]
-pub struct BanList {
-    /// Banned network -> until when. Bans are on an address, or an IPv6 /64 or /48.
-    active: Mutex<HashMap<IpNet, Instant>>,
-    /// `[bans] state_dir`'s ban file: each ban is appended (and synced) as it is made.
-    file: Option<PathBuf>,
+pub struct JailStats {
+    pub name: String,
+    pub source: &'static str,
+    pub dry_run: bool,
+    /// Failures counted.
+    pub failures: AtomicU64,
+    pub bans: AtomicU64,
+    /// Bans a dry-run jail would have made.
+    pub would_ban: AtomicU64,
+    /// Bans the safety rails refused.
+    pub refused: AtomicU64,
+    /// The source gave nothing of its kind for `blind_after`.
+    pub blind: AtomicBool,
 }
 
-/// One line of the ban file.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    net: IpNet,
-    /// Seconds since the Unix epoch.
-    until: u64,
-    jail: String,
+impl JailStats {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "source": self.source,
+            "dry_run": self.dry_run,
+            "failures": self.failures.load(Relaxed),
+            "bans": self.bans.load(Relaxed),
+            "would_ban": self.would_ban.load(Relaxed),
+            "refused_by_rails": self.refused.load(Relaxed),
+            "blind": self.blind.load(Relaxed),
+        })
+    }
 }
 
-const BAN_FILE: &str = "bans.jsonl";
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-impl BanList {
-    /// The bans kept in `dir` that are still in force, and a file to keep new ones in. A line that
-    /// does not parse is never dropped silently: the whole file is kept aside (renamed with
-    /// `.corrupt-<time>`), the error names it and the line, and the good lines are loaded.
-    pub fn with_state(dir: &std::path::Path) -> Result<BanList, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state_dir `{}`: {e}", dir.display()))?;
-        let path = dir.join(BAN_FILE);
-        let mut active = HashMap::new();
+/// Starts one task per jail; each ends when the gateway stops. A jail's history starts from the
+/// bans the list restored.
+pub fn spawn(
+    bans: &Bans,
+    list: Arc<BanList>,
+    rails: Arc<Rails>,
+    refusals: &crate::events::Refusals,
+    phase: &watch::Sender<Phase>,
+) -> Vec<Arc<JailStats>> {
+    let mut all = Vec::new();
+    for config in &bans.jails {
+        let mut jail = Jail::new(config.settings.clone());
         let (now, unix) = (Instant::now(), unix_now());
-        let mut bad = None;
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                match serde_json::from_str::<Stored>(line) {
-                    Ok(s) if s.until > unix => {
-                        let until = now + Duration::from_secs(s.until - unix);
-                        let e = active.entry(s.net).or_insert(until);
-                        *e = (*e).max(until);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        bad.get_or_insert((i + 1, e.to_string()));
-                    }
-                }
-            }
-        }
-        if let Some((line, error)) = bad {
-            let aside = dir.join(format!("{BAN_FILE}.corrupt-{unix}"));
-            std::fs::rename(&path, &aside).map_err(|e| format!("cannot move `{}` aside: {e}", path.display()))?;
-            tracing::error!(file = %path.display(), line, %error, kept_as = %aside.display(), "ban file damaged: kept aside, its readable bans loaded");
-        }
-        // Written anew with what is in force, so that the file does not grow without end.
-        let mut text = String::new();
-        for (net, until) in &active {
-            let stored = Stored {
-                net: *net,
-                until: unix + until.saturating_duration_since(now).as_secs(),
-                jail: "restored".into(),
+        for d in list.restored().iter().filter(|d| d.jail == config.name) {
+            let until = if d.until > unix {
+                now + Duration::from_secs(d.until - unix)
+            } else {
+                now.checked_sub(Duration::from_secs(unix - d.until)).unwrap_or(now)
             };
-            text.push_str(&serde_json::to_string(&stored).map_err(|e| e.to_string())?);
-            text.push('\n');
+            jail.restore(d.net, d.step + 1, until);
         }
-        let tmp = dir.join(format!("{BAN_FILE}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-        if !active.is_empty() {
-            tracing::info!(bans = active.len(), file = %path.display(), "bans restored");
-        }
-        Ok(BanList { active: Mutex::new(active), file: Some(path) })
-    }
-
-    pub fn is_banned(&self, ip: IpAddr) -> bool {
-        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        super::jail::ban_nets(ip).any(|net| active.get(&net).is_some_and(|until| *until > now))
-    }
-
-    /// Appends a ban to the ban file and syncs it, so that it survives a crash (blocking: run off
-    /// the workers).
-    fn persist(path: &std::path::Path, net: IpNet, duration: Duration, jail: &str) -> std::io::Result<()> {
-        use std::io::Write;
-        let stored = Stored { net, until: unix_now() + duration.as_secs().max(1), jail: jail.to_owned() };
-        let mut line = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        f.write_all(&line)?;
-        f.sync_data()
-    }
-
-    fn insert(&self, net: IpNet, until: Instant) {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        active.retain(|_, u| *u > now);
-        let entry = active.entry(net).or_insert(until);
-        *entry = (*entry).max(until);
-    }
-
-    /// How many bans are in force now.
-    pub fn len(&self) -> usize {
-        let now = Instant::now();
-        self.active.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|u| **u > now).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Starts one task per jail; each ends when the gateway stops.
-pub fn spawn(bans: &Bans, list: Arc<BanList>, refusals: &crate::events::Refusals, phase: &watch::Sender<Phase>) {
-    for jail in &bans.jails {
-        let mut settings = jail.settings.clone();
-        // `[bans] ignore` holds for every jail.
-        settings.ignore = settings.ignore.union(&bans.ignore);
-        let run = JailTask { name: jail.name.clone(), jail: Jail::new(settings), list: list.clone() };
-        match &jail.source {
+        let stats = Arc::new(JailStats {
+            name: config.name.clone(),
+            source: config.source.kind(),
+            dry_run: config.dry_run,
+            ..JailStats::default()
+        });
+        all.push(stats.clone());
+        let run = JailTask {
+            config: config.clone(),
+            jail,
+            list: list.clone(),
+            rails: rails.clone(),
+            stats,
+            recent: VecDeque::new(),
+        };
+        match &config.source {
             Source::Sshd { log, mode } => {
-                tokio::spawn(run.follow_sshd(log.clone(), *mode, phase.subscribe()));
+                // The end is taken now: what is written once the gateway has started is news.
+                let follower = Follower::from_end(log);
+                tokio::spawn(run.follow_sshd(follower, log.clone(), *mode, phase.subscribe()));
             }
             Source::Gateway { reasons } => {
                 tokio::spawn(run.watch_refusals(refusals.subscribe(), reasons.clone(), phase.subscribe()));
             }
         }
     }
+    all
 }
 
+/// Failures kept per jail as evidence for the next ban (the newest).
+const RECENT: usize = 1024;
+
 struct JailTask {
-    name: String,
+    config: JailConfig,
     jail: Jail,
     list: Arc<BanList>,
+    rails: Arc<Rails>,
+    stats: Arc<JailStats>,
+    recent: VecDeque<(IpAddr, Evidence)>,
 }
 
 impl JailTask {
-    async fn failure(&mut self, ip: IpAddr) {
+    async fn failure(&mut self, ip: IpAddr, evidence: Evidence) {
+        let ip = ip.to_canonical();
+        // What a ban already stops does not count again (no feedback loop).
+        if self.list.is_banned(ip) {
+            return;
+        }
+        self.stats.failures.fetch_add(1, Relaxed);
+        self.recent.push_back((ip, evidence));
+        if self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
         let now = Instant::now();
         for ban in self.jail.failure(ip, now) {
-            tracing::warn!(jail = %self.name, net = %ban.net, duration = ?ban.duration, step = ban.step, "banned");
-            // On disk first, then enforced: a ban anyone has seen in force survives a crash.
-            if let Some(path) = self.list.file.clone() {
-                let name = self.name.clone();
-                let written =
-                    tokio::task::spawn_blocking(move || BanList::persist(&path, ban.net, ban.duration, &name)).await;
-                if let Ok(Err(e)) = written {
-                    tracing::error!(jail = %self.name, error = %e, "ban not written to state_dir: it holds until a restart");
-                }
+            let name = &self.config.name;
+            if let Some(why) = self.rails.refuse(&ban.net).await {
+                self.stats.refused.fetch_add(1, Relaxed);
+                tracing::warn!(jail = %name, net = %ban.net, "{why}");
+                continue;
             }
-            self.list.insert(ban.net, now + ban.duration);
+            let keep = self.config.settings.maxretry.max(1) as usize;
+            let mut events: Vec<Evidence> = self
+                .recent
+                .iter()
+                .rev()
+                .filter(|(a, _)| ban.net.contains(a))
+                .take(keep)
+                .map(|(_, e)| e.clone())
+                .collect();
+            events.reverse();
+            let decision = Decision {
+                net: ban.net,
+                until: unix_now() + ban.duration.as_secs().max(1),
+                jail: name.clone(),
+                reason: format!(
+                    "{} failures within {:?}",
+                    self.config.settings.maxretry, self.config.settings.findtime
+                ),
+                step: ban.step,
+                events,
+                by: self.list.id().to_owned(),
+                removed: false,
+            };
+            if self.config.dry_run {
+                self.stats.would_ban.fetch_add(1, Relaxed);
+                tracing::warn!(jail = %name, net = %ban.net, duration = ?ban.duration, step = ban.step, "would ban (dry_run)");
+                continue;
+            }
+            tracing::warn!(jail = %name, net = %ban.net, duration = ?ban.duration, step = ban.step, "banned");
+            if self.list.ban(decision).await {
+                self.stats.bans.fetch_add(1, Relaxed);
+            }
         }
     }
 
-    async fn follow_sshd(mut self, log: PathBuf, mode: Mode, mut phase: watch::Receiver<Phase>) {
-        let mut follower = Some(Follower::from_end(&log));
+    async fn follow_sshd(mut self, follower: Follower, log: PathBuf, mode: Mode, mut phase: watch::Receiver<Phase>) {
+        let mut follower = Some(follower);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_seen = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -223,15 +245,35 @@ impl JailTask {
             let lines = match lines {
                 Ok(lines) => lines,
                 Err(e) => {
-                    tracing::warn!(jail = %self.name, log = %log.display(), error = %e, "cannot read the log");
+                    tracing::warn!(jail = %self.config.name, log = %log.display(), error = %e, "cannot read the log");
                     continue;
                 }
             };
-            let filter = Filter::new(mode, time::OffsetDateTime::now_utc());
+            let now = time::OffsetDateTime::now_utc();
+            let filter = Filter::new(mode, now);
             for line in lines {
-                if let Some(failure) = filter.failure(&line) {
-                    self.failure(failure.ip).await;
+                if !filter.is_sshd(&line) {
+                    continue;
                 }
+                last_seen = Instant::now();
+                if let Some(failure) = filter.failure(&line) {
+                    self.failure(failure.ip, Evidence::new(failure.time.unwrap_or(now), line.trim_end())).await;
+                }
+            }
+            self.watch_blind(last_seen, log.exists());
+        }
+    }
+
+    /// Says once, loudly, when a source that exists has given nothing of its kind for
+    /// `blind_after` (sshd logging elsewhere, a wrong file, a journal-only host), and once when it
+    /// sees again.
+    fn watch_blind(&self, last_seen: Instant, exists: bool) {
+        let blind = exists && last_seen.elapsed() >= self.config.blind_after;
+        if self.stats.blind.swap(blind, Relaxed) != blind {
+            if blind {
+                tracing::warn!(jail = %self.config.name, after = ?self.config.blind_after, "blind: no sshd line in the source; is sshd logging there (on Debian 12+, use the journal)?");
+            } else {
+                tracing::info!(jail = %self.config.name, "the source gives sshd lines again");
             }
         }
     }
@@ -248,10 +290,13 @@ impl JailTask {
                 _ = phase.wait_for(|p| *p != Phase::Running) => return,
             };
             match event {
-                Ok(r) if reasons.is_empty() || reasons.contains(&r.reason) => self.failure(r.client).await,
+                Ok(r) if reasons.is_empty() || reasons.contains(&r.reason) => {
+                    let text = format!("{} {}", r.reason.name(), r.route);
+                    self.failure(r.client, Evidence::new(r.time.into(), &text)).await;
+                }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(jail = %self.name, missed = n, "refusal events came faster than the jail read them");
+                    tracing::warn!(jail = %self.config.name, missed = n, "refusal events came faster than the jail read them");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }

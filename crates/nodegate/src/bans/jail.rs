@@ -1,23 +1,22 @@
-//! A jail's arithmetic (issue 13, groundwork: not yet fed by a source or enforced): failures counted
-//! per address within `findtime`, a ban at `maxretry`, a longer ban for each repeat offence, and
-//! escalation from IPv6 addresses to their /64 and from /64s to their /48, since one IPv6 client
-//! holds far more than one address. Time is tokio's, so tests run on a paused clock.
+//! A jail's arithmetic: failures counted per address within `findtime`, a ban at `maxretry`, a
+//! longer ban for each repeat offence, and escalation from IPv6 addresses to their /64 and from
+//! /64s to their /48, since one IPv6 client holds far more than one address. Time is tokio's, so
+//! tests run on a paused clock.
 //!
-//! Escalation counts the bans inside a prefix by a pass over the history, once per IPv6 ban:
-//! to do before a source feeds it (a count per /64 and /48).
+//! The ban history is ordered by network, so the bans inside a prefix are one range look-up (and
+//! that range is small: a prefix is banned once `escalate_after` of its parts are). A network's
+//! history is forgotten once it has been quiet for `max_bantime` after its last ban ended.
 //!
 //! Memory is bounded: at most `max_tracked` addresses with failures in the window, and as many with
 //! a ban history. When full, entries whose window has passed go first (no accuracy lost), then a
 //! random tenth: an attacker rotating addresses can make the jail forget some failures, never grow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::time::Instant;
-
-use crate::pipeline::ip_set::IpSet;
 
 /// A jail's settings (`[[jail]]`).
 #[derive(Debug, Clone)]
@@ -30,8 +29,9 @@ pub struct JailSettings {
     pub max_bantime: Duration,
     /// Banned addresses of one /64 (and /64s of one /48) after which the wider prefix is banned.
     pub escalate_after: u32,
-    /// Never counted, never banned.
-    pub ignore: IpSet,
+    /// What one IPv6 ban covers: 128 (the address) or 64 (its /64); failures are counted per
+    /// that unit.
+    pub ipv6_prefix: u8,
     pub max_tracked: usize,
 }
 
@@ -48,19 +48,24 @@ pub struct Jail {
     /// Failure times within the window, per address.
     failures: HashMap<IpAddr, VecDeque<Instant>>,
     /// Bans so far, per banned network, and until when the last one runs.
-    history: HashMap<IpNet, (u32, Instant)>,
+    history: BTreeMap<IpNet, (u32, Instant)>,
 }
 
 impl Jail {
     pub fn new(s: JailSettings) -> Jail {
-        Jail { s, failures: HashMap::new(), history: HashMap::new() }
+        Jail { s, failures: HashMap::new(), history: BTreeMap::new() }
     }
 
     /// Counts one failure of `ip` at `now`; returns the bans it causes (the address, and the
     /// wider prefixes it tips over).
     pub fn failure(&mut self, ip: IpAddr, now: Instant) -> Vec<Ban> {
         let ip = ip.to_canonical();
-        if self.s.ignore.contains(ip) || self.is_banned(ip, now) {
+        let unit = match ip {
+            IpAddr::V6(_) if self.s.ipv6_prefix == 64 => IpNet::new(ip, 64).map_or(IpNet::from(ip), |n| n.trunc()),
+            _ => IpNet::from(ip),
+        };
+        let ip = unit.network();
+        if self.is_banned(ip, now) {
             return Vec::new();
         }
         if !self.failures.contains_key(&ip) && self.failures.len() >= self.s.max_tracked {
@@ -76,13 +81,13 @@ impl Jail {
             return Vec::new();
         }
         self.failures.remove(&ip);
-        let mut bans = vec![self.ban(IpNet::from(ip), now)];
+        let mut bans = vec![self.ban(unit, now)];
         if ip.is_ipv6() {
-            for (narrow, wide) in [(128u8, 64u8), (64, 48)] {
+            for (narrow, wide) in [(128u8, 64u8), (64, 48)].into_iter().filter(|(n, _)| *n <= unit.prefix_len()) {
                 let Ok(wider) = IpNet::new(ip, wide).map(|n| n.trunc()) else { break };
                 let banned = self
                     .history
-                    .iter()
+                    .range(IpNet::from(wider.network())..=IpNet::from(wider.broadcast()))
                     .filter(|(net, (_, until))| net.prefix_len() == narrow && *until > now && wider.contains(*net))
                     .count();
                 if (banned as u32) < self.s.escalate_after.max(1) || self.is_banned_net(&wider, now) {
@@ -95,10 +100,18 @@ impl Jail {
     }
 
     fn ban(&mut self, net: IpNet, now: Instant) -> Ban {
+        let forgive = self.s.max_bantime.max(self.s.bantime);
         if !self.history.contains_key(&net) && self.history.len() >= self.s.max_tracked {
-            evict(&mut self.history, self.s.max_tracked, |(_, until)| *until > now);
+            let target = self.s.max_tracked - self.s.max_tracked / 10;
+            self.history.retain(|_, (_, until)| *until + forgive > now);
+            while self.history.len() > target {
+                self.history.retain(|_, _| fastrand::u8(..) >= 26);
+            }
         }
         let (step, until) = self.history.entry(net).or_insert((0, now));
+        if *until + forgive <= now {
+            *step = 0;
+        }
         let factor = if self.s.increment { 1u32.checked_shl((*step).min(31)).unwrap_or(u32::MAX) } else { 1 };
         let duration = self.s.bantime.saturating_mul(factor).min(self.s.max_bantime.max(self.s.bantime));
         let ban = Ban { net, duration, step: *step };
@@ -115,6 +128,15 @@ impl Jail {
 
     fn is_banned_net(&self, net: &IpNet, now: Instant) -> bool {
         self.history.get(net).is_some_and(|(_, until)| *until > now)
+    }
+
+    /// Takes back a ban made before a restart: `step` bans so far, the last one running until
+    /// `until` (in the past when it has ended).
+    pub fn restore(&mut self, net: IpNet, step: u32, until: Instant) {
+        if self.history.len() < self.s.max_tracked {
+            let e = self.history.entry(net).or_insert((step, until));
+            *e = (e.0.max(step), e.1.max(until));
+        }
     }
 
     /// Addresses with failures in the window, and networks with a ban history (for `/status`).
@@ -151,7 +173,7 @@ mod tests {
             increment: true,
             max_bantime: Duration::from_secs(7 * 86_400),
             escalate_after: 3,
-            ignore: IpSet::new(&["127.0.0.0/8".parse().unwrap()]),
+            ipv6_prefix: 128,
             max_tracked: 1000,
         }
     }
@@ -184,10 +206,41 @@ mod tests {
             assert!(j.failure(a, Instant::now()).is_empty());
         }
         assert_eq!(j.failure(a, Instant::now())[0].duration, Duration::from_secs(1200), "second ban doubled");
-        // The ignore list is never counted.
-        for _ in 0..10 {
-            assert!(j.failure(ip("127.0.0.1"), Instant::now()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_forgiven_after_a_quiet_max_bantime_and_survives_a_restore() {
+        let s = JailSettings { maxretry: 1, max_bantime: Duration::from_secs(3600), ..settings() };
+        let mut j = Jail::new(s.clone());
+        let a = ip("203.0.113.9");
+        assert_eq!(j.failure(a, Instant::now())[0].step, 0);
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert_eq!(j.failure(a, Instant::now())[0].step, 1, "a repeat offence");
+        // The second ban (1200 s) ends, then an hour of quiet: a first offence again.
+        tokio::time::advance(Duration::from_secs(1200 + 3600)).await;
+        assert_eq!(j.failure(a, Instant::now())[0].step, 0);
+        // A restarted jail told of two earlier bans goes on at the third step.
+        let mut fresh = Jail::new(s);
+        fresh.restore(IpNet::from(a), 2, Instant::now() - Duration::from_secs(10));
+        let ban = fresh.failure(a, Instant::now()).remove(0);
+        assert_eq!((ban.step, ban.duration), (2, Duration::from_secs(2400)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_ipv6_prefix_64_failures_count_per_64_and_bans_cover_it() {
+        let mut j = Jail::new(JailSettings { ipv6_prefix: 64, ..settings() });
+        let now = Instant::now();
+        // Three addresses of one /64, one failure each: the /64 is one offender.
+        assert!(j.failure(ip("2001:db8:5:5::1"), now).is_empty());
+        assert!(j.failure(ip("2001:db8:5:5::2"), now).is_empty());
+        let bans = j.failure(ip("2001:db8:5:5::3"), now);
+        assert_eq!(bans[0].net.to_string(), "2001:db8:5:5::/64");
+        assert!(j.is_banned(ip("2001:db8:5:5::abcd"), now));
+        // IPv4 is still per address.
+        for _ in 0..2 {
+            assert!(j.failure(ip("192.0.2.1"), now).is_empty());
         }
+        assert_eq!(j.failure(ip("192.0.2.1"), now)[0].net.to_string(), "192.0.2.1/32");
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,6 +120,11 @@ impl Filter {
         rule.counts_in(self.mode).then_some(Failure { ip: ip.to_canonical(), time, rule })
     }
 
+    /// Whether a line is one of sshd's (whatever it says): a source that gives none is blind.
+    pub fn is_sshd(&self, line: &str) -> bool {
+        self.split(line).is_some()
+    }
+
     /// The header's time and sshd's message; `None` for lines that are not sshd's.
     fn split<'a>(&self, line: &'a str) -> Option<(Option<OffsetDateTime>, &'a str)> {
         let line = line.trim_end_matches(['\r', '\n']);

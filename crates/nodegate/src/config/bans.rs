@@ -1,7 +1,7 @@
 //! `[bans]` and `[[jail]]`: which failures ban whom, for how long.
 
 use super::{ConfigError, Locator, ip_set, raw};
-use crate::bans::engine::{Bans, JailConfig, Source};
+use crate::bans::engine::{Bans, Firewall, JailConfig, Source};
 use crate::bans::jail::JailSettings;
 use crate::events::RefusalReason;
 
@@ -14,14 +14,18 @@ pub(super) fn bans(
         Some(b) => ip_set(&b.ignore, "bans.ignore", at)?,
         None => crate::pipeline::ip_set::IpSet::default(),
     };
-    if let Some(fw) = b.as_ref().and_then(|b| b.firewall.as_ref())
-        && fw.get_ref() != "none"
+    let firewall = match b.as_ref().and_then(|b| b.firewall.as_ref()) {
+        None => Firewall::None,
+        Some(fw) => match fw.get_ref().as_str() {
+            "none" => Firewall::None,
+            "nftables" => Firewall::Nftables,
+            _ => return Err(at.error(fw.span(), Some("bans.firewall".into()), "must be \"nftables\" or \"none\"")),
+        },
+    };
+    if let Some(b) = &b
+        && b.verify_interval.0 < std::time::Duration::from_millis(100)
     {
-        let message = match fw.get_ref().as_str() {
-            "nftables" => "nftables enforcement is not built yet: use \"none\" (bans are enforced in the gateway)",
-            _ => "must be \"nftables\" or \"none\"",
-        };
-        return Err(at.error(fw.span(), Some("bans.firewall".into()), message));
+        return Err(at.at_key("bans.verify_interval", "must be 100ms or more"));
     }
     if jails.is_empty() {
         return Ok(None);
@@ -79,30 +83,32 @@ pub(super) fn bans(
                 return Err(at.error(j.source.span(), key("source"), format!("`{other}`: \"sshd\" or \"gateway\"")));
             }
         };
+        if !matches!(*j.ipv6_prefix.get_ref(), 64 | 128) {
+            return Err(at.error(j.ipv6_prefix.span(), key("ipv6_prefix"), "must be 64 or 128"));
+        }
+        if *j.escalate_after.get_ref() == 0 {
+            return Err(at.error(j.escalate_after.span(), key("escalate_after"), "must be 1 or more"));
+        }
         let settings = JailSettings {
             maxretry: *j.maxretry.get_ref(),
             findtime: j.findtime.0,
             bantime: j.bantime.0,
             increment: j.increment,
             max_bantime: j.max_bantime.0.max(j.bantime.0),
-            escalate_after: 3,
-            ignore: crate::pipeline::ip_set::IpSet::default(),
+            escalate_after: *j.escalate_after.get_ref(),
+            ipv6_prefix: *j.ipv6_prefix.get_ref(),
             max_tracked: 100_000,
         };
-        out.push(JailConfig { name: name.clone(), source, settings });
+        out.push(JailConfig { name: name.clone(), source, settings, dry_run: j.dry_run, blind_after: j.blind_after.0 });
     }
+    let (verify_interval, ssh_ports) = match &b {
+        Some(b) => (b.verify_interval.0, if b.protect_sessions { b.ssh_ports.clone() } else { Vec::new() }),
+        None => (std::time::Duration::from_secs(60), vec![22]),
+    };
     let state_dir = b.and_then(|b| b.state_dir).map(|d| d.into_inner().into());
-    Ok(Some(Bans { state_dir, ignore, jails: out }))
+    Ok(Some(Bans { state_dir, ignore, firewall, verify_interval, ssh_ports, jails: out }))
 }
 
 fn reason(name: &str) -> Option<RefusalReason> {
-    Some(match name {
-        "address-denied" => RefusalReason::AddressDenied,
-        "bad-request" => RefusalReason::BadRequest,
-        "credential-missing" => RefusalReason::CredentialMissing,
-        "credential-not-enough" => RefusalReason::CredentialNotEnough,
-        "not-exposed" => RefusalReason::NotExposed,
-        "rate-limited" => RefusalReason::RateLimited,
-        _ => return None,
-    })
+    RefusalReason::ALL.into_iter().find(|r| r.name() == name)
 }

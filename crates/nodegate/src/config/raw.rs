@@ -38,14 +38,41 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBans {
-    /// Where bans and their history are kept (persistence is still to come).
+    /// Where bans and their history are kept.
     pub state_dir: Option<Spanned<String>>,
     /// Never banned.
     #[serde(default)]
     pub ignore: Vec<Spanned<String>>,
-    /// "nftables" or "none" (only "none" so far: bans are enforced in the gateway).
+    /// "nftables" or "none" (bans are enforced in the gateway only).
     #[serde(default)]
     pub firewall: Option<Spanned<String>>,
+    #[serde(default = "one_min")]
+    pub verify_interval: Dur,
+    /// Never ban the peer of an established connection to `ssh_ports`.
+    #[serde(default = "yes")]
+    pub protect_sessions: bool,
+    #[serde(default = "ssh_ports")]
+    pub ssh_ports: Vec<u16>,
+}
+
+fn one_min() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+
+fn one_hour() -> Dur {
+    Dur(std::time::Duration::from_secs(3600))
+}
+
+fn ssh_ports() -> Vec<u16> {
+    vec![22]
+}
+
+fn three() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+
+fn prefix64() -> Spanned<u8> {
+    Spanned::new(0..0, 64)
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +96,15 @@ pub struct RawJail {
     pub max_bantime: Dur,
     /// Gateway jails: which refusals count (all when absent).
     pub reasons: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default = "one_hour")]
+    pub blind_after: Dur,
+    #[serde(default = "three")]
+    pub escalate_after: Spanned<u32>,
+    /// What one IPv6 ban covers: 128 (the address) or 64 (its /64).
+    #[serde(default = "prefix64")]
+    pub ipv6_prefix: Spanned<u8>,
 }
 
 fn five() -> Spanned<u32> {

@@ -33,7 +33,7 @@ pub struct Bound {
 pub async fn bind_all(
     config: &Config,
     proxy: Arc<Proxy>,
-    bans: Arc<crate::bans::engine::BanList>,
+    bans: Arc<crate::bans::list::BanList>,
     tls: Option<&crate::tls::TlsServer>,
     phase: &watch::Sender<Phase>,
     alive: mpsc::Sender<()>,
@@ -225,7 +225,7 @@ pub(crate) struct Accepted {
     /// The connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
     pub caps: Arc<caps::Caps>,
-    pub bans: Arc<crate::bans::engine::BanList>,
+    pub bans: Arc<crate::bans::list::BanList>,
     pub front: Front,
 }
 

@@ -52,7 +52,7 @@ pub struct Proxy {
     /// `RateLimit-Policy` for `per_client`, made once.
     client_policy: Option<HeaderValue>,
     refusals: Refusals,
-    bans: Arc<crate::bans::engine::BanList>,
+    bans: Arc<crate::bans::list::BanList>,
 }
 
 /// What one request carries from phase to phase.
@@ -89,7 +89,7 @@ struct Prepared {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>, bans: Arc<crate::bans::engine::BanList>) -> Proxy {
+    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>, bans: Arc<crate::bans::list::BanList>) -> Proxy {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
         let limits = Limiters::new(&config);
         let max = config.gateway.max_in_flight_per_client;

@@ -44,8 +44,10 @@ async fn sshd_failures_appended_to_a_followed_log_ban_the_address_at_accept() {
         "a forged user name banned its address"
     );
     // The third failure: closed at accept from then on; others are served.
+    let start = std::time::Instant::now();
     append(&log, &[failure("127.0.0.2"), failure("127.0.0.1"), failure("127.0.0.1"), failure("127.0.0.1")]);
     eventually(async || status_from_addr("127.0.0.2", g, "/api/v1/info", "").await.is_empty()).await;
+    println!("measured: from the failure's line written to the gateway closing at accept: {:?}", start.elapsed());
     assert_eq!(status_from_addr("127.0.0.9", g, "/api/v1/info", "").await, "", "the real address of the forged lines");
     assert_eq!(status_from_addr("127.0.0.1", g, "/api/v1/info", "").await, "200", "[bans] ignore");
     assert_eq!(status_from_addr("127.0.0.3", g, "/api/v1/info", "").await, "200");

@@ -71,6 +71,9 @@ impl Gateway {
                 b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
             let rails = Arc::new(crate::bans::rails::Rails::new(b.ignore.clone(), b.ssh_ports.clone()));
             ban_admin.jails = crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), proxy.refusals(), &phase);
+            if let Some(c) = &config.cluster {
+                crate::bans::share::spawn(&c.redis, &c.key_prefix, bans.clone(), rails.clone(), phase.subscribe());
+            }
             ban_admin.rails = Some(rails);
             if b.firewall == crate::bans::engine::Firewall::Nftables {
                 ban_admin.firewall = Some(crate::bans::nft::spawn(bans.clone(), b.verify_interval, phase.subscribe()));

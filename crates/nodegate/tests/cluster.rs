@@ -172,3 +172,63 @@ async fn a_frozen_redis_is_a_dead_one_and_its_late_syncs_charge_nobody() {
     assert_eq!(limited, 0, "a client under its limit got 429s after Redis came back");
     assert_eq!(gw.redis_status(), Some("up"));
 }
+
+async fn ban_gateway(node: &str, port: u16) -> nodegate::Gateway {
+    let extra = format!(
+        "\n[health]\nactive = false\n\n[cluster]\nredis = \"redis://127.0.0.1:{port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [bans]\n\n[[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 3\n"
+    );
+    gateway(&[node.to_owned()], &extra).await
+}
+
+async fn closed(from: &str, gw: &nodegate::Gateway) -> bool {
+    status_from_addr(from, addr(gw), "/api/v1/info", "").await.is_empty()
+}
+
+async fn admin_call(gw: &nodegate::Gateway, method: http::Method, path: &str, body: &str) -> u16 {
+    let url = format!("http://{}{path}", gw.admin_addr().unwrap());
+    send(&client(), method, url, &[], body.to_owned()).await.status.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_made_by_one_gateway_is_enforced_by_every_gateway_and_outlives_a_redis_restart() {
+    let port = free_port();
+    let redis = Redis::start(port).await;
+    let n = node().await;
+    let (a, b) = (ban_gateway(&n.url(), port).await, ban_gateway(&n.url(), port).await);
+    eventually(async || redis_status(&a).await == "up" && redis_status(&b).await == "up").await;
+
+    // Three probes at A: A bans, and B within a second.
+    for _ in 0..3 {
+        assert_eq!(status_from_addr("127.0.0.5", addr(&a), "/api/v1/not-here", "").await, "404");
+    }
+    eventually(async || closed("127.0.0.5", &a).await).await;
+    let start = Instant::now();
+    eventually(async || closed("127.0.0.5", &b).await).await;
+    println!("measured: a ban made by one gateway enforced by the other after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(!closed("127.0.0.6", &b).await);
+
+    // An operator's ban at B holds at A; lifted at A, it is lifted at B.
+    assert_eq!(admin_call(&b, http::Method::POST, "/bans", r#"{"address": "127.0.0.6"}"#).await, 201);
+    eventually(async || closed("127.0.0.6", &a).await).await;
+    assert_eq!(admin_call(&a, http::Method::DELETE, "/bans/127.0.0.6", "").await, 200);
+    eventually(async || !closed("127.0.0.6", &b).await).await;
+
+    // A gateway started later loads the bans in force.
+    let c = ban_gateway(&n.url(), port).await;
+    eventually(async || closed("127.0.0.5", &c).await).await;
+    assert!(!closed("127.0.0.6", &c).await);
+
+    // Redis dies (its data with it): A's ban made meanwhile holds at A, and is shared once a
+    // Redis is back.
+    drop(redis);
+    eventually(async || redis_status(&a).await == "down").await;
+    assert_eq!(admin_call(&a, http::Method::POST, "/bans", r#"{"address": "127.0.0.7"}"#).await, 201);
+    assert!(closed("127.0.0.7", &a).await);
+    assert!(!closed("127.0.0.7", &b).await, "no Redis, no sharing");
+    let _redis = Redis::start(port).await;
+    eventually(async || closed("127.0.0.7", &b).await).await;
+    eventually(async || closed("127.0.0.7", &c).await).await;
+    assert!(closed("127.0.0.5", &b).await, "and the bans made before are still in force");
+}

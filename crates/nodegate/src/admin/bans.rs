@@ -128,7 +128,7 @@ impl BanAdmin {
                 match *m {
                     Method::GET => self.why(net),
                     Method::DELETE => {
-                        if self.list.unban(net, "manual").await {
+                        if self.list.unban(net).await {
                             tracing::info!(%net, "ban lifted by the operator");
                             json(StatusCode::OK, &serde_json::json!({"removed": net.to_string()}))
                         } else {

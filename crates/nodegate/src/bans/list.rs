@@ -74,7 +74,11 @@ impl Evidence {
 #[derive(Debug, Clone)]
 pub enum Change {
     Ban(Arc<Decision>),
-    Unban(IpNet),
+    /// `by`: the gateway that lifted it.
+    Unban {
+        net: IpNet,
+        by: String,
+    },
 }
 
 /// Decisions whose evidence is kept whole; older ones keep their other fields. Bounds memory at
@@ -273,8 +277,14 @@ impl BanList {
         true
     }
 
-    /// Lifts the ban on `net`; false when there was none.
-    pub async fn unban(&self, net: IpNet, by: &str) -> bool {
+    /// Lifts the ban on `net` (this gateway's decision); false when there was none.
+    pub async fn unban(&self, net: IpNet) -> bool {
+        let id = self.id.clone();
+        self.unban_from(net, &id).await
+    }
+
+    /// Lifts the ban on `net` as gateway `by` decided.
+    pub async fn unban_from(&self, net: IpNet, by: &str) -> bool {
         let running = {
             let inner = self.lock();
             inner.active.get(&net).is_some_and(|e| e.until > Instant::now())
@@ -300,7 +310,7 @@ impl BanList {
             }
             self.count.store(inner.active.len(), Relaxed);
         }
-        let _ = self.changes.send(Change::Unban(net));
+        let _ = self.changes.send(Change::Unban { net, by: by.to_owned() });
         true
     }
 

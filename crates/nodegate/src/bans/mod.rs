@@ -10,4 +10,5 @@ pub mod jail;
 pub mod list;
 pub mod nft;
 pub mod rails;
+pub mod share;
 pub mod sshd;

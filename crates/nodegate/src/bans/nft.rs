@@ -213,7 +213,7 @@ async fn run(
                     let left = Duration::from_secs(d.until.saturating_sub(super::list::unix_now()));
                     add(&mut script, &d.net, left);
                 }
-                Ok(Change::Unban(net)) => remove(&mut script, &net),
+                Ok(Change::Unban { net, .. }) => remove(&mut script, &net),
                 Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
                 Err(broadcast::error::RecvError::Closed) => return,
             }

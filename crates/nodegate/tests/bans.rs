@@ -88,11 +88,100 @@ fn jail_mistakes_are_config_errors_at_their_place() {
         ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\n", "jail[0].log"),
         ("[[jail]]\nname = \"s\"\nsource = \"ftp\"\n", "jail[0].source"),
         ("[[jail]]\nname = \"g\"\nsource = \"gateway\"\nreasons = [\"nope\"]\n", "jail[0].reasons"),
-        ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\njournal = \"ssh.service\"\n", "jail[0].journal"),
+        ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\njournal = \"ssh.service\"\nlog = \"/l\"\n", "jail[0].journal"),
+        (
+            "[[jail]]\nname = \"s\"\nsource = \"sshd\"\nlog = \"/l\"\njournal_directory = \"/j\"\n",
+            "jail[0].journal_directory",
+        ),
+        ("[[jail]]\nname = \"s\"\nsource = \"sshd\"\nlog = \"/l\"\nipv6_prefix = 56\n", "jail[0].ipv6_prefix"),
+        (
+            "[bans]\nverify_interval = \"1ms\"\n[[jail]]\nname = \"s\"\nsource = \"sshd\"\nlog = \"/l\"\n",
+            "bans.verify_interval",
+        ),
         ("[[jail]]\nname = \"g\"\nsource = \"gateway\"\nmaxretry = 0\n", "jail[0].maxretry"),
         ("[bans]\nfirewall = \"iptables\"\n", "bans.firewall"),
     ] {
         let e = nodegate::Config::parse(&format!("{text}{node}"), "t.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some(key), "{e}");
     }
+}
+
+/// Appends entries `(unit, process, message)` to a journal file in `dir`, as journald would have
+/// written them (through systemd-journal-remote, which writes real journal files).
+fn journal_append(dir: &std::path::Path, entries: &[(&str, &str, String)]) {
+    use std::io::Write;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut export = String::new();
+    for (unit, process, message) in entries {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={now}\n__MONOTONIC_TIMESTAMP={seq}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n\
+             _SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER={process}\n_PID={seq}\nMESSAGE={message}\n\n"
+        ));
+    }
+    let mut child = std::process::Command::new("/lib/systemd/systemd-journal-remote")
+        .arg("-o")
+        .arg(dir.join("remote.journal"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-journal-remote: scripts/test installs it (apt-get install systemd-journal-remote)");
+    child.stdin.take().unwrap().write_all(export.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn sshd_entries_in_the_journal_ban_and_a_restart_goes_on_from_the_kept_cursor() {
+    let n = node().await;
+    let dir = temp_dir("bans-journal");
+    let journal = dir.join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let failed = |ip: &str| format!("Failed password for root from {ip} port 4711 ssh2");
+    // History: in the journal before the gateway starts, never counted.
+    journal_append(
+        &journal,
+        &[("ssh.service", "sshd", failed("127.0.0.2")), ("ssh.service", "sshd", failed("127.0.0.2"))],
+    );
+    let extra = format!(
+        "\n[health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[bans]\nstate_dir = \"{}\"\n\n[[jail]]\n\
+         name = \"ssh\"\nsource = \"sshd\"\njournal = \"ssh.service\"\njournal_directory = \"{}\"\nmaxretry = 3\n",
+        dir.join("state").display(),
+        journal.display()
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let g = addr(&gw);
+    // Counted: sshd and sshd-session of ssh.service. Not: another unit, another process, and a
+    // user name forged to look like 127.0.0.3's failure.
+    journal_append(
+        &journal,
+        &[
+            ("ssh.service", "sshd", failed("127.0.0.2")),
+            ("cron.service", "sshd", failed("127.0.0.3")),
+            ("ssh.service", "sudo", failed("127.0.0.3")),
+            ("ssh.service", "sshd", "Invalid user x from 127.0.0.3 port 22 from 127.0.0.9 port 4711".into()),
+            ("ssh.service", "sshd", "Invalid user x from 127.0.0.3 port 22 from 127.0.0.9 port 4711".into()),
+        ],
+    );
+    journal_append(&journal, &[("ssh.service", "sshd-session", failed("127.0.0.2"))]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_from_addr("127.0.0.2", g, "/api/v1/info", "").await, "200", "two failures after the start");
+    journal_append(&journal, &[("ssh.service", "sshd-session", failed("127.0.0.2"))]);
+    eventually(async || status_from_addr("127.0.0.2", g, "/api/v1/info", "").await.is_empty()).await;
+    assert_eq!(status_from_addr("127.0.0.3", g, "/api/v1/info", "").await, "200");
+    let why = get(gw.admin_addr().unwrap(), "/bans/127.0.0.2").await.json();
+    assert!(why["bans"][0]["events"][2]["text"].as_str().unwrap().starts_with("sshd-session["), "{why}");
+    gw.shutdown().await;
+
+    // Two failures while the gateway is down, one after its restart: three, from the cursor kept.
+    journal_append(
+        &journal,
+        &[("ssh.service", "sshd", failed("127.0.0.4")), ("ssh.service", "sshd", failed("127.0.0.4"))],
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let g = addr(&gw);
+    assert_eq!(status_from_addr("127.0.0.4", g, "/api/v1/info", "").await, "200");
+    journal_append(&journal, &[("ssh.service", "sshd", failed("127.0.0.4"))]);
+    eventually(async || status_from_addr("127.0.0.4", g, "/api/v1/info", "").await.is_empty()).await;
 }

@@ -60,6 +60,8 @@ pub struct JailConfig {
 pub enum Source {
     /// sshd's log file, followed from its end.
     Sshd { log: PathBuf, mode: Mode },
+    /// sshd's entries in the journal (`journalctl -u UNIT -f`), from where the last run stopped.
+    SshdJournal { unit: String, directory: Option<PathBuf>, mode: Mode },
     /// The gateway's refusals; all of them when `reasons` is empty.
     Gateway { reasons: Vec<RefusalReason> },
 }
@@ -67,7 +69,7 @@ pub enum Source {
 impl Source {
     fn kind(&self) -> &'static str {
         match self {
-            Source::Sshd { .. } => "sshd",
+            Source::Sshd { .. } | Source::SshdJournal { .. } => "sshd",
             Source::Gateway { .. } => "gateway",
         }
     }
@@ -146,6 +148,16 @@ pub fn spawn(
                 // The end is taken now: what is written once the gateway has started is news.
                 let follower = Follower::from_end(log);
                 tokio::spawn(run.follow_sshd(follower, log.clone(), *mode, phase.subscribe()));
+            }
+            Source::SshdJournal { unit, directory, mode } => {
+                let journal = super::journal::Journal {
+                    unit: unit.clone(),
+                    directory: directory.clone(),
+                    cursor_file: bans.state_dir.as_ref().map(|d| d.join(format!("journal-{}.cursor", config.name))),
+                };
+                // Where to start is taken now, as for a log file: later entries are news.
+                let start = journal.start();
+                tokio::spawn(run.follow_journal(journal, start, *mode, phase.subscribe()));
             }
             Source::Gateway { reasons } => {
                 tokio::spawn(run.watch_refusals(refusals.subscribe(), reasons.clone(), phase.subscribe()));
@@ -262,6 +274,40 @@ impl JailTask {
                 }
             }
             self.watch_blind(last_seen, log.exists());
+        }
+    }
+
+    async fn follow_journal(
+        mut self,
+        journal: super::journal::Journal,
+        start: Option<String>,
+        mode: Mode,
+        mut phase: watch::Receiver<Phase>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(journal.run(start, tx, phase.clone()));
+        let mut last_seen = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let entry = tokio::select! {
+                e = rx.recv() => e,
+                _ = tick.tick() => {
+                    self.watch_blind(last_seen, true);
+                    continue;
+                }
+                _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            };
+            let Some(entry) = entry else { return };
+            if !Filter::is_sshd_process(&entry.identifier) {
+                continue;
+            }
+            last_seen = Instant::now();
+            let now = time::OffsetDateTime::now_utc();
+            let filter = Filter::new(mode, now);
+            if let Some(failure) = filter.message_failure(&entry.message, entry.time) {
+                let text = format!("{}[{}]: {}", entry.identifier, entry.pid, entry.message);
+                self.failure(failure.ip, Evidence::new(failure.time.unwrap_or(now), &text)).await;
+            }
         }
     }
 

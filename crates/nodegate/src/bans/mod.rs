@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod follow;
 pub mod jail;
+pub mod journal;
 pub mod list;
 pub mod nft;
 pub mod rails;

@@ -120,6 +120,18 @@ impl Filter {
         rule.counts_in(self.mode).then_some(Failure { ip: ip.to_canonical(), time, rule })
     }
 
+    /// The failure a message reports, for sources that give the message apart from its header
+    /// (the journal: `MESSAGE`, with the time and process name in fields of their own).
+    pub fn message_failure(&self, message: &str, time: Option<OffsetDateTime>) -> Option<Failure> {
+        let (rule, ip) = classify(message.trim_end_matches(['\r', '\n']))?;
+        rule.counts_in(self.mode).then_some(Failure { ip: ip.to_canonical(), time, rule })
+    }
+
+    /// Whether a process name (a syslog identifier) is sshd's: `sshd`, `sshd-session`, `sshd-auth`.
+    pub fn is_sshd_process(name: &str) -> bool {
+        is_sshd(name)
+    }
+
     /// Whether a line is one of sshd's (whatever it says): a source that gives none is blind.
     pub fn is_sshd(&self, line: &str) -> bool {
         self.split(line).is_some()

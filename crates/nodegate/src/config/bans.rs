@@ -45,26 +45,39 @@ pub(super) fn bans(
                 return Err(at.at_key(&format!("jail[{i}].{field}"), "must be above 0"));
             }
         }
-        if let Some(journal) = &j.journal {
-            return Err(at.error(
-                journal.span(),
-                key("journal"),
-                "journal sources are not built yet: name the log file with `log`",
-            ));
-        }
         let source = match j.source.get_ref().as_str() {
             "sshd" => {
-                let Some(log) = &j.log else {
-                    return Err(at.error(
-                        j.source.span(),
-                        key("log"),
-                        "an sshd jail needs `log` (e.g. \"/var/log/auth.log\")",
-                    ));
-                };
                 if j.reasons.is_some() {
                     return Err(at.error(j.source.span(), key("reasons"), "`reasons` is for gateway jails"));
                 }
-                Source::Sshd { log: log.get_ref().into(), mode: j.mode }
+                match (&j.log, &j.journal) {
+                    (Some(log), None) => {
+                        if let Some(d) = &j.journal_directory {
+                            return Err(at.error(d.span(), key("journal_directory"), "goes with `journal`, not `log`"));
+                        }
+                        Source::Sshd { log: log.get_ref().into(), mode: j.mode }
+                    }
+                    (None, Some(unit)) => {
+                        if unit.get_ref().is_empty() || unit.get_ref().starts_with('-') {
+                            return Err(at.error(unit.span(), key("journal"), "a systemd unit, e.g. \"ssh.service\""));
+                        }
+                        Source::SshdJournal {
+                            unit: unit.get_ref().clone(),
+                            directory: j.journal_directory.as_ref().map(|d| d.get_ref().into()),
+                            mode: j.mode,
+                        }
+                    }
+                    (Some(_), Some(unit)) => {
+                        return Err(at.error(unit.span(), key("journal"), "one source: `log` or `journal`, not both"));
+                    }
+                    (None, None) => {
+                        return Err(at.error(
+                            j.source.span(),
+                            key("log"),
+                            "an sshd jail needs `log` (e.g. \"/var/log/auth.log\") or `journal` (e.g. \"ssh.service\")",
+                        ));
+                    }
+                }
             }
             "gateway" => {
                 let mut reasons = Vec::new();

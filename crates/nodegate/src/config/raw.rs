@@ -82,6 +82,8 @@ pub struct RawJail {
     pub source: Spanned<String>,
     pub log: Option<Spanned<String>>,
     pub journal: Option<Spanned<String>>,
+    /// Read the journal files in this directory (`journalctl --directory`) instead of the system's.
+    pub journal_directory: Option<Spanned<String>>,
     #[serde(default)]
     pub mode: crate::bans::sshd::Mode,
     #[serde(default = "five")]

@@ -13,6 +13,8 @@ use crate::gateway::Gateway;
 pub struct Demo {
     pub nodes: Vec<TestNode>,
     pub gateway: Gateway,
+    /// The sshd log the demo's `sshd` jail follows (a file of its own, in the temp dir).
+    pub auth_log: std::path::PathBuf,
 }
 
 /// Starts three testnodes (the first offers remote PoW) and a gateway on `listen`.
@@ -28,12 +30,68 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error
     }
     // The simulated nodes' debug routes are part of the demo: /debug/headers shows what a node receives.
     toml.push_str("\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n");
+    // Bans: an sshd jail on a log file of the demo's own, and a jail for clients probing routes
+    // that are not exposed. The demo's user (127.0.0.1) is never banned; other loopback
+    // addresses (127.0.0.66, ...) play the attackers.
+    let dir = std::env::temp_dir().join(format!("nodegate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let auth_log = dir.join("auth.log");
+    std::fs::write(&auth_log, "")?;
+    toml.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[bans]\nignore = [\"127.0.0.1\", \"::1\"]\n\n\
+         [[jail]]\nname = \"sshd\"\nsource = \"sshd\"\nlog = \"{}\"\nmaxretry = 3\nbantime = \"1m\"\n\n\
+         [[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 5\nbantime = \"1m\"\n",
+        auth_log.display()
+    ));
     let config = Config::parse(&toml, "<demo>")?;
     let gateway = Gateway::start(config).await?;
-    Ok(Demo { nodes, gateway })
+    Ok(Demo { nodes, gateway, auth_log })
+}
+
+/// A GET from a loopback address of its own (an "attacker"); the status, or `None` when the
+/// gateway closed the connection without answering (banned).
+async fn get_from(local: std::net::IpAddr, gw: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(local, 0)).ok()?;
+    let mut s = socket.connect(gw).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    std::str::from_utf8(out.get(9..12)?).ok()?.parse().ok()
 }
 
 impl Demo {
+    /// Plays a client probing routes that are not exposed until it is banned; the printout.
+    pub async fn show_a_ban(&self) -> String {
+        let gw = self.gateway.local_addrs()[0];
+        let attacker: std::net::IpAddr = [127, 0, 0, 66].into();
+        let mut answers = Vec::new();
+        for path in ["/admin", "/.env", "/wp-login.php", "/cgi-bin/luci", "/phpmyadmin/"] {
+            let status = get_from(attacker, gw, path).await;
+            answers.push(format!("{path} {}", status.map_or("closed".into(), |s| s.to_string())));
+        }
+        // The jail decides on its own task: give it a moment.
+        let mut after = None;
+        for _ in 0..50 {
+            after = get_from(attacker, gw, "/api/v1/info").await;
+            if after.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outcome = match after {
+            None => "closed at accept: banned for 1m by jail `probes`".to_string(),
+            Some(s) => format!("{s} (not banned?)"),
+        };
+        format!(
+            "A ban, as it happened just now: 127.0.0.66 probed routes the gateway does not expose:\n  {}\n\
+             then GET /api/v1/info from 127.0.0.66: {outcome}\n",
+            answers.join(", ")
+        )
+    }
+
     pub fn banner(&self) -> String {
         let gw = format!("http://{}", self.gateway.local_addrs()[0]);
         let mut s = format!("nodegate demo: a gateway on {gw} in front of {} simulated IOTA nodes\n", self.nodes.len());
@@ -45,9 +103,22 @@ impl Demo {
             "\nTry:\n  curl -s {gw}/api/v1/info\n  curl -s {gw}/api/v1/tips\n  \
              curl -s -X POST {gw}/api/v1/messages -H 'content-type: application/json' -d '{{\"payload\":null,\"nonce\":\"1\"}}'\n  \
              curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n  \
-             curl -si -X POST {gw}/debug/echo -H 'content-length: 2000000' --data-binary @/dev/zero   # 413 over max_body\n\
-             \nPress Ctrl-C to stop.\n"
+             curl -si -X POST {gw}/debug/echo -H 'content-length: 2000000' --data-binary @/dev/zero   # 413 over max_body\n"
         ));
+        if let Some(admin) = self.gateway.admin_addr() {
+            let exe = std::env::current_exe().map_or("nodegate".into(), |p| p.display().to_string());
+            let log = self.auth_log.display();
+            s.push_str(&format!(
+                "\nBans (admin API on http://{admin}):\n  \
+                 {exe} bans --admin {admin} list\n  \
+                 {exe} bans --admin {admin} why 127.0.0.66\n  \
+                 for i in 1 2 3; do echo \"$(date '+%b %e %T') host sshd[$i]: Failed password for root from 127.0.0.88 port 4711 ssh2\" >> {log}; done\n  \
+                 curl -s --interface 127.0.0.88 {gw}/api/v1/info   # banned by jail sshd: the connection is closed\n  \
+                 {exe} bans --admin {admin} remove 127.0.0.88\n  \
+                 curl -s http://{admin}/status\n"
+            ));
+        }
+        s.push_str("\nPress Ctrl-C to stop.\n");
         s
     }
 
@@ -55,6 +126,9 @@ impl Demo {
         let _ = tokio::time::timeout(wait, self.gateway.shutdown()).await;
         for n in self.nodes {
             n.kill().await;
+        }
+        if let Some(dir) = self.auth_log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

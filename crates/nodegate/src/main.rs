@@ -369,6 +369,7 @@ async fn run_demo(listen: SocketAddr, seconds: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    println!("{}", d.show_a_ban().await);
     println!("{}", d.banner());
     if seconds > 0 {
         tokio::select! {

@@ -341,7 +341,11 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let banner: Vec<String> =
         stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
-    let first = &banner[0];
+    // It shows a ban happening: five probes of routes that are not exposed, then closed at accept.
+    let ban = banner.iter().position(|l| l.starts_with("A ban, as it happened")).expect("a ban shown");
+    assert!(banner[ban + 1].contains("/admin 404") && banner[ban + 1].contains("/phpmyadmin/ 404"), "{banner:?}");
+    assert!(banner[ban + 2].contains("closed at accept: banned"), "{banner:?}");
+    let first = banner.iter().find(|l| l.starts_with("nodegate demo:")).unwrap();
     let url = first.split_whitespace().find(|w| w.starts_with("http://")).expect("gateway URL in banner").to_owned();
     assert_eq!(banner.iter().filter(|l| l.trim_start().starts_with("node-")).count(), 3, "{banner:?}");
     assert!(banner.iter().any(|l| l.contains("curl")), "{banner:?}");
@@ -356,6 +360,14 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
         let node: std::net::SocketAddr = node_url.trim_start_matches("http://").parse().unwrap();
         assert_eq!(get(node, "/api/v1/info").await.status, 200, "{line}");
     }
+    // The printed sshd commands, pasted into a shell, ban 127.0.0.88; the printed `why` explains.
+    let pasted = |prefix: &str| banner.iter().find(|l| l.trim_start().starts_with(prefix)).unwrap().trim().to_owned();
+    let sh = |cmd: &str| Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(sh(&pasted("for i in 1 2 3")).status.success());
+    eventually(async || status_from_addr("127.0.0.88", gw, "/api/v1/info", "").await.is_empty()).await;
+    let why = sh(&banner.iter().find(|l| l.contains("bans --admin") && l.contains("why")).unwrap().trim().to_owned());
+    let why = String::from_utf8_lossy(&why.stdout).into_owned();
+    assert!(why.contains("banned: 127.0.0.66/32 by jail probes") && why.contains("not-exposed /phpmyadmin/"), "{why}");
     let _ = child.kill();
     let _ = child.wait();
 }

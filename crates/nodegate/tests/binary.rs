@@ -365,7 +365,7 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
     let sh = |cmd: &str| Command::new("sh").args(["-c", cmd]).output().unwrap();
     assert!(sh(&pasted("for i in 1 2 3")).status.success());
     eventually(async || status_from_addr("127.0.0.88", gw, "/api/v1/info", "").await.is_empty()).await;
-    let why = sh(&banner.iter().find(|l| l.contains("bans --admin") && l.contains("why")).unwrap().trim().to_owned());
+    let why = sh(banner.iter().find(|l| l.contains("bans --admin") && l.contains("why")).unwrap().trim());
     let why = String::from_utf8_lossy(&why.stdout).into_owned();
     assert!(why.contains("banned: 127.0.0.66/32 by jail probes") && why.contains("not-exposed /phpmyadmin/"), "{why}");
     let _ = child.kill();

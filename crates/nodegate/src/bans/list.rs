@@ -107,6 +107,8 @@ struct Inner {
     evidence: VecDeque<IpNet>,
     /// Ended and removed decisions, newest last.
     past: VecDeque<Arc<Decision>>,
+    /// When ended bans are next cleared out (once a second at most: a pass over all of them).
+    next_prune: Option<Instant>,
 }
 
 pub struct BanList {
@@ -245,16 +247,16 @@ impl BanList {
         {
             let mut inner = self.lock();
             let now = Instant::now();
-            let before = inner.active.len();
-            let mut ended = Vec::new();
-            inner.active.retain(|_, e| {
-                let running = e.until > now;
-                if !running {
-                    ended.push(e.decision.clone());
-                }
-                running
-            });
-            if inner.active.len() < before {
+            if inner.next_prune.is_none_or(|at| at <= now) {
+                inner.next_prune = Some(now + Duration::from_secs(1));
+                let mut ended = Vec::new();
+                inner.active.retain(|_, e| {
+                    let running = e.until > now;
+                    if !running {
+                        ended.push(e.decision.clone());
+                    }
+                    running
+                });
                 for d in ended {
                     remember(&mut inner.past, d);
                 }

@@ -99,6 +99,9 @@ pub(super) fn bans(
         if !matches!(*j.ipv6_prefix.get_ref(), 64 | 128) {
             return Err(at.error(j.ipv6_prefix.span(), key("ipv6_prefix"), "must be 64 or 128"));
         }
+        if !(1000..=10_000_000).contains(j.max_tracked.get_ref()) {
+            return Err(at.error(j.max_tracked.span(), key("max_tracked"), "must be between 1000 and 10000000"));
+        }
         if *j.escalate_after.get_ref() == 0 {
             return Err(at.error(j.escalate_after.span(), key("escalate_after"), "must be 1 or more"));
         }
@@ -110,7 +113,7 @@ pub(super) fn bans(
             max_bantime: j.max_bantime.0.max(j.bantime.0),
             escalate_after: *j.escalate_after.get_ref(),
             ipv6_prefix: *j.ipv6_prefix.get_ref(),
-            max_tracked: 100_000,
+            max_tracked: *j.max_tracked.get_ref(),
         };
         out.push(JailConfig { name: name.clone(), source, settings, dry_run: j.dry_run, blind_after: j.blind_after.0 });
     }

@@ -107,6 +107,13 @@ pub struct RawJail {
     /// What one IPv6 ban covers: 128 (the address) or 64 (its /64).
     #[serde(default = "prefix64")]
     pub ipv6_prefix: Spanned<u8>,
+    /// Addresses with failures (and networks with bans) a jail keeps at most.
+    #[serde(default = "jail_max_tracked")]
+    pub max_tracked: Spanned<usize>,
+}
+
+fn jail_max_tracked() -> Spanned<usize> {
+    Spanned::new(0..0, 100_000)
 }
 
 fn five() -> Spanned<u32> {

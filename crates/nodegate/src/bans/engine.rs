@@ -147,6 +147,9 @@ pub fn spawn(
             Source::Sshd { log, mode } => {
                 // The end is taken now: what is written once the gateway has started is news.
                 let follower = Follower::from_end(log);
+                if !log.exists() {
+                    tracing::warn!(jail = %config.name, log = %log.display(), "the log does not exist (yet): it is read once it appears; on Debian 12 and later sshd logs to the journal only (journal = \"ssh.service\")");
+                }
                 tokio::spawn(run.follow_sshd(follower, log.clone(), *mode, phase.subscribe()));
             }
             Source::SshdJournal { unit, directory, mode } => {

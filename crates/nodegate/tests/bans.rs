@@ -184,4 +184,20 @@ async fn sshd_entries_in_the_journal_ban_and_a_restart_goes_on_from_the_kept_cur
     assert_eq!(status_from_addr("127.0.0.4", g, "/api/v1/info", "").await, "200");
     journal_append(&journal, &[("ssh.service", "sshd", failed("127.0.0.4"))]);
     eventually(async || status_from_addr("127.0.0.4", g, "/api/v1/info", "").await.is_empty()).await;
+    gw.shutdown().await;
+
+    // A damaged cursor file: kept aside, and the journal followed from its end.
+    let cursor = dir.join("state/journal-ssh.cursor");
+    std::fs::write(&cursor, "garbage").unwrap();
+    let gw = gateway(&[n.url()], &extra).await;
+    let g = addr(&gw);
+    eventually(async || {
+        std::fs::read_dir(dir.join("state"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+    })
+    .await;
+    let three: Vec<_> = (0..3).map(|_| ("ssh.service", "sshd", failed("127.0.0.5"))).collect();
+    journal_append(&journal, &three);
+    eventually(async || status_from_addr("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
 }

@@ -55,6 +55,11 @@ impl Journal {
                 return Some(saved.to_owned());
             }
         }
+        self.newest()
+    }
+
+    /// The cursor of the unit's newest entry now.
+    fn newest(&self) -> Option<String> {
         let mut cmd = std::process::Command::new("journalctl");
         cmd.args(["-o", "json", "--no-pager", "-q", "-n", "1", "-u", &self.unit]);
         if let Some(d) = &self.directory {
@@ -91,6 +96,7 @@ impl Journal {
             let Some(stdout) = child.stdout.take() else { return };
             let mut lines = BufReader::new(stdout);
             let mut line = Vec::new();
+            let mut read_any = false;
             let ended = loop {
                 line.clear();
                 let mut capped = (&mut lines).take(MAX_LINE as u64 + 1);
@@ -113,6 +119,7 @@ impl Journal {
                     Ok(_) => {}
                 }
                 let Some((entry, at)) = parse(&line) else { continue };
+                read_any = true;
                 cursor = Some(at);
                 if let Some(entry) = entry
                     && tx.send(entry).await.is_err()
@@ -131,6 +138,21 @@ impl Journal {
                     let _ = e.read_to_string(&mut err).await;
                 }
                 let status = child.wait().await;
+                let refused = !read_any && cursor.is_some() && status.as_ref().is_ok_and(|s| !s.success());
+                if refused {
+                    // A damaged cursor file: kept aside, never used again, the journal followed
+                    // from its end (what was logged since the cursor is lost, and said so).
+                    tracing::error!(unit = %self.unit, error = %err.trim(), "journalctl refused the kept cursor; following the journal from its end");
+                    if let Some(file) = &self.cursor_file {
+                        let aside = file.with_extension(format!("cursor.corrupt-{}", super::list::unix_now()));
+                        let _ = std::fs::rename(file, &aside);
+                    }
+                    let this =
+                        Journal { unit: self.unit.clone(), directory: self.directory.clone(), cursor_file: None };
+                    cursor = tokio::task::spawn_blocking(move || this.newest()).await.ok().flatten();
+                    saved = None;
+                    continue;
+                }
                 tracing::warn!(unit = %self.unit, ?status, error = %err.trim(), "journalctl stopped; starting it again");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -88,6 +88,72 @@ const EVIDENCE_KEPT: usize = 10_000;
 const PAST_KEPT: usize = 10_000;
 const BAN_FILE: &str = "bans.jsonl";
 
+/// Lines appended to the ban file after which it is written anew with what still matters.
+const COMPACT_EVERY: usize = 10_000;
+
+/// Reads the ban file and writes it anew with what still matters: the latest decision of each
+/// network whose ban runs or ended within `history`. Returns those decisions. A line that does not
+/// parse is never dropped silently: the file is kept aside (renamed `.corrupt-<time>`), the error
+/// names it and the line, and its readable lines are kept.
+fn compact(path: &Path, history: Duration) -> Result<Vec<Decision>, String> {
+    let unix = unix_now();
+    let mut latest: HashMap<IpNet, Decision> = HashMap::new();
+    let mut bad = None;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                match serde_json::from_str::<Decision>(line) {
+                    Ok(d) if d.removed => {
+                        // A removal ends the ban but not the history.
+                        if let Some(old) = latest.get_mut(&d.net) {
+                            old.until = old.until.min(unix);
+                        }
+                    }
+                    Ok(d) => match latest.get(&d.net) {
+                        Some(old) if old.until >= d.until && old.step >= d.step => {}
+                        _ => {
+                            latest.insert(d.net, d);
+                        }
+                    },
+                    Err(e) => {
+                        bad.get_or_insert((i + 1, e.to_string()));
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
+    }
+    if let Some((line, error)) = bad {
+        let aside = path.with_extension(format!("jsonl.corrupt-{unix}"));
+        std::fs::rename(path, &aside).map_err(|e| format!("cannot move `{}` aside: {e}", path.display()))?;
+        tracing::error!(file = %path.display(), line, %error, kept_as = %aside.display(), "ban file damaged: kept aside, its readable bans loaded");
+    }
+    let kept: Vec<Decision> =
+        latest.into_values().filter(|d| d.until.saturating_add(history.as_secs()) > unix).collect();
+    let mut text = String::new();
+    for d in &kept {
+        text.push_str(&serde_json::to_string(d).map_err(|e| e.to_string())?);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    Ok(kept)
+}
+
+/// `[bans] state_dir`'s ban file: appended as decisions are made, compacted now and then.
+struct BanFile {
+    path: PathBuf,
+    history: Duration,
+    appended: AtomicUsize,
+    compact_every: usize,
+    /// Appends and compaction never overlap.
+    lock: Mutex<()>,
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -115,7 +181,7 @@ pub struct BanList {
     inner: Mutex<Inner>,
     /// How many entries `active` holds (some may have just ended): the accept path's fast check.
     count: AtomicUsize,
-    file: Option<PathBuf>,
+    file: Option<Arc<BanFile>>,
     changes: broadcast::Sender<Change>,
     /// This process's id in shared decisions.
     id: String,
@@ -130,7 +196,7 @@ impl Default for BanList {
 }
 
 impl BanList {
-    fn new(file: Option<PathBuf>, restored: Vec<Decision>, active: HashMap<IpNet, Entry>) -> BanList {
+    fn new(file: Option<Arc<BanFile>>, restored: Vec<Decision>, active: HashMap<IpNet, Entry>) -> BanList {
         let count = AtomicUsize::new(active.len());
         let id = format!("{:016x}", fastrand::u64(..));
         let inner = Inner { active, ..Inner::default() };
@@ -143,49 +209,7 @@ impl BanList {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create state_dir `{}`: {e}", dir.display()))?;
         let path = dir.join(BAN_FILE);
         let (now, unix) = (Instant::now(), unix_now());
-        let mut latest: HashMap<IpNet, Decision> = HashMap::new();
-        let mut bad = None;
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    match serde_json::from_str::<Decision>(line) {
-                        Ok(d) if d.removed => {
-                            // A removal ends the ban but not the history.
-                            if let Some(old) = latest.get_mut(&d.net) {
-                                old.until = old.until.min(unix);
-                            }
-                        }
-                        Ok(d) => match latest.get(&d.net) {
-                            Some(old) if old.until >= d.until && old.step >= d.step => {}
-                            _ => {
-                                latest.insert(d.net, d);
-                            }
-                        },
-                        Err(e) => {
-                            bad.get_or_insert((i + 1, e.to_string()));
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
-        }
-        if let Some((line, error)) = bad {
-            let aside = dir.join(format!("{BAN_FILE}.corrupt-{unix}"));
-            std::fs::rename(&path, &aside).map_err(|e| format!("cannot move `{}` aside: {e}", path.display()))?;
-            tracing::error!(file = %path.display(), line, %error, kept_as = %aside.display(), "ban file damaged: kept aside, its readable bans loaded");
-        }
-        let restored: Vec<Decision> =
-            latest.into_values().filter(|d| d.until.saturating_add(history.as_secs()) > unix).collect();
-        let mut text = String::new();
-        for d in &restored {
-            text.push_str(&serde_json::to_string(d).map_err(|e| e.to_string())?);
-            text.push('\n');
-        }
-        let tmp = dir.join(format!("{BAN_FILE}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        let restored = compact(&path, history)?;
         let active: HashMap<IpNet, Entry> = restored
             .iter()
             .filter(|d| d.until > unix)
@@ -194,7 +218,14 @@ impl BanList {
         if !active.is_empty() {
             tracing::info!(bans = active.len(), file = %path.display(), "bans restored");
         }
-        Ok(BanList::new(Some(path), restored, active))
+        let file = BanFile {
+            path,
+            history,
+            appended: AtomicUsize::new(0),
+            compact_every: COMPACT_EVERY,
+            lock: Mutex::new(()),
+        };
+        Ok(BanList::new(Some(Arc::new(file)), restored, active))
     }
 
     /// This gateway's id, as `Decision::by` names it.
@@ -317,7 +348,7 @@ impl BanList {
     }
 
     async fn write(&self, d: &Decision) {
-        let Some(path) = self.file.clone() else { return };
+        let Some(file) = self.file.clone() else { return };
         let line = match serde_json::to_vec(d) {
             Ok(mut line) => {
                 line.push(b'\n');
@@ -330,9 +361,17 @@ impl BanList {
         };
         let written = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            let _only = file.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&file.path)?;
             f.write_all(&line)?;
-            f.sync_data()
+            f.sync_data()?;
+            if file.appended.fetch_add(1, Relaxed) + 1 >= file.compact_every {
+                file.appended.store(0, Relaxed);
+                if let Err(e) = compact(&file.path, file.history) {
+                    tracing::error!(error = %e, "ban file not compacted");
+                }
+            }
+            Ok::<(), std::io::Error>(())
         })
         .await;
         if let Ok(Err(e)) = written {
@@ -386,5 +425,48 @@ fn remember(past: &mut VecDeque<Arc<Decision>>, d: Arc<Decision>) {
     past.push_back(d);
     while past.len() > PAST_KEPT {
         past.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(list: &BanList, i: u8) -> Decision {
+        Decision {
+            net: IpNet::from(IpAddr::from([192, 0, 2, i])),
+            until: unix_now() + 3600,
+            jail: "t".into(),
+            reason: String::new(),
+            step: 0,
+            events: Vec::new(),
+            by: list.id().to_owned(),
+            removed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ban_file_is_compacted_as_it_grows_and_keeps_what_is_in_force() {
+        let dir = std::env::temp_dir().join(format!("nodegate-banfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut list = BanList::with_state(&dir, Duration::ZERO).unwrap();
+        if let Some(f) = list.file.as_mut().and_then(Arc::get_mut) {
+            f.compact_every = 10;
+        }
+        for i in 0..30 {
+            assert!(list.ban(decision(&list, i)).await);
+        }
+        for i in 5..30 {
+            assert!(list.unban(IpNet::from(IpAddr::from([192, 0, 2, i]))).await);
+        }
+        let lines = std::fs::read_to_string(dir.join(BAN_FILE)).unwrap().lines().count();
+        // 55 lines appended; at the last compaction (the 50th) 10 bans were in force, then 5 more
+        // lines: without compaction the file would hold all 55.
+        assert_eq!(lines, 15, "the file grows without end");
+        let again = BanList::with_state(&dir, Duration::ZERO).unwrap();
+        let mut nets: Vec<String> = again.active().iter().map(|(d, _)| d.net.to_string()).collect();
+        nets.sort();
+        assert_eq!(nets, (0..5).map(|i| format!("192.0.2.{i}/32")).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

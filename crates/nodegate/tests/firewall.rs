@@ -117,6 +117,10 @@ async fn inside_a_network_namespace() {
         assert_eq!(r.status.as_u16(), 201, "{:?}", r.body);
     };
     add(r#"{"address": "fd00:1:2:3::/64", "for": "1h"}"#).await;
+    // Ten years is more than nft takes for an element: written as a year, renewed by verification.
+    add(r#"{"address": "127.0.0.10", "for": "3650d"}"#).await;
+    eventually(async || elements().contains("127.0.0.10 timeout 365d")).await;
+    assert!(!connects("127.0.0.10", v4).await);
     eventually(async || elements().contains("fd00:1:2:3:: timeout")).await;
     assert!(!connects("fd00:1:2:3::5", v6).await, "in the banned /64");
     assert!(connects("fd00:9::5", v6).await, "another /64");

@@ -114,13 +114,17 @@ const RULES: [&str; 4] = [
     "ip6 saddr & ffff:ffff:ffff:: @banned6_48 drop",
 ];
 
+/// The longest element timeout written (nft refuses ten years); a longer ban's element is renewed
+/// by verification before it runs out.
+const LONGEST: u64 = 365 * 86_400;
+
 /// Adds an element with its time, replacing one that is there (add, delete, add: each step valid
 /// whether or not it existed, so the transaction never fails on the element's prior state).
 fn add(s: &mut String, net: &IpNet, left: Duration) {
     if let Some((set, val)) = element(net) {
         let _ = writeln!(s, "add element {TABLE} {set} {{ {val} }}");
         let _ = writeln!(s, "delete element {TABLE} {set} {{ {val} }}");
-        let _ = writeln!(s, "add element {TABLE} {set} {{ {val} timeout {}s }}", left.as_secs().max(1));
+        let _ = writeln!(s, "add element {TABLE} {set} {{ {val} timeout {}s }}", left.as_secs().clamp(1, LONGEST));
     }
 }
 
@@ -264,7 +268,7 @@ async fn check(list: &BanList, state: &FirewallState) {
     for (net, left) in &want {
         let Some(key) = element(net) else { continue };
         // An element that ends more than 5 s before its ban was cut short (or never added).
-        let short = present.get(&key).is_none_or(|expires| expires + 5 < left.as_secs());
+        let short = present.get(&key).is_none_or(|expires| expires + 5 < left.as_secs().min(LONGEST));
         if short && left.as_secs() > 1 {
             add(&mut script, net, *left);
             fixes += 1;

@@ -21,7 +21,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("bad duration `{s}`: unit must be ms, s, m or h (e.g. \"500ms\", \"5s\")")),
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        _ => {
+            return Err(format!(
+                "bad duration `{s}`: unit must be ms, s, m, h, d or w (e.g. \"500ms\", \"5s\", \"1w\")"
+            ));
+        }
     };
     num.checked_mul(per_unit_ms).map(Duration::from_millis).ok_or_else(|| format!("bad duration `{s}`: too large"))
 }
@@ -130,6 +136,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(7 * 86_400)), "the ban issue's max_bantime = \"1w\"");
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         for bad in ["", "s", "5", "5 parsecs", "-5s", "1.5s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad} should fail");

@@ -104,8 +104,8 @@ async fn inside_a_network_namespace() {
     assert!(connects("127.0.0.2", v4).await);
     eventually(async || elements().contains("127.0.0.2 timeout")).await;
     assert!(!connects("127.0.0.2", v4).await, "repaired");
-    sh("nft flush chain inet nodegate input");
-    eventually(async || sh("nft list chain inet nodegate input").contains("ip saddr @banned4 drop")).await;
+    sh("nft flush chain inet nodegate ban_input");
+    eventually(async || sh("nft list chain inet nodegate ban_input").contains("ip saddr @banned4 drop")).await;
     sh("nft add element inet nodegate banned4 '{ 127.0.0.9 timeout 1h }'");
     eventually(async || !elements().contains("127.0.0.9")).await;
     assert!(connects("127.0.0.9", v4).await);

@@ -5,8 +5,10 @@
 //! nodegate owns one table, `inet nodegate`, and touches nothing else: sets `banned4` (IPv4
 //! addresses), `banned6` (IPv6 addresses), `banned6_64` and `banned6_48` (IPv6 networks, matched
 //! by masking the source address), each with `flags timeout` so every element carries its ban's
-//! remaining time and the kernel ends it even when nodegate is not running; and `input` and
-//! `forward` chains that drop what the sets hold. Every change is one `nft -f -` transaction.
+//! remaining time and the kernel ends it even when nodegate is not running; and `ban_input` and
+//! `ban_forward` chains (hooked before filter, policy accept) that drop what the sets hold. The
+//! chains named `input` and `forward` in the same table are `nodegate firewall`'s: bans never
+//! touch them. Every change is one `nft -f -` transaction.
 //! At start the table, its chains and rules are (re)declared and each set flushed and refilled from
 //! the list in the same transaction, so a restart never leaves a moment with the sets empty. On
 //! stop the table stays: bans run out in the kernel by themselves.
@@ -93,7 +95,7 @@ fn full_script(bans: &[(IpNet, Duration)]) -> String {
         let _ = writeln!(s, "add set {TABLE} {set} {{ type {ty}; flags timeout; }}");
         let _ = writeln!(s, "flush set {TABLE} {set}");
     }
-    for (chain, hook) in [("input", "input"), ("forward", "forward")] {
+    for (chain, hook) in [("ban_input", "input"), ("ban_forward", "forward")] {
         let _ =
             writeln!(s, "add chain {TABLE} {chain} {{ type filter hook {hook} priority filter - 10; policy accept; }}");
         let _ = writeln!(s, "flush chain {TABLE} {chain}");

@@ -310,13 +310,16 @@ async fn repair_all(want: &[(IpNet, Duration)], state: &FirewallState, fixes: u6
 type Elements = HashMap<(&'static str, String), u64>;
 
 /// The elements of nodegate's sets (set, value) -> seconds until they expire (`u64::MAX` for
-/// none), and how many rules its chains hold.
+/// none), and how many rules the ban chains hold.
 fn read_table(json: &str) -> Option<(Elements, usize)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let mut elements = HashMap::new();
     let mut rules = 0;
     for item in v.get("nftables")?.as_array()? {
-        if item.get("rule").is_some() {
+        // Only the ban chains' rules: the firewall writer's chains share the table.
+        if let Some(rule) = item.get("rule")
+            && matches!(rule.get("chain").and_then(|c| c.as_str()), Some("ban_input" | "ban_forward"))
+        {
             rules += 1;
         }
         let Some(set) = item.get("set") else { continue };
@@ -359,6 +362,7 @@ mod tests {
         let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "nodegate"}},
           {"set": {"family": "inet", "name": "banned4", "table": "nodegate", "type": "ipv4_addr", "flags": ["timeout"],
             "elem": [{"elem": {"val": "1.2.3.4", "timeout": 30, "expires": 29}}, "5.6.7.8"]}},
+          {"rule": {"family": "inet", "table": "nodegate", "chain": "ban_input"}},
           {"rule": {"family": "inet", "table": "nodegate", "chain": "input"}}]}"#;
         let (elements, rules) = read_table(listing).unwrap();
         assert_eq!(elements.get(&("banned4", "1.2.3.4".into())), Some(&29));

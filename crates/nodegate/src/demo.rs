@@ -17,6 +17,26 @@ pub struct Demo {
     pub auth_log: std::path::PathBuf,
 }
 
+/// The demo's config: a gateway on `listen` in front of `nodes` (the first offers remote PoW),
+/// with bans from `auth_log` and from probes of routes that are not exposed.
+pub fn config_text(listen: SocketAddr, nodes: &[String], auth_log: &std::path::Path) -> String {
+    let mut toml = format!("[gateway]\nlisten = [\"{listen}\"]\ndrain_timeout = \"2s\"\n");
+    for (i, url) in nodes.iter().enumerate() {
+        toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{url}\"\npow = {}\n", i + 1, i == 0));
+    }
+    // The simulated nodes' debug routes are part of the demo: /debug/headers shows what a node receives.
+    toml.push_str("\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n");
+    // The demo's user (127.0.0.1) is never banned; other loopback addresses (127.0.0.66, ...) play
+    // the attackers.
+    toml.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[bans]\nignore = [\"127.0.0.1\", \"::1\"]\n\n\
+         [[jail]]\nname = \"sshd\"\nsource = \"sshd\"\nlog = \"{}\"\nmaxretry = 3\nbantime = \"1m\"\n\n\
+         [[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 5\nbantime = \"1m\"\n",
+        auth_log.display()
+    ));
+    toml
+}
+
 /// Starts three testnodes (the first offers remote PoW) and a gateway on `listen`.
 pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
@@ -24,25 +44,13 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error
         let options = Options { name: format!("node-{i}"), pow: i == 1, pow_difficulty: 18, ..Options::default() };
         nodes.push(TestNode::start("127.0.0.1:0".parse()?, options).await?);
     }
-    let mut toml = format!("[gateway]\nlisten = [\"{listen}\"]\ndrain_timeout = \"2s\"\n");
-    for (i, n) in nodes.iter().enumerate() {
-        toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{}\"\npow = {}\n", i + 1, n.url(), i == 0));
-    }
-    // The simulated nodes' debug routes are part of the demo: /debug/headers shows what a node receives.
-    toml.push_str("\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n");
-    // Bans: an sshd jail on a log file of the demo's own, and a jail for clients probing routes
-    // that are not exposed. The demo's user (127.0.0.1) is never banned; other loopback
-    // addresses (127.0.0.66, ...) play the attackers.
+    // Bans: an sshd jail on a log file of the demo's own.
     let dir = std::env::temp_dir().join(format!("nodegate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let auth_log = dir.join("auth.log");
     std::fs::write(&auth_log, "")?;
-    toml.push_str(&format!(
-        "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[bans]\nignore = [\"127.0.0.1\", \"::1\"]\n\n\
-         [[jail]]\nname = \"sshd\"\nsource = \"sshd\"\nlog = \"{}\"\nmaxretry = 3\nbantime = \"1m\"\n\n\
-         [[jail]]\nname = \"probes\"\nsource = \"gateway\"\nreasons = [\"not-exposed\"]\nmaxretry = 5\nbantime = \"1m\"\n",
-        auth_log.display()
-    ));
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let toml = config_text(listen, &urls, &auth_log);
     let config = Config::parse(&toml, "<demo>")?;
     let gateway = Gateway::start(config).await?;
     Ok(Demo { nodes, gateway, auth_log })

@@ -1,4 +1,4 @@
-//! The `nodegate` command: run, check, demo, key, cert, filter, bans.
+//! The `nodegate` command: run, check, demo, key, cert, filter, bans, audit, firewall.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +55,49 @@ enum Command {
         admin: Option<SocketAddr>,
         #[command(subcommand)]
         command: BansCommand,
+    },
+    /// What this host exposes, in node terms: listening sockets and their processes, node ports
+    /// that must not face the internet, sshd's settings, Docker's published ports, the firewall.
+    /// Exit 0 clean, 1 warnings, 2 critical.
+    Audit {
+        /// The gateway's config: what it fronts and whom it trusts are checked too.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The sockets and the findings (id, severity, message, fix) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Read this sshd_config instead of asking `sshd -T`.
+        #[arg(long)]
+        sshd_config: Option<PathBuf>,
+    },
+    /// An nftables ruleset (table inet nodegate) that opens only sshd, the gateway and
+    /// [firewall] allow: print it, check it, or apply it with an automatic rollback.
+    #[command(group(clap::ArgGroup::new("action").required(true)))]
+    Firewall {
+        #[arg(long, short, default_value = "/etc/nodegate/nodegate.toml")]
+        config: PathBuf,
+        /// Print the ruleset.
+        #[arg(long, group = "action")]
+        print: bool,
+        /// Validate it with nft -c, changing nothing.
+        #[arg(long, group = "action")]
+        check: bool,
+        /// Load it; the previous rules come back unless --confirm comes within --confirm-within.
+        #[arg(long, group = "action")]
+        apply: bool,
+        /// Keep the rules just applied (run it from a new SSH session: it proves you can log in).
+        #[arg(long, group = "action")]
+        confirm: bool,
+        #[arg(long, group = "action", hide = true)]
+        guard: Option<String>,
+        #[arg(long, default_value = "60s")]
+        confirm_within: String,
+        /// Where the previous rules and the confirmation are kept.
+        #[arg(long, default_value = "/var/lib/nodegate/firewall")]
+        state_dir: PathBuf,
+        /// Read sshd's port from this sshd_config instead of asking `sshd -T`.
+        #[arg(long)]
+        sshd_config: Option<PathBuf>,
     },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
@@ -157,6 +200,88 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Filter { command: FilterCommand::Sshd { mode, json, file } } => filter_sshd(mode, json, &file),
+        Command::Audit { config, json, sshd_config } => {
+            let config = match config.as_deref().map(Config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = nodegate::host::audit::run(config.as_ref(), sshd_config.as_deref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.text());
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Command::Firewall { config, print, check, apply, confirm, guard, confirm_within, state_dir, sshd_config } => {
+            use nodegate::host::firewall;
+            if let Some(id) = guard {
+                return match firewall::guard(&state_dir, &id) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            if confirm {
+                return match firewall::confirm(&state_dir) {
+                    Ok(id) => {
+                        println!("confirmed: the rules of apply {id} stay");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let loaded = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let plan = firewall::plan(&loaded, sshd_config.as_deref());
+            let script = firewall::ruleset(&plan, &config.display().to_string());
+            if print {
+                print!("{script}");
+                return ExitCode::SUCCESS;
+            }
+            if let Err(e) = firewall::check(&script) {
+                eprintln!("nft refused the ruleset: {e}");
+                return ExitCode::FAILURE;
+            }
+            if check {
+                println!("the ruleset is valid (nft -c): {} ports open", plan.open.len());
+                return ExitCode::SUCCESS;
+            }
+            let _ = apply;
+            let window = match nodegate::config::units::parse_duration(&confirm_within) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    eprintln!("--confirm-within: a duration such as 60s or 2m");
+                    return ExitCode::from(2);
+                }
+            };
+            match firewall::apply(&script, &state_dir, window) {
+                Ok(id) => {
+                    println!(
+                        "applied (apply {id}). From a NEW ssh session, within {confirm_within}, run:\n  nodegate firewall --confirm --state-dir {}\nOtherwise the previous rules come back by themselves.",
+                        state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bans { config, admin, command } => {
             let admin = match admin {
                 Some(a) => a,

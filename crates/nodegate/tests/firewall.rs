@@ -11,30 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const INSIDE: &str = "NODEGATE_TEST_IN_NETNS";
-
 #[test]
 fn nftables_enforce_bans_in_a_network_namespace() {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .arg("-rn")
-        .arg(&exe)
-        .args(["inside_a_network_namespace", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .output()
-        .expect("unshare (util-linux) runs");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("1 passed"), "in the namespace:\n{stdout}\n{stderr}");
+    let stdout = run_in_netns("inside_a_network_namespace");
     // The figure the issue asks for, printed by the inner test.
     for line in stdout.lines().filter_map(|l| l.find("measured:").map(|i| &l[i..])) {
         println!("{line}");
     }
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn elements() -> String {
@@ -61,7 +44,7 @@ fn append(path: &std::path::Path, ip: &str, n: u32) {
 #[tokio::test]
 #[ignore = "runs inside a network namespace, started by nftables_enforce_bans_in_a_network_namespace"]
 async fn inside_a_network_namespace() {
-    assert!(std::env::var_os(INSIDE).is_some(), "only in a namespace of its own: it changes nftables");
+    assert!(std::env::var_os(IN_NETNS).is_some(), "only in a namespace of its own: it changes nftables");
     sh("ip link set lo up && ip addr add fd00:1:2:3::5/128 dev lo nodad && ip addr add fd00:9::5/128 dev lo nodad");
     let n = node().await;
     // A stand-in for any other service on the host (sshd): the firewall covers it, not only the gateway.

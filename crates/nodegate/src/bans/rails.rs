@@ -5,7 +5,7 @@
 //! in to fix it.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -52,74 +52,18 @@ impl Rails {
     }
 }
 
-/// The remote addresses of established TCP connections to one of `ports` on this host, from
-/// /proc/net/tcp and tcp6 (unreadable files count as none).
+/// The remote addresses of established TCP connections to one of `ports` on this host.
 pub fn established_peers(ports: &[u16]) -> HashSet<IpAddr> {
-    let mut peers = HashSet::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(file) {
-            peers.extend(text.lines().skip(1).filter_map(|l| established(l, ports)));
-        }
-    }
-    peers
-}
-
-/// One line of /proc/net/tcp{,6}: `sl local rem st ...`, addresses as hex `ADDR:PORT` with the
-/// address in 32-bit words of host byte order; state 01 is ESTABLISHED.
-fn established(line: &str, ports: &[u16]) -> Option<IpAddr> {
-    let mut f = line.split_whitespace();
-    let (_sl, local, remote, state) = (f.next()?, f.next()?, f.next()?, f.next()?);
-    if state != "01" {
-        return None;
-    }
-    let (_, local_port) = hex_endpoint(local)?;
-    if !ports.contains(&local_port) {
-        return None;
-    }
-    Some(hex_endpoint(remote)?.0.to_canonical())
-}
-
-fn hex_endpoint(s: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
-        Some(w.to_ne_bytes())
-    };
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
-        }
-        _ => return None,
-    };
-    Some((ip, port))
+    crate::procnet::sockets(crate::procnet::Proto::Tcp)
+        .into_iter()
+        .filter(|s| s.state == crate::procnet::TCP_ESTABLISHED && ports.contains(&s.local.port()))
+        .map(|s| s.remote.ip().to_canonical())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_net_tcp_lines_name_established_ssh_peers() {
-        // Little-endian machines write 127.0.0.1 as 0100007F.
-        if cfg!(target_endian = "little") {
-            let v4 = "   0: 0100007F:0016 0300007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1";
-            assert_eq!(established(v4, &[22]), Some("127.0.0.3".parse().unwrap()));
-            assert_eq!(established(v4, &[2222]), None, "another port");
-            let listen = v4.replace(" 01 ", " 0A ");
-            assert_eq!(established(&listen, &[22]), None, "LISTEN is not a session");
-            // ::ffff:192.0.2.7 (mapped) is the IPv4 client.
-            let mapped = "   0: 00000000000000000000000001000000:0016 0000000000000000FFFF0000070200C0:D431 01";
-            assert_eq!(established(mapped, &[22]), Some("192.0.2.7".parse().unwrap()));
-            let short = "   0: 00000000000000000000000001000000:0016 0000000000000000FFFF00000700C0:D431 01";
-            assert_eq!(established(short, &[22]), None, "a malformed address is skipped, not misread");
-        }
-    }
 
     #[test]
     fn a_real_established_connection_is_found() {

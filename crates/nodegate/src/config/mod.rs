@@ -3,6 +3,7 @@
 
 mod bans;
 mod credentials;
+mod firewall;
 mod limits;
 mod nodes;
 mod raw;
@@ -23,6 +24,7 @@ pub use crate::health::Health;
 pub use crate::profile::Profile;
 pub use crate::tls::{Acme, AcmeChallenge, CertFiles, ClientAuth, Tls};
 pub use crate::upstream::Upstream;
+pub use firewall::{FirewallSettings, PortRange};
 
 use crate::pipeline::auth::{ApiKey, JwtKey};
 use crate::pipeline::ip_set::IpSet;
@@ -52,6 +54,8 @@ pub struct Config {
     /// `[tls]`: the listen addresses serve HTTPS.
     pub tls: Option<Tls>,
     pub log: Log,
+    /// `[firewall]`: what `nodegate firewall` keeps open.
+    pub firewall: FirewallSettings,
     /// `[bans]` with its `[[jail]]`s; none without a `[[jail]]`.
     pub bans: Option<crate::bans::engine::Bans>,
 }
@@ -381,7 +385,9 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     };
     let upstream = nodes::upstream(raw.upstream, at)?;
     let bans = bans::bans(raw.bans, raw.jail, at)?;
+    let firewall = firewall::firewall(raw.firewall, at)?;
     let config = Config {
+        firewall,
         access,
         routes,
         api_keys,

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub jwt: Vec<RawJwt>,
     pub rate_limit: Option<RawRateLimit>,
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub firewall: Option<RawFirewall>,
     pub cluster: Option<RawCluster>,
     pub tls: Option<RawTls>,
     #[serde(default)]
@@ -290,6 +292,19 @@ impl Default for RawHealth {
             eject_for: Dur(std::time::Duration::from_secs(10)),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirewall {
+    /// Ports that must stay public: "8084/udp", "15600", "30000-30100/tcp".
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    pub ssh_ports: Option<Vec<u16>>,
+    /// New SSH connections per source: "10/min".
+    pub ssh_rate: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub forward: bool,
 }
 
 #[derive(Debug, Deserialize)]

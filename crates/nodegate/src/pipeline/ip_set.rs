@@ -43,6 +43,13 @@ impl IpSet {
         IpSet { v4: merge(v4), v6: merge(v6) }
     }
 
+    /// How many IPv4 and IPv6 addresses the set holds (IPv6 saturating at `u128::MAX`).
+    pub fn size(&self) -> (u64, u128) {
+        let v4 = self.v4.iter().map(|(a, b)| u64::from(b - a) + 1).sum();
+        let v6 = self.v6.iter().fold(0u128, |n, (a, b)| n.saturating_add((b - a).saturating_add(1)));
+        (v4, v6)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {
             IpAddr::V4(a) => within(&self.v4, u32::from(a)),

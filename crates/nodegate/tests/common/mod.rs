@@ -238,3 +238,30 @@ pub async fn status_from_addr(local: &str, gw: SocketAddr, path: &str, headers: 
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).get(9..12).unwrap_or("").to_owned()
 }
+
+/// Set in the environment of a test run inside a network namespace by `run_in_netns`.
+pub const IN_NETNS: &str = "NODEGATE_TEST_IN_NETNS";
+
+/// Runs this test binary's `test` (an `#[ignore]`d test that checks `IN_NETNS`) in a user and
+/// network namespace of its own (`unshare -rn`: no privilege needed, the host untouched); fails
+/// with its output unless it passed. Returns its standard output.
+pub fn run_in_netns(test: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .arg("-rn")
+        .arg(&exe)
+        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("unshare (util-linux) runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("1 passed"), "in the namespace:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+/// Runs a shell command; its standard output. Fails the test when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -282,3 +282,61 @@ fn the_demo_configs_firewall_is_accepted_by_nft() {
     let (code, out, err) = nodegate(&["firewall", "--config", &config, "--check", "--sshd-config", "/nonexistent"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn ports_published_to_containers_are_filtered_on_the_forward_path() {
+    run_in_netns("forward_inside");
+}
+
+/// A network namespace held by a sleeping process; its pid.
+fn namespace() -> KillOnDrop {
+    let holder = KillOnDrop(Command::new("unshare").args(["-n", "sleep", "300"]).spawn().unwrap());
+    let pid = holder.0.id();
+    eventually_sync("a namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() != std::fs::read_link("/proc/self/ns/net").ok()
+    });
+    holder
+}
+
+#[test]
+#[ignore = "runs inside a network namespace, started by ports_published_to_containers_are_filtered_on_the_forward_path"]
+fn forward_inside() {
+    assert!(std::env::var_os(IN_NETNS).is_some(), "only in a namespace of its own");
+    // Three hosts: a client, this one (the node host), a container behind it, as Docker wires
+    // one: its port 80 published as 8080 and 8081 by DNAT, reached through the forward path.
+    let (client, container) = (namespace(), namespace());
+    let (c, k) = (client.0.id(), container.0.id());
+    sh(&format!(
+        "ip link set lo up && echo 1 > /proc/sys/net/ipv4/ip_forward && \
+         ip link add v0 type veth peer name v1 && ip link set v1 netns {c} && ip addr add 10.9.0.1/24 dev v0 && ip link set v0 up && \
+         ip link add d0 type veth peer name d1 && ip link set d1 netns {k} && ip addr add 10.10.0.1/24 dev d0 && ip link set d0 up && \
+         nsenter -t {c} -n sh -c 'ip link set lo up && ip addr add 10.9.0.2/24 dev v1 && ip link set v1 up' && \
+         nsenter -t {k} -n sh -c 'ip link set lo up && ip addr add 10.10.0.2/24 dev d1 && ip link set d1 up && ip route add default via 10.10.0.1' && \
+         nft add table ip nat && nft add chain ip nat prerouting '{{ type nat hook prerouting priority dstnat; }}' && \
+         nft add rule ip nat prerouting iifname v0 tcp dport 8080 dnat to 10.10.0.2:80 && \
+         nft add rule ip nat prerouting iifname v0 tcp dport 8081 dnat to 10.10.0.2:80"
+    ));
+    let _server = KillOnDrop(
+        Command::new("nsenter")
+            .args(["-t", &k.to_string(), "-n", "python3", "-c"])
+            .arg("import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',80))\ns.listen(64)\ntime.sleep(300)")
+            .spawn()
+            .expect("python3 (scripts/test installs it)"),
+    );
+    eventually_sync("the container's port 80 through 8080", || reaches(c, 8080));
+    assert!(reaches(c, 8081));
+
+    let dir = temp_dir("forward");
+    let config = write(
+        &dir,
+        "nodegate.toml",
+        "[gateway]\nlisten = [\"0.0.0.0:8443\"]\n\n[[node]]\nname = \"n\"\nurl = \"http://127.0.0.1:9000\"\n\n\
+         [firewall]\nallow = [\"8080/tcp\"]\nssh_ports = [22]\n",
+    );
+    let state = dir.join("state").display().to_string();
+    let (code, out, err) = nodegate(&["firewall", "--config", &config, "--apply", "--state-dir", &state]);
+    assert_eq!(code, 0, "{out}{err}");
+    nodegate(&["firewall", "--confirm", "--state-dir", &state]);
+    assert!(reaches(c, 8080), "published and allowed");
+    assert!(!reaches(c, 8081), "published by the container engine but not allowed: closed on the forward path");
+}

@@ -53,6 +53,20 @@ fn audit_inside() {
         nft add rule ip nat DOCKER iifname != \\\"docker0\\\" tcp dport 8080 dnat to 172.17.0.2:80");
 
     let dir = temp_dir("audit");
+    // A process named docker-proxy listening, as Docker's userland proxy does for a published port.
+    let proxy = dir.join("docker-proxy");
+    // A link named docker-proxy to python: the kernel names the process after the path it ran.
+    let python = sh("python3 -c 'import os, sys; print(os.path.realpath(sys.executable))'");
+    std::os::unix::fs::symlink(python.trim(), &proxy).unwrap();
+    let _docker_proxy = KillOnDrop(
+        Command::new(&proxy)
+            .args([
+                "-c",
+                "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',9443))\ns.listen()\ntime.sleep(300)",
+            ])
+            .spawn()
+            .unwrap(),
+    );
     let sshd = write(&dir, "sshd_config", "PermitRootLogin yes\nPasswordAuthentication yes\nLogLevel VERBOSE\n");
     let config = write(
         &dir,
@@ -83,6 +97,10 @@ fn audit_inside() {
     assert_eq!(severity("sshd.log-level"), None, "VERBOSE is what bans want");
     assert_eq!(severity("firewall.none").as_deref(), Some("warning"));
     assert!(finding("docker.published.8080-tcp").is_some(), "{report:#}");
+    eventually_sync("docker-proxy listening", || {
+        let (_, out, _) = nodegate(&["audit", "--json"]);
+        out.contains("docker.proxy.9443-tcp")
+    });
     // Each socket with its process: this test binary, by its pid.
     let sockets = report["listening"].as_array().unwrap();
     let s1337 = sockets.iter().find(|s| s["address"] == "0.0.0.0:1337").unwrap();

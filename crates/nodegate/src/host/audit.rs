@@ -164,6 +164,15 @@ fn port_findings(listening: &[Listening], config: Option<&Config>, fw: &Firewall
             .as_ref()
             .is_some_and(|open| !open.iter().any(|o| PortRange::parse(o).is_ok_and(|r| r.contains(port, l.proto))));
         let at = format!("{} on {}/{}", l.process, l.address, l.proto.name());
+        if comm == Some("docker-proxy") {
+            out.push(Finding::new(
+                &format!("docker.proxy.{port}-{}", l.proto.name()),
+                Severity::Warning,
+                format!("Docker publishes {}/{} (docker-proxy): reachable from outside whatever the input chain says", l.address, l.proto.name()),
+                "publish it on 127.0.0.1 only (-p 127.0.0.1:PORT:PORT), or apply nodegate firewall, which filters the forward path of published ports".into(),
+            ));
+            continue;
+        }
         if fronted.contains(&port) && l.proto == Proto::Tcp && !ours.contains(&port) {
             out.push(Finding::new(
                 &format!("gateway.bypass.{port}"),

@@ -283,6 +283,22 @@ fn firewall_inside() {
     assert_eq!(table.matches("ct state invalid drop").count(), 1, "{table}");
     assert!(table.contains("192.0.2.1"), "{table}");
     assert_eq!(nodegate(&["firewall", "--confirm", "--state-dir", &state]).0, 1, "nothing left to confirm");
+
+    // A new ruleset not confirmed: the previous one (not none) comes back, bans and all.
+    let other = write(
+        &dir,
+        "other.toml",
+        &format!(
+            "[gateway]\nlisten = [\"0.0.0.0:{gw}\"]\n\n[[node]]\nname = \"n\"\nurl = \"http://127.0.0.1:9000\"\n\n\
+             [firewall]\nallow = [\"{blocked}/tcp\"]\nssh_ports = [{ssh}]\n"
+        ),
+    );
+    let (code, ..) =
+        nodegate(&["firewall", "--config", &other, "--apply", "--confirm-within", "1s", "--state-dir", &state]);
+    assert_eq!(code, 0);
+    assert!(reaches(pid, blocked) && !reaches(pid, allowed), "the new rules");
+    eventually_sync("the confirmed rules back", || reaches(pid, allowed) && !reaches(pid, blocked));
+    assert!(sh("nft list table inet nodegate").contains("192.0.2.1"), "the ban set came back with them");
 }
 
 #[test]

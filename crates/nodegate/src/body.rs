@@ -225,6 +225,22 @@ pub fn answer(err: &crate::error::GatewayError) -> http::Response<ProxyBody> {
     resp
 }
 
+/// One of the gateway's own answers on a JSON-RPC route: the same status and headers, the body in
+/// JSON-RPC's shape with the request's id (`null` when it was not read).
+pub fn answer_rpc(
+    err: &crate::error::GatewayError,
+    id: Option<&serde_json::value::RawValue>,
+) -> http::Response<ProxyBody> {
+    let id = id.map_or("null", |i| i.get());
+    let message = serde_json::to_string(&err.to_string()).unwrap_or_else(|_| "\"error\"".into());
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, err.rpc_code());
+    let mut resp = http::Response::new(ProxyBody::full(body));
+    *resp.status_mut() = err.status();
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    err.add_headers(resp.headers_mut());
+    resp
+}
+
 /// A JSON error response in the node API's shape.
 pub fn json_error(status: http::StatusCode, message: &str) -> http::Response<ProxyBody> {
     let mut resp = http::Response::new(ProxyBody::full(crate::error::json_text(status, message)));

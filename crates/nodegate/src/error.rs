@@ -60,6 +60,21 @@ pub enum GatewayError {
     NodeBusy,
     #[error("remote proof of work is not offered here: send the message with its nonce")]
     NoPowNode,
+    /// A JSON-RPC body that is not a request the method policy can judge.
+    #[error("{}", rpc_text(.0))]
+    Rpc(crate::pipeline::jsonrpc::Invalid),
+    #[error("this method is not exposed here")]
+    MethodNotExposed,
+}
+
+fn rpc_text(why: &crate::pipeline::jsonrpc::Invalid) -> String {
+    use crate::pipeline::jsonrpc::Invalid;
+    match why {
+        Invalid::Parse => "parse error: the body is not JSON".into(),
+        Invalid::Request(why) => format!("invalid request: {why}"),
+        Invalid::BatchRefused => "Batched requests are not supported by this server".into(),
+        Invalid::BatchSize => "batch too long (or empty)".into(),
+    }
 }
 
 impl GatewayError {
@@ -80,6 +95,31 @@ impl GatewayError {
             RateLimited { .. } | TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             NoNode | NoPowNode | NodeBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Rpc(_) => StatusCode::BAD_REQUEST,
+            MethodNotExposed => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The JSON-RPC error code of this answer on a JSON-RPC route: the standard codes where one
+    /// fits (-32700 parse, -32600 invalid request, -32601 method not found), jsonrpsee's where
+    /// iota-node uses them (-32005 batches refused, -32009 server busy, -32010 batch too big), and
+    /// -32001 (a credential is needed), -32003 (refused: address, ban, credential's role) and
+    /// -32000 (no node answered) for the rest.
+    pub fn rpc_code(&self) -> i64 {
+        use crate::pipeline::jsonrpc::Invalid;
+        use GatewayError::*;
+        match self {
+            Rpc(Invalid::Parse) => -32700,
+            Rpc(Invalid::Request(_)) | BadRequest(_) | BadPath(_) | BrokenForwardingChain | HeadersTooLarge { .. } => {
+                -32600
+            }
+            Rpc(Invalid::BatchRefused) => -32005,
+            Rpc(Invalid::BatchSize) | BodyTooLarge { .. } => -32010,
+            MethodNotExposed | NotExposed | MethodNotAllowed => -32601,
+            CredentialMissing => -32001,
+            AddressDenied | Banned | CredentialNotEnough => -32003,
+            RateLimited { .. } | TooManyInFlight { .. } | NodeBusy => -32009,
+            _ => -32000,
         }
     }
 
@@ -95,7 +135,8 @@ impl GatewayError {
             }
             CredentialMissing => R::CredentialMissing,
             CredentialNotEnough => R::CredentialNotEnough,
-            NotExposed => R::NotExposed,
+            NotExposed | MethodNotExposed => R::NotExposed,
+            Rpc(_) => R::BadRequest,
             RateLimited { .. } | TooManyInFlight { .. } => R::RateLimited,
             _ => return None,
         })
@@ -150,6 +191,7 @@ fn policy_text(policy: &LimitPolicy) -> &'static str {
         LimitPolicy::Route => "too many requests to this route",
         LimitPolicy::Pow => "remote proof of work budget used up",
         LimitPolicy::PerClient => "too many requests",
+        LimitPolicy::Method => "too many calls of this method",
     }
 }
 

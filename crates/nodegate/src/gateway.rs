@@ -30,6 +30,8 @@ pub struct Gateway {
     tls: Option<Arc<crate::tls::TlsServer>>,
     redirect_addrs: Vec<SocketAddr>,
     refusals: crate::events::Refusals,
+    /// iota-rebased: each node's latest checkpoint, for the health checks' lag.
+    checkpoints: Arc<health::Checkpoints>,
 }
 
 impl Gateway {
@@ -50,9 +52,16 @@ impl Gateway {
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone()));
         let refusals = proxy.refusals().clone();
         let (phase, _) = watch::channel(Phase::Running);
+        let checkpoints = Arc::new(health::Checkpoints::default());
         if config.health.active {
             for node in balancer.nodes().iter() {
-                health::spawn(node.clone(), config.gateway.profile, config.health.clone(), phase.subscribe());
+                health::spawn(
+                    node.clone(),
+                    config.gateway.profile,
+                    config.health.clone(),
+                    checkpoints.clone(),
+                    phase.subscribe(),
+                );
             }
         }
         let cluster =
@@ -117,6 +126,7 @@ impl Gateway {
             cluster,
             tls,
             refusals,
+            checkpoints,
         })
     }
 
@@ -160,6 +170,7 @@ impl Gateway {
                     node.clone(),
                     self.config.gateway.profile,
                     self.config.health.clone(),
+                    self.checkpoints.clone(),
                     self.phase.subscribe(),
                 );
             }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod jsonrpc;
 mod pow;
 mod ws;
 
@@ -75,6 +76,10 @@ pub struct State {
     /// TCP connections accepted.
     pub connections: AtomicU64,
     pub(crate) messages: store::Store,
+    /// iota-rebased: checkpoints this node is behind (its checkpoint is the clock's minus this).
+    pub checkpoint_lag: AtomicU64,
+    /// The JSON-RPC methods called, newest last (at most 1,000).
+    pub rpc_methods: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 /// A snapshot of [`State`] as JSON, for `/control/state`.
@@ -91,6 +96,11 @@ pub struct StateView {
     pub submissions: u64,
     pub pow_jobs: u64,
     pub connections: u64,
+    #[serde(default)]
+    pub checkpoint_lag: u64,
+    /// The JSON-RPC methods that reached this node, oldest first.
+    #[serde(default)]
+    pub rpc_methods: Vec<String>,
 }
 
 /// A change to the state; absent fields stay as they are.
@@ -104,6 +114,8 @@ pub struct StatePatch {
     pub pow_difficulty: Option<u32>,
     /// Set the counters back to zero.
     pub reset_counters: Option<bool>,
+    /// iota-rebased: be this many checkpoints behind.
+    pub checkpoint_lag: Option<u64>,
 }
 
 impl State {
@@ -122,6 +134,8 @@ impl State {
             pow_jobs: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             messages: store::Store::default(),
+            checkpoint_lag: AtomicU64::new(0),
+            rpc_methods: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -138,6 +152,8 @@ impl State {
             submissions: self.submissions.load(Relaxed),
             pow_jobs: self.pow_jobs.load(Relaxed),
             connections: self.connections.load(Relaxed),
+            checkpoint_lag: self.checkpoint_lag.load(Relaxed),
+            rpc_methods: self.rpc_methods.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
 
@@ -157,7 +173,11 @@ impl State {
         if let Some(v) = p.pow_difficulty {
             self.pow_difficulty.store(v.min(40), Relaxed);
         }
+        if let Some(v) = p.checkpoint_lag {
+            self.checkpoint_lag.store(v, Relaxed);
+        }
         if p.reset_counters == Some(true) {
+            self.rpc_methods.lock().unwrap_or_else(|e| e.into_inner()).clear();
             self.requests.store(0, Relaxed);
             self.probes.store(0, Relaxed);
             self.submissions.store(0, Relaxed);

@@ -38,6 +38,8 @@ pub struct Config {
     pub access: AddressFilter,
     /// `[[route]]` rules and the profile's defaults.
     pub routes: RoutePolicy,
+    /// `[[method]]` and the profile's JSON-RPC method defaults.
+    pub methods: crate::pipeline::methods::MethodPolicy,
     /// `[[api_key]]`: hashes and roles.
     pub api_keys: Vec<ApiKey>,
     /// `[[jwt]]`: trusted token issuers.
@@ -94,6 +96,8 @@ pub struct GatewaySettings {
     pub min_body_rate: u64,
     /// Bodies up to this size are read whole before a node is chosen.
     pub request_buffer: u64,
+    /// JSON-RPC batches: calls a batch may hold (iota-rebased refuses batches whatever this says).
+    pub max_batch: usize,
     pub h2_max_concurrent_streams: u32,
     /// Longest a response waits for the client to read it.
     pub send_timeout: Duration,
@@ -338,6 +342,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         deny: ip_set(&raw.access.deny, "access.deny", at)?,
     };
     let routes = routes::routes(&raw.route, g.profile, at)?;
+    let methods = routes::methods(&raw.method, g.profile, at)?;
     let jwts = credentials::jwts(&raw.jwt, at)?;
     let api_keys = credentials::api_keys(&raw.api_key, &raw.jwt, at)?;
     let rate_limit = limits::rate_limit(raw.rate_limit, &routes, &api_keys, at)?;
@@ -390,6 +395,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         firewall,
         access,
         routes,
+        methods,
         api_keys,
         jwts,
         rate_limit,
@@ -417,6 +423,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             body_timeout: g.body_timeout.0,
             min_body_rate: g.min_body_rate.0,
             request_buffer: g.request_buffer.0,
+            max_batch: g.max_batch,
             h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
             send_timeout: g.send_timeout.0,
         },

@@ -98,6 +98,7 @@ pub(super) fn health(h: raw::RawHealth, at: &Locator) -> Result<Health, ConfigEr
         interval: h.interval.0,
         timeout: h.timeout.0,
         max_milestone_lag: h.max_milestone_lag,
+        max_checkpoint_lag: h.max_checkpoint_lag,
         healthy_threshold: h.healthy_threshold,
         unhealthy_threshold: h.unhealthy_threshold,
         path: h.path,

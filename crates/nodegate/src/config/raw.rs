@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub route: Vec<RawRoute>,
     #[serde(default)]
+    pub method: Vec<RawMethod>,
+    #[serde(default)]
     pub api_key: Vec<RawApiKey>,
     #[serde(default)]
     pub jwt: Vec<RawJwt>,
@@ -162,6 +164,8 @@ pub struct RawGateway {
     /// Request bodies up to this size are read whole before a node is chosen, so that a slow
     /// upload holds no node connection; larger ones stream.
     pub request_buffer: Size,
+    /// JSON-RPC batches: calls a batch may hold (where the profile admits batches at all).
+    pub max_batch: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// Longest a response may wait for the client to read it before the connection is closed.
@@ -190,6 +194,7 @@ impl Default for RawGateway {
             body_timeout: Dur(std::time::Duration::from_secs(10)),
             min_body_rate: super::units::ByteRate(1024),
             request_buffer: Size(64 << 10),
+            max_batch: 50,
             h2_max_concurrent_streams: 128,
             send_timeout: Dur(std::time::Duration::from_secs(30)),
         }
@@ -270,6 +275,8 @@ pub struct RawHealth {
     pub interval: Dur,
     pub timeout: Dur,
     pub max_milestone_lag: u64,
+    /// iota-rebased: checkpoints behind the best node before a node is out.
+    pub max_checkpoint_lag: u64,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     /// The generic profile's health route.
@@ -285,6 +292,7 @@ impl Default for RawHealth {
             interval: Dur(std::time::Duration::from_secs(5)),
             timeout: Dur(std::time::Duration::from_secs(2)),
             max_milestone_lag: 2,
+            max_checkpoint_lag: 30,
             healthy_threshold: 2,
             unhealthy_threshold: 1,
             path: "/health".into(),
@@ -292,6 +300,17 @@ impl Default for RawHealth {
             eject_for: Dur(std::time::Duration::from_secs(10)),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMethod {
+    /// Exact, or a prefix ending in `*`.
+    pub name: Spanned<String>,
+    pub access: crate::pipeline::route_policy::Access,
+    pub cost: Option<Spanned<u32>>,
+    pub rate: Option<super::units::Rate>,
+    pub burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +364,9 @@ pub struct RawRoute {
     pub deny: Vec<Spanned<String>>,
     #[serde(default)]
     pub pass_credential: bool,
+    /// A JSON-RPC endpoint: `[[method]]` rules decide each call.
+    #[serde(default)]
+    pub jsonrpc: bool,
     /// This route's own per-client limit, on top of `[rate_limit] per_client`.
     pub rate: Option<super::units::Rate>,
     /// Its burst; one second's worth of `rate` when not given.

@@ -2,6 +2,7 @@
 
 use super::{ConfigError, Locator, ip_set, limit, raw};
 use crate::pipeline::canonical_path::canonicalize;
+use crate::pipeline::methods::{MethodPolicy, MethodRule};
 use crate::pipeline::route_policy::{RoutePolicy, Rule};
 use crate::profile::Profile;
 
@@ -69,8 +70,34 @@ pub(super) fn routes(raw_routes: &[raw::RawRoute], profile: Profile, at: &Locato
             allow,
             deny,
             pass_credential: r.pass_credential,
+            jsonrpc: r.jsonrpc,
         });
     }
     let routes = RoutePolicy::new(rules, profile);
     Ok(routes)
+}
+
+/// `[[method]]`: JSON-RPC method rules, before the profile's defaults.
+pub(super) fn methods(raw: &[raw::RawMethod], profile: Profile, at: &Locator) -> Result<MethodPolicy, ConfigError> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let key = |field: &str| Some(format!("method[{i}].{field}"));
+        let name = m.name.get_ref();
+        let prefix = name.strip_suffix('*').unwrap_or(name);
+        if prefix.contains('*') || name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(at.error(
+                m.name.span(),
+                key("name"),
+                format!("`{name}`: a method name, or a prefix ending in `*`"),
+            ));
+        }
+        let cost = match &m.cost {
+            None => 1,
+            Some(c) if *c.get_ref() == 0 => return Err(at.error(c.span(), key("cost"), "must be 1 or more")),
+            Some(c) => *c.get_ref(),
+        };
+        let limit = limit(m.rate, m.burst.as_ref(), &format!("method[{i}]"), at)?;
+        rules.push(MethodRule { pattern: name.clone(), access: m.access, cost, limit, limiter: None });
+    }
+    Ok(MethodPolicy::new(rules, profile))
 }

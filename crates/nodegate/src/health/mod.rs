@@ -6,6 +6,8 @@
 //!   "PoW" means the node can do remote PoW.
 //! - iota-stardust: the same on `/api/core/v2/info` (`status.isHealthy`,
 //!   `status.latestMilestone.index`, `status.confirmedMilestone.index`, feature "pow").
+//! - iota-rebased: `iota_getLatestCheckpointSequenceNumber` (JSON-RPC) answers a number, at most
+//!   `max_checkpoint_lag` behind the highest any node reported lately (`Checkpoints`).
 //! - generic: `[health] path` answers 2xx.
 //!
 //! A healthy node turns unhealthy after `unhealthy_threshold` failed probes in a row (default 1:
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -33,6 +35,8 @@ pub struct Health {
     pub interval: std::time::Duration,
     pub timeout: std::time::Duration,
     pub max_milestone_lag: u64,
+    /// iota-rebased: checkpoints a node may be behind the best node.
+    pub max_checkpoint_lag: u64,
     /// Consecutive passed probes that make an unhealthy node healthy.
     pub healthy_threshold: u32,
     /// Consecutive failed probes that make a healthy node unhealthy.
@@ -51,12 +55,33 @@ struct Passed {
     pow_feature: bool,
 }
 
+/// The latest checkpoint each node reported, and when: the best recent one is what the others are
+/// measured against (iota-rebased).
+#[derive(Default)]
+pub struct Checkpoints(std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, std::time::Instant)>>);
+
+impl Checkpoints {
+    /// Records `node`'s checkpoint; returns the highest reported within `recent` (its own included).
+    fn report(&self, node: &Arc<str>, checkpoint: u64, recent: std::time::Duration) -> u64 {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(node.clone(), (checkpoint, std::time::Instant::now()));
+        all.retain(|_, (_, at)| at.elapsed() <= recent);
+        all.values().map(|(c, _)| *c).max().unwrap_or(checkpoint)
+    }
+}
+
 /// Probes `node` every interval until the gateway stops or a reload removes the node.
-pub fn spawn(node: Arc<Node>, profile: Profile, cfg: Health, mut phase: watch::Receiver<Phase>) {
+pub fn spawn(
+    node: Arc<Node>,
+    profile: Profile,
+    cfg: Health,
+    checkpoints: Arc<Checkpoints>,
+    mut phase: watch::Receiver<Phase>,
+) {
     tokio::spawn(async move {
         let (mut passed_in_row, mut failed_in_row, mut first) = (0u32, 0u32, true);
         while !node.is_retired() {
-            let result = match tokio::time::timeout(cfg.timeout, probe(&node, profile, &cfg)).await {
+            let result = match tokio::time::timeout(cfg.timeout, probe(&node, profile, &cfg, &checkpoints)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
             };
@@ -92,8 +117,34 @@ pub fn spawn(node: Arc<Node>, profile: Profile, cfg: Health, mut phase: watch::R
     });
 }
 
-async fn probe(node: &Node, profile: Profile, cfg: &Health) -> Result<Passed, String> {
+async fn probe(node: &Node, profile: Profile, cfg: &Health, checkpoints: &Checkpoints) -> Result<Passed, String> {
     match profile {
+        Profile::IotaRebased => {
+            const CALL: &str =
+                r#"{"jsonrpc":"2.0","id":1,"method":"iota_getLatestCheckpointSequenceNumber","params":[]}"#;
+            let body = request(node, http::Method::POST, "/", Some(CALL)).await?;
+            let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("JSON-RPC: not JSON: {e}"))?;
+            let checkpoint = match &answer["result"] {
+                Value::String(s) => s.parse::<u64>().ok(),
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!(
+                    "iota_getLatestCheckpointSequenceNumber: no checkpoint in {}",
+                    answer.to_string().chars().take(200).collect::<String>()
+                )
+            })?;
+            let best = checkpoints.report(&node.name, checkpoint, cfg.interval * 3 + cfg.timeout);
+            let lag = best.saturating_sub(checkpoint);
+            if lag > cfg.max_checkpoint_lag {
+                return Err(format!(
+                    "checkpoint {checkpoint} is {lag} behind the best node's {best} (max_checkpoint_lag {})",
+                    cfg.max_checkpoint_lag
+                ));
+            }
+            Ok(Passed { pow_feature: false })
+        }
         Profile::Generic => {
             get(node, &cfg.path).await?;
             Ok(Passed { pow_feature: false })
@@ -139,14 +190,21 @@ fn judge_info(info: &Value, profile: Profile, max_lag: u64) -> Result<Passed, St
 /// One GET on a fresh connection (a probe also checks that the node accepts connections);
 /// the body is capped at 1 MiB.
 async fn get(node: &Node, path: &str) -> Result<Bytes, String> {
+    request(node, http::Method::GET, path, None).await
+}
+
+async fn request(node: &Node, method: http::Method, path: &str, body: Option<&'static str>) -> Result<Bytes, String> {
     let stream = node.pool.open().await.map_err(|e| format!("connect: {e:?}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
-    let req = Request::get(format!("{}{path}", node.base_path))
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", node.base_path))
         .header(http::header::HOST, node.host.clone())
         .header(http::header::USER_AGENT, "nodegate-health")
-        .body(Empty::<Bytes>::new())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from_static(body.unwrap_or("").as_bytes())))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| format!("{path}: {e}"))?;
     let status = resp.status();

@@ -175,6 +175,17 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Removes the credential so the node never sees it.
+/// The credential headers alone, kept to judge a JSON-RPC call once its body is read.
+pub fn credentials(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [AUTHORIZATION.as_str(), API_KEY_HEADER] {
+        for v in headers.get_all(name) {
+            out.append(http::header::HeaderName::from_static(name), v.clone());
+        }
+    }
+    out
+}
+
 pub fn strip(headers: &mut HeaderMap) {
     headers.remove(AUTHORIZATION);
     headers.remove(API_KEY_HEADER);

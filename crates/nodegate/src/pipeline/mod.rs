@@ -7,5 +7,7 @@ pub mod canonical_path;
 pub mod identity;
 pub mod in_flight;
 pub mod ip_set;
+pub mod jsonrpc;
+pub mod methods;
 pub mod rate_limit;
 pub mod route_policy;

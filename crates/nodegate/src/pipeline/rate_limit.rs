@@ -115,6 +115,8 @@ pub enum LimitPolicy {
     Route,
     /// The remote proof-of-work budget.
     Pow,
+    /// A JSON-RPC method's own limit (`[[method]] rate`).
+    Method,
 }
 
 impl LimitPolicy {
@@ -123,6 +125,7 @@ impl LimitPolicy {
             LimitPolicy::PerClient => "per-client",
             LimitPolicy::Route => "route",
             LimitPolicy::Pow => "pow",
+            LimitPolicy::Method => "method",
         }
     }
 }

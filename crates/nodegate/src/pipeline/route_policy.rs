@@ -41,6 +41,8 @@ pub struct Rule {
     pub limit: Option<super::rate_limit::Limit>,
     /// What a request here counts as against the per-client limit.
     pub cost: u32,
+    /// JSON-RPC: the body's method decides access and cost (`[[method]]`), not this rule alone.
+    pub jsonrpc: bool,
 }
 
 impl Rule {
@@ -55,6 +57,7 @@ impl Rule {
             id: usize::MAX,
             limit: None,
             cost: 1,
+            jsonrpc: false,
         }
     }
 
@@ -131,6 +134,13 @@ fn defaults(profile: Profile) -> Vec<Rule> {
             ],
             &["/api/core/v2/peers*", "/api/core/v2/control/*", "/api/plugins/*"],
         ),
+        Profile::IotaRebased => {
+            // Every call is a POST of JSON-RPC: the method policy decides (`pipeline::methods`).
+            return ["/", "/json-rpc", "/public"]
+                .iter()
+                .map(|p| Rule { methods: Some(vec![Method::POST]), jsonrpc: true, ..Rule::new(p, Access::Public) })
+                .collect();
+        }
         Profile::Generic => (&[], &[]),
     };
     let rule = |access| move |p: &&str| Rule::new(p, access);

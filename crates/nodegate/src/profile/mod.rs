@@ -5,7 +5,7 @@
 //!   raw `application/octet-stream` message whose last 8 bytes (the nonce) are zero.
 //! - iota-stardust: `POST /api/core/v2/blocks` whose JSON `nonce` is missing, null, empty or "0", or
 //!   a raw block whose last 8 bytes are zero.
-//! - generic: none.
+//! - iota-rebased, generic: none (iota-node has no remote PoW).
 
 use http::Method;
 use serde_json::Value;
@@ -17,6 +17,8 @@ use serde_json::Value;
 pub enum Profile {
     IotaChrysalis,
     IotaStardust,
+    /// IOTA Rebased's iota-node: JSON-RPC on `POST /`, `/json-rpc`, `/public`.
+    IotaRebased,
     Generic,
 }
 
@@ -28,7 +30,7 @@ pub fn is_submission(profile: Profile, method: &Method, path: &str) -> bool {
     match profile {
         Profile::IotaChrysalis => path == "/api/v1/messages",
         Profile::IotaStardust => path == "/api/core/v2/blocks",
-        Profile::Generic => false,
+        Profile::IotaRebased | Profile::Generic => false,
     }
 }
 

@@ -26,11 +26,15 @@ pub struct Limiters {
     /// Refusals alone, by address, under `per_client`: a client that spent it is refused before
     /// its credential is checked, while a good key behind a busy address keeps its own budget.
     pub refusals: Option<Arc<RateLimiter>>,
+    /// JSON-RPC methods' own rates (`MethodRule::limiter`); kept with or without `[rate_limit]`.
+    pub methods: Vec<Arc<RateLimiter>>,
 }
 
 impl Limiters {
     pub(super) fn new(config: &Config) -> Limiters {
-        let Some(rl) = config.rate_limit else { return Limiters::default() };
+        let max_clients = config.rate_limit.map_or(100_000, |r| r.max_clients);
+        let methods = super::rpc::method_limiters(config.methods.limiters(), max_clients);
+        let Some(rl) = config.rate_limit else { return Limiters { methods, ..Limiters::default() } };
         let shared = config.cluster.is_some();
         let make = |name: String| {
             let l = RateLimiter::new(name, rl.max_clients);
@@ -41,12 +45,20 @@ impl Limiters {
             pow: rl.pow.map(|_| make("pow".into())),
             refusals: Some(make("refusals".into())),
             routes: config.routes.rules().iter().map(|r| r.limit.map(|_| make(format!("route{}", r.id)))).collect(),
+            methods,
         }
     }
 
     /// All of them, for the cluster sync.
     pub fn all(&self) -> Vec<Arc<RateLimiter>> {
-        self.client.iter().chain(&self.pow).chain(&self.refusals).chain(self.routes.iter().flatten()).cloned().collect()
+        self.client
+            .iter()
+            .chain(&self.pow)
+            .chain(&self.refusals)
+            .chain(self.routes.iter().flatten())
+            .chain(&self.methods)
+            .cloned()
+            .collect()
     }
 }
 
@@ -66,7 +78,8 @@ impl Proxy {
                     }
                 }
             }
-            if let Some(limiter) = &self.limits.client {
+            // A JSON-RPC call's cost is its method's, charged once its body is read (`rpc`).
+            if let Some(limiter) = self.limits.client.as_ref().filter(|_| ctx.rpc.is_none()) {
                 let limit = own_limit.unwrap_or(rl.limit);
                 match limiter.check(key, limit, ctx.rule.map_or(1, |r| r.cost)) {
                     Decision::Admit { remaining } => {

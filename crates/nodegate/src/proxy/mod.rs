@@ -15,6 +15,7 @@
 
 mod exchange;
 mod limits;
+mod rpc;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ struct Ctx<'a> {
     slot: Option<InFlightSlot>,
     /// The node that answered or failed, for the access log.
     node: Option<Arc<str>>,
+    /// A JSON-RPC route's request: its id and credential, judged once its body is read.
+    rpc: Option<Box<rpc::RpcCtx>>,
 }
 
 /// A request ready for a node: the cleaned request, the client's target (each node puts its base
@@ -131,6 +134,7 @@ impl Proxy {
             rate_state: None,
             slot: None,
             node: None,
+            rpc: None,
         };
         let record = self.config.log.access.then(|| self.access_record(&req, &ctx));
         // Kept for the refusal event (a reference count, not a copy).
@@ -206,6 +210,9 @@ impl Proxy {
             refuse_double_encoding(&canonical).map_err(GatewayError::BadPath)?;
         }
         ctx.rule = self.config.routes.decide(req.method(), &canonical.decoded);
+        if ctx.rule.is_some_and(|r| r.jsonrpc) {
+            ctx.rpc = Some(Box::default());
+        }
         if ctx.rule.is_some_and(|r| !r.admits(ctx.client)) {
             return Err(GatewayError::AddressDenied);
         }
@@ -279,7 +286,8 @@ impl Proxy {
         let submission = profile::is_submission(g.profile, &parts.method, target.path());
         // Small bodies are read whole first, so a slow upload holds no node connection.
         let small = declared_len.is_some_and(|n| n <= g.request_buffer);
-        let read_first = submission || (small && !body.is_end_stream());
+        // A JSON-RPC call is judged on its body before any node sees it.
+        let read_first = submission || ctx.rpc.is_some() || (small && !body.is_end_stream());
 
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
@@ -288,6 +296,9 @@ impl Proxy {
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
         headers.remove(header::EXPECT);
+        if let Some(rpc) = ctx.rpc.as_mut() {
+            rpc.credentials = auth::credentials(headers);
+        }
         // The credential was for the gateway; the node sees it only where a route says so.
         if !ctx.rule.is_some_and(|r| r.pass_credential) {
             auth::strip(headers);
@@ -309,9 +320,12 @@ impl Proxy {
     /// Reads the body whole (capped by `max_body`, paced by the slow-body guards), so that it can be
     /// resent and, for a submission, so that it says whether it asks for remote PoW (which then
     /// spends the client's PoW budget).
-    async fn read_first(&self, p: &mut Prepared, ctx: &Ctx<'_>) -> Result<(), GatewayError> {
+    async fn read_first(&self, p: &mut Prepared, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         let body = std::mem::replace(p.request.body_mut(), CappedBody::buffered(bytes::Bytes::new()));
         let data = body.read_all().await.map_err(|e| crate::upstream::classify_body(&*e))?;
+        if ctx.rpc.is_some() {
+            self.judge_rpc(&data, ctx)?;
+        }
         if p.submission {
             let content_type = p.request.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
             p.need_pow = profile::needs_pow(content_type, &data);
@@ -341,7 +355,10 @@ impl Proxy {
                     Some(reason) => self.refused(err, reason, ctx.client, path),
                     None => err,
                 };
-                crate::body::answer(&err)
+                match &ctx.rpc {
+                    Some(rpc) => crate::body::answer_rpc(&err, rpc.id.as_deref()),
+                    None => crate::body::answer(&err),
+                }
             }
         };
         if ctx.conn.scheme == Scheme::Https

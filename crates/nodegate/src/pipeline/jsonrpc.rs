@@ -1,0 +1,394 @@
+//! A JSON-RPC 2.0 request's envelope, read for the method policy: `jsonrpc`, `method` and `id`
+//! only. `params` is walked without being built (serde's `IgnoredAny`), so a request costs no
+//! allocation beyond its method name and id, however large or deep its params (serde_json stops at
+//! 128 levels of nesting: a parse error). The method name is judged as the node will read it:
+//! escapes decoded (`"iota\u005fview"` is `iota_view`), case kept (JSON-RPC names are
+//! case-sensitive). Anything a node could read two ways is refused: duplicate keys, a method that
+//! is not a string, trailing bytes.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    pub method: String,
+    /// As the client wrote it (a number, a string or null), to echo in an error; `None` for a
+    /// notification.
+    pub id: Option<Box<RawValue>>,
+}
+
+/// A request: one call, or a batch.
+#[derive(Debug)]
+pub enum Envelope {
+    Single(Call),
+    Batch(Vec<Call>),
+}
+
+/// Why a body is not a request the policy can judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not JSON, or nested too deep.
+    Parse,
+    /// JSON, but not a JSON-RPC 2.0 request (no method, a method that is not a string, no
+    /// `"jsonrpc": "2.0"`, a duplicate key, an id over 256 bytes, a method over 256 bytes).
+    Request(&'static str),
+    /// A batch, where batches are refused (iota-node refuses them itself).
+    BatchRefused,
+    /// A batch longer than `max_batch`, or empty.
+    BatchSize,
+}
+
+/// The longest method name and id accepted (iota-node's and EVM methods are under 64).
+const MAX_NAME: usize = 256;
+
+/// How deep `params` may nest. Nothing a node's API takes comes near; a deeper body is junk that
+/// would only cost the node a parse (serde_json skips values without a depth limit).
+const MAX_DEPTH: u8 = 64;
+
+/// Skips a value, refusing one nested deeper than its depth (recursion bounded by `MAX_DEPTH`).
+struct Bounded(u8);
+
+impl<'de> de::DeserializeSeed<'de> for Bounded {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.0.checked_sub(1).ok_or_else(|| de::Error::custom(WHY_DEEP))?;
+        while seq.next_element_seed(Bounded(inner))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.0.checked_sub(1).ok_or_else(|| de::Error::custom(WHY_DEEP))?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Bounded(inner))?;
+        }
+        Ok(())
+    }
+}
+
+const WHY_DEEP: &str = "nested too deep";
+
+/// Reads `body`; batches up to `max_batch` calls (0: batches refused).
+pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope, (Invalid, Option<Box<RawValue>>)> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        if max_batch == 0 {
+            return Err((Invalid::BatchRefused, None));
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let calls = de.deserialize_seq(BatchVisitor { max: max_batch }).map_err(|e| (classify(&e), None))?;
+        de.end().map_err(|_| (Invalid::Parse, None))?;
+        if calls.is_empty() {
+            return Err((Invalid::BatchSize, None));
+        }
+        return Ok(Envelope::Batch(calls));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let call = match de.deserialize_map(CallVisitor) {
+        Ok(Ok(call)) => call,
+        Ok(Err((why, id))) => return Err((Invalid::Request(why), id)),
+        Err(e) => return Err((classify(&e), None)),
+    };
+    de.end().map_err(|_| (Invalid::Parse, None))?;
+    Ok(Envelope::Single(call))
+}
+
+/// serde's errors from our visitors carry their reason in the message.
+fn classify(e: &serde_json::Error) -> Invalid {
+    if e.is_data() {
+        let m = e.to_string();
+        if m.starts_with(WHY_DEEP) {
+            return Invalid::Parse;
+        }
+        for why in [WHY_BATCH_SIZE] {
+            if m.starts_with(why) {
+                return Invalid::BatchSize;
+            }
+        }
+        for why in REASONS {
+            if m.starts_with(why) {
+                return Invalid::Request(why);
+            }
+        }
+        return Invalid::Request("not a JSON-RPC request object");
+    }
+    Invalid::Parse
+}
+
+const WHY_BATCH_SIZE: &str = "batch too long";
+const REASONS: [&str; 6] = [
+    "no method",
+    "method is not a string",
+    "duplicate key",
+    "jsonrpc must be \"2.0\"",
+    "method or id too long",
+    "not a JSON-RPC request object",
+];
+
+struct CallVisitor;
+
+/// A call, or why it is not one (with its id when that was read).
+type CallResult = Result<Call, (&'static str, Option<Box<RawValue>>)>;
+
+impl<'de> Visitor<'de> for CallVisitor {
+    type Value = CallResult;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallResult, A::Error> {
+        let (mut method, mut id, mut version) = (None::<Option<String>>, None::<Box<RawValue>>, None::<bool>);
+        let mut problem = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "method" => {
+                    let m = map.next_value::<Scalar>()?;
+                    if method.is_some() {
+                        problem.get_or_insert("duplicate key");
+                    }
+                    method = Some(match m {
+                        Scalar::Str(s) => Some(s),
+                        Scalar::Other => None,
+                    });
+                }
+                "id" => {
+                    let v = map.next_value::<Box<RawValue>>()?;
+                    if id.is_some() {
+                        problem.get_or_insert("duplicate key");
+                    }
+                    if v.get().len() > MAX_NAME {
+                        problem.get_or_insert("method or id too long");
+                    } else {
+                        id = Some(v);
+                    }
+                }
+                "jsonrpc" => {
+                    let v = map.next_value::<Scalar>()?;
+                    if version.is_some() {
+                        problem.get_or_insert("duplicate key");
+                    }
+                    version = Some(matches!(v, Scalar::Str(ref s) if s == "2.0"));
+                }
+                _ => {
+                    map.next_value_seed(Bounded(MAX_DEPTH))?;
+                }
+            }
+        }
+        if let Some(why) = problem {
+            return Ok(Err((why, id)));
+        }
+        if version != Some(true) {
+            return Ok(Err(("jsonrpc must be \"2.0\"", id)));
+        }
+        match method {
+            None => Ok(Err(("no method", id))),
+            Some(None) => Ok(Err(("method is not a string", id))),
+            Some(Some(m)) if m.len() > MAX_NAME => Ok(Err(("method or id too long", id))),
+            Some(Some(method)) => Ok(Ok(Call { method, id })),
+        }
+    }
+}
+
+struct BatchVisitor {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for BatchVisitor {
+    type Value = Vec<Call>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch of JSON-RPC requests")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Call>, A::Error> {
+        let mut calls = Vec::new();
+        while let Some(call) = seq.next_element_seed(CallSeed)? {
+            if calls.len() == self.max {
+                return Err(de::Error::custom(WHY_BATCH_SIZE));
+            }
+            // One bad call refuses the batch: a policy that skipped it would let the node judge it.
+            calls.push(call.map_err(|(why, _)| de::Error::custom(why))?);
+        }
+        Ok(calls)
+    }
+}
+
+struct CallSeed;
+
+impl<'de> de::DeserializeSeed<'de> for CallSeed {
+    type Value = CallResult;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<CallResult, D::Error> {
+        d.deserialize_map(CallVisitor)
+    }
+}
+
+/// A string, or anything else (drained without being built).
+enum Scalar {
+    Str(String),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(s))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(body: &str) -> Result<String, Invalid> {
+        match parse(body.as_bytes(), 0) {
+            Ok(Envelope::Single(c)) => Ok(c.method),
+            Ok(Envelope::Batch(_)) => unreachable!(),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    #[test]
+    fn a_call_is_read_as_the_node_reads_it() {
+        let ok = r#"{"jsonrpc":"2.0","id":7,"method":"iota_getObject","params":["0x5",{"showType":true}]}"#;
+        assert_eq!(method(ok).unwrap(), "iota_getObject");
+        // Escapes are decoded: the node sees iota_view.
+        assert_eq!(method(r#"{"jsonrpc":"2.0","id":1,"method":"iota\u005fview"}"#).unwrap(), "iota_view");
+        // Case is kept: IOTA_GETOBJECT is another (unknown) method.
+        assert_eq!(method(r#"{"jsonrpc":"2.0","id":1,"method":"IOTA_GETOBJECT"}"#).unwrap(), "IOTA_GETOBJECT");
+        let id = match parse(br#"{"id":"abc","jsonrpc":"2.0","method":"m"}"#, 0).unwrap() {
+            Envelope::Single(c) => c.id.unwrap().get().to_owned(),
+            _ => unreachable!(),
+        };
+        assert_eq!(id, "\"abc\"");
+    }
+
+    #[test]
+    fn what_a_node_could_read_two_ways_is_refused() {
+        let cases: &[(&str, Invalid)] = &[
+            ("not json", Invalid::Parse),
+            ("", Invalid::Parse),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"a"} trailing"#, Invalid::Parse),
+            (r#"{"jsonrpc":"2.0","id":1}"#, Invalid::Request("no method")),
+            (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, Invalid::Request("method is not a string")),
+            (r#"{"jsonrpc":"2.0","id":1,"method":["iota_view"]}"#, Invalid::Request("method is not a string")),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"iota_getObject","method":"iota_view"}"#,
+                Invalid::Request("duplicate key"),
+            ),
+            (r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"a"}"#, Invalid::Request("duplicate key")),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"a"}"#, Invalid::Request("jsonrpc must be \"2.0\"")),
+            (r#"{"id":1,"method":"a"}"#, Invalid::Request("jsonrpc must be \"2.0\"")),
+            (r#"["a"]"#, Invalid::BatchRefused),
+            (r#"  [{"jsonrpc":"2.0","id":1,"method":"a"}]"#, Invalid::BatchRefused),
+            (r#""iota_getObject""#, Invalid::Request("not a JSON-RPC request object")),
+        ];
+        for (body, want) in cases {
+            assert_eq!(method(body).unwrap_err(), *want, "{body}");
+        }
+        let long_id = format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"a"}}"#, "x".repeat(300));
+        assert_eq!(method(&long_id).unwrap_err(), Invalid::Request("method or id too long"));
+        // Deep nesting in params: serde_json's recursion limit, a parse error, no stack overflow.
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(method(&deep).unwrap_err(), Invalid::Parse);
+        // The id is kept for the error when the call is refused.
+        let (_, id) = parse(br#"{"jsonrpc":"2.0","id":42,"method":7}"#, 0).unwrap_err();
+        assert_eq!(id.unwrap().get(), "42");
+    }
+
+    #[test]
+    fn batches_are_judged_whole_and_capped() {
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_call"}"#;
+        let batch = |n: usize| format!("[{}]", vec![call; n].join(","));
+        match parse(batch(3).as_bytes(), 50).unwrap() {
+            Envelope::Batch(calls) => assert_eq!(calls.len(), 3),
+            _ => unreachable!(),
+        }
+        assert_eq!(parse(batch(51).as_bytes(), 50).unwrap_err().0, Invalid::BatchSize);
+        assert_eq!(parse(b"[]", 50).unwrap_err().0, Invalid::BatchSize);
+        // One bad call (the 10,000th of a long batch, say) refuses the whole batch.
+        let mut many = vec![call.to_owned(); 40];
+        many.push(r#"{"jsonrpc":"2.0","id":1,"method":{"x":1}}"#.into());
+        assert_eq!(
+            parse(format!("[{}]", many.join(",")).as_bytes(), 50).unwrap_err().0,
+            Invalid::Request("method is not a string")
+        );
+    }
+}

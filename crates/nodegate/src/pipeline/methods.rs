@@ -1,0 +1,193 @@
+//! JSON-RPC method policy: `[[method]]` rules (first match wins), then the node profile's
+//! defaults, then deny. A name is exact (`iota_getObject`) or a prefix ending in `*` (`unsafe_*`),
+//! case-sensitive as JSON-RPC names are. Each rule says who may call (public, key, admin, deny),
+//! what a call costs against the per-client budget, and optionally its own per-client rate.
+//!
+//! iota-rebased's defaults, from iota-node's API (crates/iota-json-rpc-api): point reads cost 1;
+//! scans, pages and multi-gets 5; executing, dry-running, dev-inspecting and viewing transactions
+//! 10, with their own rate (2/s, burst 4, per client, shared by the four); the transaction
+//! builders (`unsafe_*`) need a key; `iota_tryGetObjectBeforeVersion` (internal) and every method
+//! not listed are denied.
+
+use super::rate_limit::Limit;
+use super::route_policy::Access;
+use crate::profile::Profile;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodRule {
+    pub pattern: String,
+    pub access: Access,
+    pub cost: u32,
+    /// This method's own per-client limit, kept by limiter `limiter`.
+    pub limit: Option<Limit>,
+    /// Which per-method limiter counts calls (rules with a limit have one; defaults may share).
+    pub limiter: Option<usize>,
+}
+
+impl MethodRule {
+    fn matches(&self, method: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => method.starts_with(prefix),
+            None => method == self.pattern,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MethodPolicy {
+    rules: Vec<MethodRule>,
+    defaults: Vec<MethodRule>,
+    /// How many per-method limiters the rules use.
+    limiters: usize,
+}
+
+/// Point reads: one object, transaction, checkpoint or setting.
+const POINT_READS: &[&str] = &[
+    "iota_getObject",
+    "iota_getTransactionBlock",
+    "iota_tryGetPastObject",
+    "iota_getCheckpoint",
+    "iota_getEvents",
+    "iota_getTotalTransactionBlocks",
+    "iota_getLatestCheckpointSequenceNumber",
+    "iota_getProtocolConfig",
+    "iota_getChainIdentifier",
+    "iota_getMoveFunctionArgTypes",
+    "iota_getNormalizedMoveModulesByPackage",
+    "iota_getNormalizedMoveModule",
+    "iota_getNormalizedMoveStruct",
+    "iota_getNormalizedMoveFunction",
+    "iotax_getBalance",
+    "iotax_getCoinMetadata",
+    "iotax_getTotalSupply",
+    "iotax_getStakesByIds",
+    "iotax_getStakes",
+    "iotax_getTimelockedStakesByIds",
+    "iotax_getTimelockedStakes",
+    "iotax_getCommitteeInfo",
+    "iotax_getLatestIotaSystemState",
+    "iotax_getReferenceGasPrice",
+    "iotax_getValidatorsApy",
+    "iotax_getDynamicFieldObject",
+    "iotax_getLatestBridge",
+    "iotax_getBridgeObjectInitialSharedVersion",
+    "iotax_getCurrentEpoch",
+    "iotax_getTotalTransactions",
+];
+
+/// Scans, pages (up to 50 results) and multi-gets.
+const SCANS: &[&str] = &[
+    "iota_multiGetTransactionBlocks",
+    "iota_multiGetObjects",
+    "iota_tryMultiGetPastObjects",
+    "iota_getCheckpoints",
+    "iotax_getCoins",
+    "iotax_getAllCoins",
+    "iotax_getAllBalances",
+    "iotax_getOwnedObjects",
+    "iotax_queryTransactionBlocks",
+    "iotax_queryEvents",
+    "iotax_getDynamicFields",
+    "iotax_getEpochs",
+    "iotax_getEpochMetrics",
+    "iotax_getNetworkMetrics",
+    "iotax_getMoveCallMetrics",
+    "iotax_getLatestAddressMetrics",
+    "iotax_getCheckpointAddressMetrics",
+    "iotax_getAllEpochAddressMetrics",
+    "iotax_subscribeEvent",
+    "iotax_subscribeTransaction",
+    "rpc.discover",
+];
+
+/// Transaction execution and simulation: the node runs the Move VM.
+const HEAVY: &[&str] =
+    &["iota_executeTransactionBlock", "iota_dryRunTransactionBlock", "iota_devInspectTransactionBlock", "iota_view"];
+
+/// The heavy methods' shared per-client rate: 2 a second, a burst of 4.
+pub const HEAVY_LIMIT: Limit = Limit { interval: std::time::Duration::from_millis(500), burst: 4 };
+
+impl MethodPolicy {
+    /// `rules` as configured (their `limiter` set by position for those with a limit).
+    pub fn new(mut rules: Vec<MethodRule>, profile: Profile) -> MethodPolicy {
+        let mut limiters = 0;
+        for r in &mut rules {
+            r.limiter = r.limit.map(|_| {
+                limiters += 1;
+                limiters - 1
+            });
+        }
+        let defaults = match profile {
+            Profile::IotaRebased => {
+                let heavy = limiters;
+                limiters += 1;
+                let rule = |p: &&str, access, cost, limit, limiter| MethodRule {
+                    pattern: p.to_string(),
+                    access,
+                    cost,
+                    limit,
+                    limiter,
+                };
+                let mut d: Vec<MethodRule> = Vec::new();
+                d.push(rule(&"iota_tryGetObjectBeforeVersion", Access::Deny, 1, None, None));
+                d.extend(POINT_READS.iter().map(|p| rule(p, Access::Public, 1, None, None)));
+                d.extend(SCANS.iter().map(|p| rule(p, Access::Public, 5, None, None)));
+                d.extend(HEAVY.iter().map(|p| rule(p, Access::Public, 10, Some(HEAVY_LIMIT), Some(heavy))));
+                d.push(rule(&"unsafe_*", Access::Key, 5, None, None));
+                d
+            }
+            _ => Vec::new(),
+        };
+        MethodPolicy { rules, defaults, limiters }
+    }
+
+    /// The rule for `method`; `None` means deny.
+    pub fn decide(&self, method: &str) -> Option<&MethodRule> {
+        self.rules.iter().chain(&self.defaults).find(|r| r.matches(method))
+    }
+
+    /// How many per-method limiters there are (index `MethodRule::limiter`).
+    pub fn limiters(&self) -> usize {
+        self.limiters
+    }
+
+    pub fn rules(&self) -> &[MethodRule] {
+        &self.rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iota_rebased_defaults() {
+        let p = MethodPolicy::new(Vec::new(), Profile::IotaRebased);
+        let of = |m: &str| p.decide(m).map(|r| (r.access, r.cost));
+        assert_eq!(of("iota_getObject"), Some((Access::Public, 1)));
+        assert_eq!(of("iotax_queryEvents"), Some((Access::Public, 5)));
+        assert_eq!(of("iota_executeTransactionBlock"), Some((Access::Public, 10)));
+        assert_eq!(p.decide("iota_dryRunTransactionBlock").unwrap().limit, Some(HEAVY_LIMIT));
+        assert_eq!(of("unsafe_moveCall"), Some((Access::Key, 5)));
+        assert_eq!(of("iota_tryGetObjectBeforeVersion"), Some((Access::Deny, 1)));
+        assert_eq!(of("iota_somethingNew"), None, "unknown: denied");
+        assert_eq!(of("IOTA_GETOBJECT"), None, "names are case-sensitive, as the node's");
+        assert_eq!(of("iota_getObject "), None);
+    }
+
+    #[test]
+    fn configured_rules_come_first() {
+        let rule = MethodRule {
+            pattern: "iota_execute*".into(),
+            access: Access::Key,
+            cost: 3,
+            limit: Some(Limit { interval: std::time::Duration::from_secs(1), burst: 1 }),
+            limiter: None,
+        };
+        let p = MethodPolicy::new(vec![rule], Profile::IotaRebased);
+        let r = p.decide("iota_executeTransactionBlock").unwrap();
+        assert_eq!((r.access, r.cost, r.limiter), (Access::Key, 3, Some(0)));
+        assert_eq!(p.decide("iota_dryRunTransactionBlock").unwrap().limiter, Some(1), "the defaults' shared limiter");
+        assert_eq!(p.limiters(), 2);
+    }
+}

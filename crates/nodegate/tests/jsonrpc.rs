@@ -1,0 +1,240 @@
+//! The iota-rebased profile end to end: JSON-RPC on `POST /`, judged by method before any node
+//! sees it (access, cost, per-method rates), refusals in JSON-RPC's shape with the request's id,
+//! batches refused as iota-node refuses them, a hostile corpus of envelopes, and health by
+//! checkpoint lag across nodes.
+
+mod common;
+
+use common::*;
+use http::Method;
+
+/// The key `nodegate key hash` gives for "rpc-test-key".
+fn key_hash() -> String {
+    nodegate::pipeline::auth::hash("rpc-test-key")
+}
+
+fn rebased(extra: &str) -> String {
+    format!(
+        "profile = \"iota-rebased\"\n\n[health]\nactive = false\n\n[rate_limit]\nper_client = \"1/s\"\nburst = 30\n\n\
+         [[api_key]]\nname = \"builder\"\nhash = \"{}\"\nroles = [\"key\"]\n{extra}",
+        key_hash()
+    )
+}
+
+async fn call(gw: std::net::SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(&client(), Method::POST, format!("http://{gw}/"), &h, body.to_owned()).await
+}
+
+fn rpc(method: &str, id: u64) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":["0x5"]}}"#)
+}
+
+/// Asserts a JSON-RPC refusal: the HTTP status, the JSON-RPC code and the echoed id.
+fn refused(r: &Reply, status: u16, code: i64, id: serde_json::Value) {
+    assert_eq!(r.status.as_u16(), status, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(j["jsonrpc"], "2.0");
+    assert_eq!(j["error"]["code"], code, "{j}");
+    assert_eq!(j["id"], id, "{j}");
+    assert!(!j["error"]["message"].as_str().unwrap().is_empty());
+}
+
+fn seen(n: &testnode::TestNode) -> Vec<String> {
+    n.state().view().rpc_methods
+}
+
+#[tokio::test]
+async fn methods_are_judged_before_any_node_sees_them() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], &rebased("")).await;
+    let g = addr(&gw);
+    // A point read passes, on each of iota-node's paths.
+    let r = call(g, &rpc("iota_getObject", 7), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["result"]["data"]["objectId"], "0x5");
+    for path in ["/json-rpc", "/public"] {
+        let r =
+            send(&client(), Method::POST, format!("http://{g}{path}"), &[], rpc("iota_getChainIdentifier", 1)).await;
+        assert_eq!(r.status, 200, "{path}");
+    }
+    // Unknown, internal and mis-cased methods: 404, -32601, the id echoed; the node never knew.
+    refused(&call(g, &rpc("iota_somethingNew", 8), &[]).await, 404, -32601, 8.into());
+    refused(&call(g, &rpc("iota_tryGetObjectBeforeVersion", 9), &[]).await, 404, -32601, 9.into());
+    refused(&call(g, &rpc("IOTA_getObject", 10), &[]).await, 404, -32601, 10.into());
+    // Transaction builders need a key.
+    let r = call(g, &rpc("unsafe_moveCall", 11), &[]).await;
+    refused(&r, 401, -32001, 11.into());
+    assert!(r.headers.contains_key("www-authenticate"));
+    refused(&call(g, &rpc("unsafe_moveCall", 12), &[("x-api-key", "wrong")]).await, 401, -32001, 12.into());
+    let r = call(g, &rpc("unsafe_moveCall", 13), &[("x-api-key", "rpc-test-key")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Other HTTP methods on the JSON-RPC path are not routes.
+    assert_eq!(get(g, "/").await.status, 404);
+    assert_eq!(seen(&n), ["iota_getObject", "iota_getChainIdentifier", "iota_getChainIdentifier", "unsafe_moveCall"]);
+    // The node never saw the credential.
+    let r = call(g, &rpc("unsafe_moveCall", 14), &[("authorization", "Bearer rpc-test-key")]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_hostile_corpus_of_envelopes_gets_nothing_past_the_policy() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], &rebased("")).await;
+    let g = addr(&gw);
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"iota_getObject","params":{}{}}}"#,
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let batch = format!("[{}]", vec![rpc("iota_getObject", 1); 3].join(","));
+    let long_batch =
+        format!("[{},{}]", vec![rpc("iota_getObject", 1); 9_999].join(","), rpc("iota_tryGetObjectBeforeVersion", 2));
+    let huge_id = format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"iota_getObject"}}"#, "9".repeat(10_000));
+    let cases: Vec<(&str, String, u16, i64, serde_json::Value)> = vec![
+        (
+            "escaped name of a denied method",
+            r#"{"jsonrpc":"2.0","id":1,"method":"iota\u005ftryGetObjectBeforeVersion"}"#.into(),
+            404,
+            -32601,
+            1.into(),
+        ),
+        (
+            "escaped name of a key method",
+            r#"{"jsonrpc":"2.0","id":2,"method":"\u0075nsafe_moveCall"}"#.into(),
+            401,
+            -32001,
+            2.into(),
+        ),
+        (
+            "duplicate method",
+            r#"{"jsonrpc":"2.0","id":3,"method":"iota_getObject","method":"iota_tryGetObjectBeforeVersion"}"#.into(),
+            400,
+            -32600,
+            3.into(),
+        ),
+        (
+            "method not a string",
+            r#"{"jsonrpc":"2.0","id":4,"method":["iota_getObject"]}"#.into(),
+            400,
+            -32600,
+            4.into(),
+        ),
+        ("no method", r#"{"jsonrpc":"2.0","id":5}"#.into(), 400, -32600, 5.into()),
+        ("no version", r#"{"id":6,"method":"iota_getObject"}"#.into(), 400, -32600, 6.into()),
+        ("not JSON", "{not json".into(), 400, -32700, serde_json::Value::Null),
+        (
+            "trailing bytes",
+            format!("{} {}", rpc("iota_getObject", 7), rpc("iota_tryGetObjectBeforeVersion", 8)),
+            400,
+            -32700,
+            serde_json::Value::Null,
+        ),
+        ("deep params", deep, 400, -32700, serde_json::Value::Null),
+        ("a batch", batch, 400, -32005, serde_json::Value::Null),
+        ("a denied call at the end of a long batch", long_batch, 400, -32005, serde_json::Value::Null),
+        ("a huge id", huge_id, 400, -32600, serde_json::Value::Null),
+        ("a string id kept", r#"{"jsonrpc":"2.0","id":"a\"b","method":"nope"}"#.into(), 404, -32601, "a\"b".into()),
+    ];
+    for (what, body, status, code, id) in cases {
+        let r = call(g, &body, &[]).await;
+        assert_eq!(r.status.as_u16(), status, "{what}: {:?}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!((j["error"]["code"].as_i64(), &j["id"]), (Some(code), &id), "{what}: {j}");
+    }
+    assert!(seen(&n).is_empty(), "nothing reached the node: {:?}", seen(&n));
+    // A body over max_body never reaches a node either.
+    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"iota_getObject","params":["{}"]}}"#, "a".repeat(2 << 20));
+    let r = call(g, &big, &[]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], -32010);
+    assert!(seen(&n).is_empty());
+}
+
+#[tokio::test]
+async fn calls_cost_what_their_method_costs_and_heavy_methods_have_their_own_rate() {
+    let n = node().await;
+    let gw = gateway(&[n.url()], &rebased("")).await;
+    let g = addr(&gw);
+    // Burst 30: six scans at cost 5 spend it; the seventh is 429 with Retry-After, -32009.
+    for i in 0..6 {
+        assert_eq!(call(g, &rpc("iotax_queryEvents", i), &[]).await.status, 200, "scan {i}");
+    }
+    let r = call(g, &rpc("iotax_queryEvents", 99), &[]).await;
+    refused(&r, 429, -32009, 99.into());
+    assert!(r.headers.contains_key("retry-after"));
+    // Its own budget: a key spends the key's, not the address's.
+    let r = call(g, &rpc("unsafe_pay", 1), &[("x-api-key", "rpc-test-key")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Heavy methods: 2/s with a burst of 4 per client, whatever budget is left.
+    let n2 = node().await;
+    let gw2 = gateway(&[n2.url()], &rebased("").replace("burst = 30", "burst = 100")).await;
+    let g2 = addr(&gw2);
+    for i in 0..4 {
+        assert_eq!(call(g2, &rpc("iota_dryRunTransactionBlock", i), &[]).await.status, 200);
+    }
+    let r = call(g2, &rpc("iota_executeTransactionBlock", 5), &[]).await;
+    refused(&r, 429, -32009, 5.into());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("this method"), "{:?}", r.body);
+    assert_eq!(call(g2, &rpc("iota_getObject", 6), &[]).await.status, 200, "point reads go on");
+}
+
+#[tokio::test]
+async fn method_rules_come_before_the_profiles_defaults() {
+    let n = node().await;
+    let extra = "\n[[method]]\nname = \"iotax_queryEvents\"\naccess = \"deny\"\n\n\
+                 [[method]]\nname = \"iota_execute*\"\naccess = \"key\"\ncost = 2\n\n\
+                 [[method]]\nname = \"iota_getObject\"\naccess = \"public\"\nrate = \"1/s\"\nburst = 1\n";
+    let gw = gateway(&[n.url()], &rebased(extra)).await;
+    let g = addr(&gw);
+    refused(&call(g, &rpc("iotax_queryEvents", 1), &[]).await, 404, -32601, 1.into());
+    refused(&call(g, &rpc("iota_executeTransactionBlock", 2), &[]).await, 401, -32001, 2.into());
+    assert_eq!(call(g, &rpc("iota_executeTransactionBlock", 3), &[("x-api-key", "rpc-test-key")]).await.status, 200);
+    assert_eq!(call(g, &rpc("iota_getObject", 4), &[]).await.status, 200);
+    refused(&call(g, &rpc("iota_getObject", 5), &[]).await, 429, -32009, 5.into());
+}
+
+#[test]
+fn method_mistakes_are_config_errors_at_their_place() {
+    for (text, key) in [
+        ("[[method]]\nname = \"a*b\"\naccess = \"public\"\n", "method[0].name"),
+        ("[[method]]\nname = \"\"\naccess = \"public\"\n", "method[0].name"),
+        ("[[method]]\nname = \"a\"\naccess = \"public\"\ncost = 0\n", "method[0].cost"),
+        ("[[method]]\nname = \"a\"\naccess = \"public\"\nburst = 3\n", "method[0].burst"),
+    ] {
+        let e = nodegate::Config::parse(
+            &format!("{text}[[node]]\nname = \"n\"\nurl = \"http://127.0.0.1:9000\"\n"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_behind_the_best_by_more_than_max_checkpoint_lag_is_out() {
+    let (a, b) = (node().await, node().await);
+    b.state().apply(&testnode::StatePatch { checkpoint_lag: Some(100), ..Default::default() });
+    let extra = "profile = \"iota-rebased\"\n\n[health]\ninterval = \"100ms\"\nmax_checkpoint_lag = 30\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = gateway(&[a.url(), b.url()], extra).await;
+    let (g, admin) = (addr(&gw), gw.admin_addr().unwrap());
+    let node = async |name: &str| {
+        let status = get(admin, "/status").await.json();
+        status["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).unwrap().clone()
+    };
+    eventually(async || node("n1").await["healthy"] == false).await;
+    assert_eq!(node("n0").await["healthy"], true);
+    let reason = node("n1").await["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("behind the best node"), "{reason}");
+    for i in 0..10 {
+        assert_eq!(call(g, &rpc("iota_getObject", i), &[]).await.status, 200);
+    }
+    assert_eq!(seen(&b).len(), 0, "the lagging node served nothing");
+    assert_eq!(seen(&a).len(), 10);
+    // It catches up: back in.
+    b.state().apply(&testnode::StatePatch { checkpoint_lag: Some(0), ..Default::default() });
+    eventually(async || node("n1").await["healthy"] == true).await;
+}

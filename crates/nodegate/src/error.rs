@@ -65,6 +65,8 @@ pub enum GatewayError {
     Rpc(crate::pipeline::jsonrpc::Invalid),
     #[error("this method is not exposed here")]
     MethodNotExposed,
+    #[error("eth_getLogs may ask for at most {max} blocks here: narrow fromBlock and toBlock")]
+    LogsRange { max: u64 },
 }
 
 fn rpc_text(why: &crate::pipeline::jsonrpc::Invalid) -> String {
@@ -97,6 +99,7 @@ impl GatewayError {
             NoNode | NoPowNode | NodeBusy => StatusCode::SERVICE_UNAVAILABLE,
             Rpc(_) => StatusCode::BAD_REQUEST,
             MethodNotExposed => StatusCode::NOT_FOUND,
+            LogsRange { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -114,6 +117,7 @@ impl GatewayError {
                 -32600
             }
             Rpc(Invalid::BatchRefused) => -32005,
+            LogsRange { .. } => -32602,
             Rpc(Invalid::BatchSize) | BodyTooLarge { .. } => -32010,
             MethodNotExposed | NotExposed | MethodNotAllowed => -32601,
             CredentialMissing => -32001,
@@ -136,7 +140,7 @@ impl GatewayError {
             CredentialMissing => R::CredentialMissing,
             CredentialNotEnough => R::CredentialNotEnough,
             NotExposed | MethodNotExposed => R::NotExposed,
-            Rpc(_) => R::BadRequest,
+            Rpc(_) | LogsRange { .. } => R::BadRequest,
             RateLimited { .. } | TooManyInFlight { .. } => R::RateLimited,
             _ => return None,
         })

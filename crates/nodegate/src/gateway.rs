@@ -49,10 +49,10 @@ impl Gateway {
             }
             _ => crate::bans::list::BanList::default(),
         });
-        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone()));
+        let checkpoints = Arc::new(health::Checkpoints::default());
+        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone(), checkpoints.clone()));
         let refusals = proxy.refusals().clone();
         let (phase, _) = watch::channel(Phase::Running);
-        let checkpoints = Arc::new(health::Checkpoints::default());
         if config.health.active {
             for node in balancer.nodes().iter() {
                 health::spawn(

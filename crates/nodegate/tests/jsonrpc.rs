@@ -238,3 +238,65 @@ async fn a_node_behind_the_best_by_more_than_max_checkpoint_lag_is_out() {
     b.state().apply(&testnode::StatePatch { checkpoint_lag: Some(0), ..Default::default() });
     eventually(async || node("n1").await["healthy"] == true).await;
 }
+
+async fn evm_call(gw: std::net::SocketAddr, body: &str) -> Reply {
+    send(
+        &client(),
+        Method::POST,
+        format!("http://{gw}/v1/chain/evm"),
+        &[("content-type", "application/json")],
+        body.to_owned(),
+    )
+    .await
+}
+
+fn eth(method: &str, id: u64, params: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#)
+}
+
+#[tokio::test]
+async fn the_evm_profile_judges_every_call_of_a_batch_and_caps_log_ranges() {
+    let n = node().await;
+    let extra = "profile = \"evm\"\nmax_batch = 5\n\n[health]\ninterval = \"100ms\"\n\n[rate_limit]\nper_client = \"1/s\"\nburst = 40\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = gateway(&[n.url()], extra).await;
+    let g = addr(&gw);
+    let r = evm_call(g, &eth("eth_blockNumber", 1, "[]")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["result"].as_str().unwrap().starts_with("0x"));
+    // Denied families: never reach the node.
+    for m in
+        ["debug_traceTransaction", "admin_peers", "personal_unlockAccount", "eth_sendTransaction", "txpool_content"]
+    {
+        refused(&evm_call(g, &eth(m, 2, "[]")).await, 404, -32601, 2.into());
+    }
+    // A batch is judged whole: all allowed passes; one denied call refuses it all.
+    let ok = format!("[{},{}]", eth("eth_chainId", 1, "[]"), eth("net_version", 2, "[]"));
+    let r = evm_call(g, &ok).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let bad = format!("[{},{}]", eth("eth_chainId", 3, "[]"), eth("debug_traceTransaction", 4, "[]"));
+    refused(&evm_call(g, &bad).await, 404, -32601, serde_json::Value::Null);
+    let long = format!("[{}]", vec![eth("eth_chainId", 5, "[]"); 6].join(","));
+    refused(&evm_call(g, &long).await, 400, -32010, serde_json::Value::Null);
+    // Costs add up: a batch of 5 eth_sendRawTransaction costs 50, over the burst of 40.
+    let pricey = format!("[{}]", vec![eth("eth_sendRawTransaction", 6, "[\"0x00\"]"); 5].join(","));
+    refused(&evm_call(g, &pricey).await, 429, -32009, serde_json::Value::Null);
+    // eth_getLogs: a known range over max_logs_range (1000) is refused, a narrow one passes.
+    let logs = |from: &str, to: &str| eth("eth_getLogs", 7, &format!(r#"[{{"fromBlock":"{from}","toBlock":"{to}"}}]"#));
+    refused(&evm_call(g, &logs("0x0", "0x5000")).await, 400, -32602, 7.into());
+    assert_eq!(evm_call(g, &logs("0x100", "0x200")).await.status, 200);
+    let hash = eth("eth_getLogs", 8, r#"[{"blockHash":"0xabc"}]"#);
+    assert_eq!(evm_call(g, &hash).await.status, 200);
+    // From the chain's start to its head: refused once the head is known (from the health checks).
+    eventually(async || get(gw.admin_addr().unwrap(), "/status").await.json()["nodes"][0]["reason"] == "ok").await;
+    refused(&evm_call(g, &logs("earliest", "latest")).await, 400, -32602, 7.into());
+    assert_eq!(evm_call(g, &logs("latest", "latest")).await.status, 200);
+    let seen = seen(&n);
+    assert!(
+        !seen.iter().any(|m| m.starts_with("debug_") || m.starts_with("admin_") || m.starts_with("personal_")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.iter().filter(|m| *m == "eth_getLogs").count(), 3, "{seen:?}");
+    assert!(!seen.iter().any(|m| m == "eth_sendRawTransaction"), "{seen:?}");
+}

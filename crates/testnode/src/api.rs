@@ -62,6 +62,13 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         };
         return Ok(json_ok(crate::jsonrpc::answer(&state, &body, probe)));
     }
+    if req.method() == Method::POST && path == "/v1/chain/evm" {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "could not read body")),
+        };
+        return Ok(json_ok(crate::jsonrpc::answer_evm(&state, &body, probe)));
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     let resp = match (&method, segments.as_slice()) {

@@ -63,3 +63,44 @@ pub fn answer(state: &State, body: &[u8], probe: bool) -> Value {
 fn error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
+
+/// IOTA EVM (Wasp) JSON-RPC, simulated: `POST /v1/chain/evm`, batches answered call by call.
+pub fn answer_evm(state: &State, body: &[u8], probe: bool) -> Value {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(calls)) => Value::Array(calls.iter().map(|c| evm_call(state, c, probe)).collect()),
+        Ok(call) => evm_call(state, &call, probe),
+        Err(_) => error(Value::Null, -32700, "Parse error"),
+    }
+}
+
+fn evm_call(state: &State, call: &Value, probe: bool) -> Value {
+    let id = call.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = call.get("method").and_then(|m| m.as_str()) else {
+        return error(id, -32600, "Invalid request");
+    };
+    if !probe {
+        let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push_back(method.to_owned());
+        if seen.len() > 1000 {
+            seen.pop_front();
+        }
+    }
+    let block = clock_checkpoint().saturating_sub(state.checkpoint_lag.load(Relaxed));
+    let result = match method {
+        "eth_blockNumber" => json!(format!("{block:#x}")),
+        "eth_chainId" => json!("0x2276"),
+        "net_version" => json!("8822"),
+        "web3_clientVersion" => json!("wasp/simulated"),
+        "eth_getLogs" => json!([]),
+        "eth_getBalance" | "eth_call" | "eth_estimateGas" => json!("0x0"),
+        "eth_sendRawTransaction" => {
+            state.submissions.fetch_add(1, Relaxed);
+            json!("0x5b4e1c3b1f6d8a2e9c7f0a1b2c3d4e5f60718293a4b5c6d7e8f9011223344556")
+        }
+        "debug_traceTransaction" | "admin_peers" | "personal_unlockAccount" => {
+            json!({"simulated": "a node would answer this"})
+        }
+        _ => return error(id, -32601, "Method not found"),
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}

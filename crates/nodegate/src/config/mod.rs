@@ -98,6 +98,8 @@ pub struct GatewaySettings {
     pub request_buffer: u64,
     /// JSON-RPC batches: calls a batch may hold (iota-rebased refuses batches whatever this says).
     pub max_batch: usize,
+    /// evm: the widest block range an `eth_getLogs` may ask for.
+    pub max_logs_range: u64,
     pub h2_max_concurrent_streams: u32,
     /// Longest a response waits for the client to read it.
     pub send_timeout: Duration,
@@ -424,6 +426,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             min_body_rate: g.min_body_rate.0,
             request_buffer: g.request_buffer.0,
             max_batch: g.max_batch,
+            max_logs_range: g.max_logs_range,
             h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
             send_timeout: g.send_timeout.0,
         },

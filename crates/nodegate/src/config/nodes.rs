@@ -99,6 +99,7 @@ pub(super) fn health(h: raw::RawHealth, at: &Locator) -> Result<Health, ConfigEr
         timeout: h.timeout.0,
         max_milestone_lag: h.max_milestone_lag,
         max_checkpoint_lag: h.max_checkpoint_lag,
+        max_block_lag: h.max_block_lag,
         healthy_threshold: h.healthy_threshold,
         unhealthy_threshold: h.unhealthy_threshold,
         path: h.path,

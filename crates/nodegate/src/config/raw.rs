@@ -166,6 +166,8 @@ pub struct RawGateway {
     pub request_buffer: Size,
     /// JSON-RPC batches: calls a batch may hold (where the profile admits batches at all).
     pub max_batch: usize,
+    /// evm: the widest block range an `eth_getLogs` may ask for.
+    pub max_logs_range: u64,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// Longest a response may wait for the client to read it before the connection is closed.
@@ -195,6 +197,7 @@ impl Default for RawGateway {
             min_body_rate: super::units::ByteRate(1024),
             request_buffer: Size(64 << 10),
             max_batch: 50,
+            max_logs_range: 1000,
             h2_max_concurrent_streams: 128,
             send_timeout: Dur(std::time::Duration::from_secs(30)),
         }
@@ -277,6 +280,8 @@ pub struct RawHealth {
     pub max_milestone_lag: u64,
     /// iota-rebased: checkpoints behind the best node before a node is out.
     pub max_checkpoint_lag: u64,
+    /// evm: blocks behind the best node before a node is out.
+    pub max_block_lag: u64,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     /// The generic profile's health route.
@@ -293,6 +298,7 @@ impl Default for RawHealth {
             timeout: Dur(std::time::Duration::from_secs(2)),
             max_milestone_lag: 2,
             max_checkpoint_lag: 30,
+            max_block_lag: 30,
             healthy_threshold: 2,
             unhealthy_threshold: 1,
             path: "/health".into(),

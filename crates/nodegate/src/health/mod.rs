@@ -8,6 +8,7 @@
 //!   `status.latestMilestone.index`, `status.confirmedMilestone.index`, feature "pow").
 //! - iota-rebased: `iota_getLatestCheckpointSequenceNumber` (JSON-RPC) answers a number, at most
 //!   `max_checkpoint_lag` behind the highest any node reported lately (`Checkpoints`).
+//! - evm: `eth_blockNumber` on `/v1/chain/evm`, at most `max_block_lag` behind the best node.
 //! - generic: `[health] path` answers 2xx.
 //!
 //! A healthy node turns unhealthy after `unhealthy_threshold` failed probes in a row (default 1:
@@ -37,6 +38,8 @@ pub struct Health {
     pub max_milestone_lag: u64,
     /// iota-rebased: checkpoints a node may be behind the best node.
     pub max_checkpoint_lag: u64,
+    /// evm: blocks a node may be behind the best node.
+    pub max_block_lag: u64,
     /// Consecutive passed probes that make an unhealthy node healthy.
     pub healthy_threshold: u32,
     /// Consecutive failed probes that make a healthy node unhealthy.
@@ -61,6 +64,11 @@ struct Passed {
 pub struct Checkpoints(std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, std::time::Instant)>>);
 
 impl Checkpoints {
+    /// The highest recently reported (the chain's head as the nodes know it); 0 when none has.
+    pub fn best(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(c, _)| *c).max().unwrap_or(0)
+    }
+
     /// Records `node`'s checkpoint; returns the highest reported within `recent` (its own included).
     fn report(&self, node: &Arc<str>, checkpoint: u64, recent: std::time::Duration) -> u64 {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,29 +127,36 @@ pub fn spawn(
 
 async fn probe(node: &Node, profile: Profile, cfg: &Health, checkpoints: &Checkpoints) -> Result<Passed, String> {
     match profile {
-        Profile::IotaRebased => {
-            const CALL: &str =
-                r#"{"jsonrpc":"2.0","id":1,"method":"iota_getLatestCheckpointSequenceNumber","params":[]}"#;
-            let body = request(node, http::Method::POST, "/", Some(CALL)).await?;
+        Profile::IotaRebased | Profile::Evm => {
+            let (path, method, what, max_lag, key) = if profile == Profile::Evm {
+                ("/v1/chain/evm", "eth_blockNumber", "block", cfg.max_block_lag, "max_block_lag")
+            } else {
+                (
+                    "/",
+                    "iota_getLatestCheckpointSequenceNumber",
+                    "checkpoint",
+                    cfg.max_checkpoint_lag,
+                    "max_checkpoint_lag",
+                )
+            };
+            let call = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[]}}"#);
+            let body = request(node, http::Method::POST, path, Some(call)).await?;
             let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("JSON-RPC: not JSON: {e}"))?;
-            let checkpoint = match &answer["result"] {
-                Value::String(s) => s.parse::<u64>().ok(),
+            let height = match &answer["result"] {
+                Value::String(s) => match s.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => s.parse::<u64>().ok(),
+                },
                 Value::Number(n) => n.as_u64(),
                 _ => None,
             }
             .ok_or_else(|| {
-                format!(
-                    "iota_getLatestCheckpointSequenceNumber: no checkpoint in {}",
-                    answer.to_string().chars().take(200).collect::<String>()
-                )
+                format!("{method}: no {what} in {}", answer.to_string().chars().take(200).collect::<String>())
             })?;
-            let best = checkpoints.report(&node.name, checkpoint, cfg.interval * 3 + cfg.timeout);
-            let lag = best.saturating_sub(checkpoint);
-            if lag > cfg.max_checkpoint_lag {
-                return Err(format!(
-                    "checkpoint {checkpoint} is {lag} behind the best node's {best} (max_checkpoint_lag {})",
-                    cfg.max_checkpoint_lag
-                ));
+            let best = checkpoints.report(&node.name, height, cfg.interval * 3 + cfg.timeout);
+            let lag = best.saturating_sub(height);
+            if lag > max_lag {
+                return Err(format!("{what} {height} is {lag} behind the best node's {best} ({key} {max_lag})"));
             }
             Ok(Passed { pow_feature: false })
         }
@@ -193,7 +208,7 @@ async fn get(node: &Node, path: &str) -> Result<Bytes, String> {
     request(node, http::Method::GET, path, None).await
 }
 
-async fn request(node: &Node, method: http::Method, path: &str, body: Option<&'static str>) -> Result<Bytes, String> {
+async fn request(node: &Node, method: http::Method, path: &str, body: Option<String>) -> Result<Bytes, String> {
     let stream = node.pool.open().await.map_err(|e| format!("connect: {e:?}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
@@ -204,7 +219,7 @@ async fn request(node: &Node, method: http::Method, path: &str, body: Option<&'s
         .header(http::header::HOST, node.host.clone())
         .header(http::header::USER_AGENT, "nodegate-health")
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(Bytes::from_static(body.unwrap_or("").as_bytes())))
+        .body(http_body_util::Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| format!("{path}: {e}"))?;
     let status = resp.status();

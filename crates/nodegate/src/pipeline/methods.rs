@@ -136,6 +136,27 @@ impl MethodPolicy {
                 d.push(rule(&"unsafe_*", Access::Key, 5, None, None));
                 d
             }
+            Profile::Evm => {
+                let rule =
+                    |p: &str, access, cost| MethodRule { pattern: p.into(), access, cost, limit: None, limiter: None };
+                let mut d = vec![
+                    rule("eth_sendRawTransaction", Access::Public, 10),
+                    rule("eth_getLogs", Access::Public, 5),
+                    rule("eth_call", Access::Public, 5),
+                    rule("eth_estimateGas", Access::Public, 5),
+                ];
+                // What a public RPC must never offer: node administration, accounts held by the
+                // node, tracing (heavy), the mempool.
+                for denied in
+                    ["debug_*", "admin_*", "personal_*", "miner_*", "txpool_*", "eth_sign*", "eth_sendTransaction"]
+                {
+                    d.push(rule(denied, Access::Deny, 1));
+                }
+                for public in ["eth_*", "net_*", "web3_*"] {
+                    d.push(rule(public, Access::Public, 1));
+                }
+                d
+            }
             _ => Vec::new(),
         };
         MethodPolicy { rules, defaults, limiters }
@@ -159,6 +180,27 @@ impl MethodPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evm_defaults() {
+        let p = MethodPolicy::new(Vec::new(), Profile::Evm);
+        let of = |m: &str| p.decide(m).map(|r| (r.access, r.cost));
+        assert_eq!(of("eth_blockNumber"), Some((Access::Public, 1)));
+        assert_eq!(of("eth_sendRawTransaction"), Some((Access::Public, 10)));
+        assert_eq!(of("eth_getLogs"), Some((Access::Public, 5)));
+        assert_eq!(of("net_version"), Some((Access::Public, 1)));
+        for denied in [
+            "debug_traceTransaction",
+            "admin_peers",
+            "personal_unlockAccount",
+            "eth_sign",
+            "eth_sendTransaction",
+            "txpool_content",
+        ] {
+            assert_eq!(of(denied).map(|(a, _)| a), Some(Access::Deny), "{denied}");
+        }
+        assert_eq!(of("iota_getObject"), None);
+    }
 
     #[test]
     fn iota_rebased_defaults() {

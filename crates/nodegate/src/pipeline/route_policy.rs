@@ -134,9 +134,11 @@ fn defaults(profile: Profile) -> Vec<Rule> {
             ],
             &["/api/core/v2/peers*", "/api/core/v2/control/*", "/api/plugins/*"],
         ),
-        Profile::IotaRebased => {
+        Profile::IotaRebased | Profile::Evm => {
             // Every call is a POST of JSON-RPC: the method policy decides (`pipeline::methods`).
-            return ["/", "/json-rpc", "/public"]
+            let paths: &[&str] =
+                if profile == Profile::Evm { &["/v1/chain/evm"] } else { &["/", "/json-rpc", "/public"] };
+            return paths
                 .iter()
                 .map(|p| Rule { methods: Some(vec![Method::POST]), jsonrpc: true, ..Rule::new(p, Access::Public) })
                 .collect();

@@ -19,6 +19,8 @@ pub enum Profile {
     IotaStardust,
     /// IOTA Rebased's iota-node: JSON-RPC on `POST /`, `/json-rpc`, `/public`.
     IotaRebased,
+    /// IOTA EVM (Wasp's EVM JSON-RPC on `POST /v1/chain/evm`), or any Ethereum-style node.
+    Evm,
     Generic,
 }
 
@@ -30,7 +32,7 @@ pub fn is_submission(profile: Profile, method: &Method, path: &str) -> bool {
     match profile {
         Profile::IotaChrysalis => path == "/api/v1/messages",
         Profile::IotaStardust => path == "/api/core/v2/blocks",
-        Profile::IotaRebased | Profile::Generic => false,
+        Profile::IotaRebased | Profile::Evm | Profile::Generic => false,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Proxy {
     client_policy: Option<HeaderValue>,
     refusals: Refusals,
     bans: Arc<crate::bans::list::BanList>,
+    /// The chain's head as the health checks saw it (evm: `eth_getLogs` ranges up to it).
+    heads: Arc<crate::health::Checkpoints>,
 }
 
 /// What one request carries from phase to phase.
@@ -92,13 +94,28 @@ struct Prepared {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, balancer: Arc<Balancer>, bans: Arc<crate::bans::list::BanList>) -> Proxy {
+    pub fn new(
+        config: Arc<Config>,
+        balancer: Arc<Balancer>,
+        bans: Arc<crate::bans::list::BanList>,
+        heads: Arc<crate::health::Checkpoints>,
+    ) -> Proxy {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
         let limits = Limiters::new(&config);
         let max = config.gateway.max_in_flight_per_client;
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
-        Proxy { config, balancer, passive, limits, in_flight, client_policy, refusals: Refusals::default(), bans }
+        Proxy {
+            config,
+            balancer,
+            passive,
+            limits,
+            in_flight,
+            client_policy,
+            refusals: Refusals::default(),
+            bans,
+            heads,
+        }
     }
 
     pub fn limiters(&self) -> &Limiters {

@@ -72,6 +72,9 @@ impl Proxy {
             cost = cost.saturating_add(rule.cost);
             rules.push(rule);
         }
+        if self.config.gateway.profile == Profile::Evm && calls.iter().any(|c| c.method == "eth_getLogs") {
+            self.logs_ranges(body)?;
+        }
         if needed != Access::Public {
             self.authorize_call(needed, ctx)?;
         }
@@ -92,6 +95,42 @@ impl Proxy {
                 Decision::Reject { retry_after } => {
                     return Err(GatewayError::RateLimited { retry_after, limit, policy: LimitPolicy::PerClient });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// evm: every `eth_getLogs` in `body` asks for at most `max_logs_range` blocks. Tags count as
+    /// the chain's head as the health checks last saw it; a range from `earliest` to a head not
+    /// yet known is refused; a `blockHash` filter is one block. Only read for `eth_getLogs`, and
+    /// the body has passed the envelope's checks (depth, duplicates) already.
+    fn logs_ranges(&self, body: &[u8]) -> Result<(), GatewayError> {
+        use serde_json::Value;
+        let max = self.config.gateway.max_logs_range;
+        let doc: Value = serde_json::from_slice(body).map_err(|_| GatewayError::Rpc(jsonrpc::Invalid::Parse))?;
+        let calls: Vec<&Value> = match &doc {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        let head = self.heads.best();
+        for filter in calls.iter().filter(|c| c["method"] == "eth_getLogs").map(|c| &c["params"][0]) {
+            if filter.get("blockHash").is_some() {
+                continue;
+            }
+            let block = |key: &str| -> Option<u64> {
+                match filter.get(key).and_then(Value::as_str) {
+                    None | Some("latest" | "pending" | "safe" | "finalized") => (head > 0).then_some(head),
+                    Some("earliest") => Some(0),
+                    Some(n) => n.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()),
+                }
+            };
+            let refused = match (block("fromBlock"), block("toBlock")) {
+                (Some(from), Some(to)) => to.saturating_sub(from) > max,
+                (Some(0), None) => true,
+                _ => false,
+            };
+            if refused {
+                return Err(GatewayError::LogsRange { max });
             }
         }
         Ok(())

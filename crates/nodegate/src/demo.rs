@@ -11,6 +11,7 @@ use crate::gateway::Gateway;
 
 /// The demo's nodes and gateway, running.
 pub struct Demo {
+    pub profile: crate::profile::Profile,
     pub nodes: Vec<TestNode>,
     pub gateway: Gateway,
     /// The sshd log the demo's `sshd` jail follows (a file of its own, in the temp dir).
@@ -19,8 +20,20 @@ pub struct Demo {
 
 /// The demo's config: a gateway on `listen` in front of `nodes` (the first offers remote PoW),
 /// with bans from `auth_log` and from probes of routes that are not exposed.
-pub fn config_text(listen: SocketAddr, nodes: &[String], auth_log: &std::path::Path) -> String {
-    let mut toml = format!("[gateway]\nlisten = [\"{listen}\"]\ndrain_timeout = \"2s\"\n");
+pub fn config_text(
+    listen: SocketAddr,
+    nodes: &[String],
+    auth_log: &std::path::Path,
+    profile: crate::profile::Profile,
+) -> String {
+    let name = match profile {
+        crate::profile::Profile::IotaRebased => "iota-rebased",
+        crate::profile::Profile::Evm => "evm",
+        crate::profile::Profile::IotaStardust => "iota-stardust",
+        crate::profile::Profile::Generic => "generic",
+        crate::profile::Profile::IotaChrysalis => "iota-chrysalis",
+    };
+    let mut toml = format!("[gateway]\nlisten = [\"{listen}\"]\ndrain_timeout = \"2s\"\nprofile = \"{name}\"\n");
     for (i, url) in nodes.iter().enumerate() {
         toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{url}\"\npow = {}\n", i + 1, i == 0));
     }
@@ -38,7 +51,7 @@ pub fn config_text(listen: SocketAddr, nodes: &[String], auth_log: &std::path::P
 }
 
 /// Starts three testnodes (the first offers remote PoW) and a gateway on `listen`.
-pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error>> {
+pub async fn start(listen: SocketAddr, profile: crate::profile::Profile) -> Result<Demo, Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let options = Options { name: format!("node-{i}"), pow: i == 1, pow_difficulty: 18, ..Options::default() };
@@ -50,10 +63,10 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, Box<dyn std::error::Error
     let auth_log = dir.join("auth.log");
     std::fs::write(&auth_log, "")?;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
-    let toml = config_text(listen, &urls, &auth_log);
+    let toml = config_text(listen, &urls, &auth_log, profile);
     let config = Config::parse(&toml, "<demo>")?;
     let gateway = Gateway::start(config).await?;
-    Ok(Demo { nodes, gateway, auth_log })
+    Ok(Demo { profile, nodes, gateway, auth_log })
 }
 
 /// A GET from a loopback address of its own (an "attacker"); the status, or `None` when the
@@ -104,15 +117,33 @@ impl Demo {
         let gw = format!("http://{}", self.gateway.local_addrs()[0]);
         let mut s = format!("nodegate demo: a gateway on {gw} in front of {} simulated IOTA nodes\n", self.nodes.len());
         for (i, n) in self.nodes.iter().enumerate() {
-            let pow = if i == 0 { "  (offers remote PoW)" } else { "" };
+            let offers = i == 0 && self.profile != crate::profile::Profile::IotaRebased;
+            let pow = if offers { "  (offers remote PoW)" } else { "" };
             s.push_str(&format!("  {:<7} {}{pow}\n", n.state().name, n.url()));
         }
-        s.push_str(&format!(
-            "\nTry:\n  curl -s {gw}/api/v1/info\n  curl -s {gw}/api/v1/tips\n  \
-             curl -s -X POST {gw}/api/v1/messages -H 'content-type: application/json' -d '{{\"payload\":null,\"nonce\":\"1\"}}'\n  \
-             curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n  \
-             curl -si -X POST {gw}/debug/echo -H 'content-length: 2000000' --data-binary @/dev/zero   # 413 over max_body\n"
-        ));
+        if self.profile == crate::profile::Profile::IotaRebased {
+            let rpc = |method: &str| {
+                format!(
+                    "curl -s -X POST {gw}/ -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{method}\",\"params\":[]}}'"
+                )
+            };
+            s.push_str(&format!(
+                "\nTry (iota-node's JSON-RPC, judged by method):\n  {}\n  {}   # cost 10, its own rate\n  \
+                 {}   # internal: 404, -32601\n  {}   # transaction builders need a key: 401\n  \
+                 curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n",
+                rpc("iota_getLatestCheckpointSequenceNumber"),
+                rpc("iota_dryRunTransactionBlock"),
+                rpc("iota_tryGetObjectBeforeVersion"),
+                rpc("unsafe_moveCall"),
+            ));
+        } else {
+            s.push_str(&format!(
+                "\nTry:\n  curl -s {gw}/api/v1/info\n  curl -s {gw}/api/v1/tips\n  \
+                 curl -s -X POST {gw}/api/v1/messages -H 'content-type: application/json' -d '{{\"payload\":null,\"nonce\":\"1\"}}'\n  \
+                 curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n  \
+                 curl -si -X POST {gw}/debug/echo -H 'content-length: 2000000' --data-binary @/dev/zero   # 413 over max_body\n"
+            ));
+        }
         if let Some(admin) = self.gateway.admin_addr() {
             let exe = std::env::current_exe().map_or("nodegate".into(), |p| p.display().to_string());
             let log = self.auth_log.display();

@@ -107,7 +107,16 @@ enum Command {
         /// Stop by itself after this many seconds (0 = run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+        /// The simulated nodes' API: iota-chrysalis (Hornet) or iota-rebased (iota-node JSON-RPC).
+        #[arg(long, value_enum, default_value = "iota-chrysalis")]
+        profile: DemoProfile,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoProfile {
+    IotaChrysalis,
+    IotaRebased,
 }
 
 #[derive(Subcommand)]
@@ -351,9 +360,13 @@ key = \"{}\"",
             let workers = config.gateway.workers;
             runtime(workers).block_on(run(config, path))
         }
-        Command::Demo { listen, seconds } => {
+        Command::Demo { listen, seconds, profile } => {
             logging::init(&nodegate::config::Log { format: Default::default(), access: true, level: "info".into() });
-            runtime(0).block_on(run_demo(listen, seconds))
+            let profile = match profile {
+                DemoProfile::IotaChrysalis => nodegate::profile::Profile::IotaChrysalis,
+                DemoProfile::IotaRebased => nodegate::profile::Profile::IotaRebased,
+            };
+            runtime(0).block_on(run_demo(listen, seconds, profile))
         }
     }
 }
@@ -486,8 +499,8 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     code
 }
 
-async fn run_demo(listen: SocketAddr, seconds: u64) -> ExitCode {
-    let d = match demo::start(listen).await {
+async fn run_demo(listen: SocketAddr, seconds: u64, profile: nodegate::profile::Profile) -> ExitCode {
+    let d = match demo::start(listen, profile).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("nodegate demo: {e} (is something else on {listen}? try --listen 127.0.0.1:0)");

@@ -660,3 +660,33 @@ async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
     assert_eq!(aside.len(), 1, "the damaged file was not kept aside");
     assert!(gw.log_lines_until(|l| l.contains("ban file damaged")).is_some());
 }
+
+#[tokio::test]
+async fn demo_with_the_iota_rebased_profile_prints_json_rpc_calls_that_work_when_pasted() {
+    let mut child = nodegate()
+        .args(["demo", "--listen", "127.0.0.1:0", "--seconds", "30", "--profile", "iota-rebased"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let banner: Vec<String> =
+        stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    let pasted = |method: &str| {
+        let line = banner
+            .iter()
+            .find(|l| l.contains(&format!("\"method\":\"{method}\"")))
+            .unwrap_or_else(|| panic!("{banner:?}"));
+        let cmd = line.split("   #").next().unwrap().trim().to_owned();
+        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    };
+    let checkpoint = pasted("iota_getLatestCheckpointSequenceNumber");
+    assert!(checkpoint["result"].as_str().unwrap().parse::<u64>().is_ok(), "{checkpoint}");
+    assert_eq!(pasted("iota_tryGetObjectBeforeVersion")["error"]["code"], -32601);
+    assert_eq!(pasted("unsafe_moveCall")["error"]["code"], -32001);
+    assert!(pasted("iota_dryRunTransactionBlock")["result"].is_object());
+    assert!(!banner.iter().any(|l| l.contains("remote PoW")), "iota-node has no remote PoW: {banner:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -304,8 +304,12 @@ fn firewall_inside() {
 #[test]
 fn the_demo_configs_firewall_is_accepted_by_nft() {
     let nodes: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.1:{}", 14264 + i)).collect();
-    let text =
-        nodegate::demo::config_text("127.0.0.1:8080".parse().unwrap(), &nodes, std::path::Path::new("/tmp/auth.log"));
+    let text = nodegate::demo::config_text(
+        "127.0.0.1:8080".parse().unwrap(),
+        &nodes,
+        std::path::Path::new("/tmp/auth.log"),
+        nodegate::profile::Profile::IotaRebased,
+    );
     let dir = temp_dir("demo-fw");
     let config = write(&dir, "demo.toml", &text);
     let (code, printed, err) = nodegate(&["firewall", "--config", &config, "--print", "--sshd-config", "/nonexistent"]);

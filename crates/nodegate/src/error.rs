@@ -67,6 +67,8 @@ pub enum GatewayError {
     MethodNotExposed,
     #[error("eth_getLogs may ask for at most {max} blocks here: narrow fromBlock and toBlock")]
     LogsRange { max: u64 },
+    #[error("at most {limit} live subscriptions per client")]
+    TooManySubscriptions { limit: u32 },
 }
 
 fn rpc_text(why: &crate::pipeline::jsonrpc::Invalid) -> String {
@@ -100,6 +102,7 @@ impl GatewayError {
             Rpc(_) => StatusCode::BAD_REQUEST,
             MethodNotExposed => StatusCode::NOT_FOUND,
             LogsRange { .. } => StatusCode::BAD_REQUEST,
+            TooManySubscriptions { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -122,7 +125,7 @@ impl GatewayError {
             MethodNotExposed | NotExposed | MethodNotAllowed => -32601,
             CredentialMissing => -32001,
             AddressDenied | Banned | CredentialNotEnough => -32003,
-            RateLimited { .. } | TooManyInFlight { .. } | NodeBusy => -32009,
+            RateLimited { .. } | TooManyInFlight { .. } | NodeBusy | TooManySubscriptions { .. } => -32009,
             _ => -32000,
         }
     }
@@ -141,7 +144,7 @@ impl GatewayError {
             CredentialNotEnough => R::CredentialNotEnough,
             NotExposed | MethodNotExposed => R::NotExposed,
             Rpc(_) | LogsRange { .. } => R::BadRequest,
-            RateLimited { .. } | TooManyInFlight { .. } => R::RateLimited,
+            RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } => R::RateLimited,
             _ => return None,
         })
     }

@@ -300,3 +300,120 @@ async fn the_evm_profile_judges_every_call_of_a_batch_and_caps_log_ranges() {
     assert_eq!(seen.iter().filter(|m| *m == "eth_getLogs").count(), 3, "{seen:?}");
     assert!(!seen.iter().any(|m| m == "eth_sendRawTransaction"), "{seen:?}");
 }
+
+mod websocket {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    async fn open(gw: std::net::SocketAddr, path: &str, key: Option<&str>) -> Ws {
+        let mut req = format!("ws://{gw}{path}").into_client_request().unwrap();
+        if let Some(k) = key {
+            req.headers_mut().insert("x-api-key", k.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    }
+
+    async fn next_json(ws: &mut Ws) -> serde_json::Value {
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+            if let Message::Text(t) = m {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_websocket_message_is_judged_like_a_post() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], &format!("max_subscriptions_per_client = 2\n{}", rebased(""))).await;
+        let g = addr(&gw);
+        let mut ws = open(g, "/subscribe", None).await;
+        // Allowed: the node answers. Denied, key-only, malformed, batches: the gateway answers,
+        // with the call's id, and the node never sees them.
+        ws.send(Message::text(rpc("iota_getChainIdentifier", 1))).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["result"], "6364aad5");
+        for (body, code, id) in [
+            (rpc("iota_tryGetObjectBeforeVersion", 2), -32601, serde_json::json!(2)),
+            (rpc("unsafe_moveCall", 3), -32001, serde_json::json!(3)),
+            (
+                r#"{"jsonrpc":"2.0","id":4,"method":"iota\u005ftryGetObjectBeforeVersion"}"#.to_owned(),
+                -32601,
+                serde_json::json!(4),
+            ),
+            ("{not json".to_owned(), -32700, serde_json::Value::Null),
+            (format!("[{}]", rpc("iota_getObject", 5)), -32005, serde_json::Value::Null),
+        ] {
+            ws.send(Message::text(body.clone())).await.unwrap();
+            let j = next_json(&mut ws).await;
+            assert_eq!((j["error"]["code"].as_i64(), &j["id"]), (Some(code), &id), "{body}: {j}");
+        }
+        // Binary frames are judged too.
+        ws.send(Message::binary(rpc("iota_tryGetObjectBeforeVersion", 6).into_bytes())).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["error"]["code"], -32601);
+        // Subscriptions: at most max_subscriptions_per_client (2) live, per client, across connections.
+        for i in 0..2 {
+            ws.send(Message::text(rpc("iotax_subscribeEvent", 10 + i))).await.unwrap();
+            assert!(next_json(&mut ws).await.get("result").is_some());
+            assert_eq!(next_json(&mut ws).await["params"]["subscription"], 1, "the notification");
+        }
+        let mut other = open(g, "/subscribe", None).await;
+        other.send(Message::text(rpc("iotax_subscribeTransaction", 12))).await.unwrap();
+        assert_eq!(next_json(&mut other).await["error"]["code"], -32009);
+        // A connection's subscriptions end with it.
+        ws.close(None).await.unwrap();
+        drop(ws);
+        eventually(async || {
+            other.send(Message::text(rpc("iotax_subscribeTransaction", 13))).await.unwrap();
+            next_json(&mut other).await.get("result").is_some()
+        })
+        .await;
+        let seen = seen(&n);
+        assert!(!seen.iter().any(|m| m == "iota_tryGetObjectBeforeVersion" || m == "unsafe_moveCall"), "{seen:?}");
+        // With a key, the builders pass.
+        let mut keyed = open(g, "/subscribe", Some("rpc-test-key")).await;
+        keyed.send(Message::text(rpc("unsafe_moveCall", 20))).await.unwrap();
+        assert!(next_json(&mut keyed).await.get("result").is_some());
+    }
+
+    #[tokio::test]
+    async fn one_budget_across_http_and_websocket() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], &rebased("")).await;
+        let g = addr(&gw);
+        // A plain GET on the WebSocket path is no way in: judged as an empty call.
+        refused(&get(g, "/subscribe").await, 400, -32700, serde_json::Value::Null);
+        // Burst 30: a refusal cost 1, two scans over HTTP (10), three over WebSocket (15), then
+        // both are out.
+        for i in 0..2 {
+            assert_eq!(call(g, &rpc("iotax_queryEvents", i), &[]).await.status, 200);
+        }
+        let mut ws = open(g, "/subscribe", None).await;
+        for i in 0..3 {
+            ws.send(Message::text(rpc("iotax_queryEvents", 10 + i))).await.unwrap();
+            assert!(next_json(&mut ws).await.get("result").is_some(), "ws call {i}");
+        }
+        ws.send(Message::text(rpc("iotax_queryEvents", 20))).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["error"]["code"], -32009);
+        assert_eq!(call(g, &rpc("iotax_queryEvents", 21), &[]).await.status, 429);
+    }
+
+    #[tokio::test]
+    async fn the_evm_websocket_is_judged_too() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], "profile = \"evm\"\n\n[health]\nactive = false\n").await;
+        let mut ws = open(addr(&gw), "/v1/chain/evm/ws", None).await;
+        ws.send(Message::text(eth("eth_subscribe", 1, r#"["newHeads"]"#))).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["result"], "0x1");
+        let _note = next_json(&mut ws).await;
+        ws.send(Message::text(eth("debug_traceTransaction", 2, "[]"))).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["error"]["code"], -32601);
+        let batch = format!("[{},{}]", eth("eth_chainId", 3, "[]"), eth("admin_peers", 4, "[]"));
+        ws.send(Message::text(batch)).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["error"]["code"], -32601);
+        assert!(!seen(&n).iter().any(|m| m == "debug_traceTransaction" || m == "admin_peers"));
+    }
+}

@@ -54,6 +54,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
     if ws::is_upgrade(&req) && (path == "/mqtt" || path == "/api/mqtt/v1") {
         return Ok(ws::accept(req));
     }
+    if ws::is_upgrade(&req) && (path == "/subscribe" || path == "/v1/chain/evm/ws") {
+        let evm = path != "/subscribe";
+        return Ok(ws::accept_with(req, ws::Serve::JsonRpc { state: state.clone(), evm }));
+    }
 
     if req.method() == Method::POST && matches!(path.as_str(), "/" | "/json-rpc" | "/public") {
         let body = match req.into_body().collect().await {

@@ -92,6 +92,8 @@ fn evm_call(state: &State, call: &Value, probe: bool) -> Value {
         "net_version" => json!("8822"),
         "web3_clientVersion" => json!("wasp/simulated"),
         "eth_getLogs" => json!([]),
+        "eth_subscribe" => json!("0x1"),
+        "eth_unsubscribe" => json!(true),
         "eth_getBalance" | "eth_call" | "eth_estimateGas" => json!("0x0"),
         "eth_sendRawTransaction" => {
             state.submissions.fetch_add(1, Relaxed);

@@ -100,6 +100,8 @@ pub struct GatewaySettings {
     pub max_batch: usize,
     /// evm: the widest block range an `eth_getLogs` may ask for.
     pub max_logs_range: u64,
+    /// JSON-RPC over WebSocket: live subscriptions a client may hold.
+    pub max_subscriptions_per_client: u32,
     pub h2_max_concurrent_streams: u32,
     /// Longest a response waits for the client to read it.
     pub send_timeout: Duration,
@@ -427,6 +429,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             request_buffer: g.request_buffer.0,
             max_batch: g.max_batch,
             max_logs_range: g.max_logs_range,
+            max_subscriptions_per_client: g.max_subscriptions_per_client,
             h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
             send_timeout: g.send_timeout.0,
         },

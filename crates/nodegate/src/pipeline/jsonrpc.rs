@@ -6,25 +6,26 @@
 //! case-sensitive). Anything a node could read two ways is refused: duplicate keys, a method that
 //! is not a string, trailing bytes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// One call.
+/// One call, borrowed from the body where it can be (a method name with escapes is decoded).
 #[derive(Debug)]
-pub struct Call {
-    pub method: String,
+pub struct Call<'a> {
+    pub method: Cow<'a, str>,
     /// As the client wrote it (a number, a string or null), to echo in an error; `None` for a
     /// notification.
-    pub id: Option<Box<RawValue>>,
+    pub id: Option<&'a RawValue>,
 }
 
 /// A request: one call, or a batch.
 #[derive(Debug)]
-pub enum Envelope {
-    Single(Call),
-    Batch(Vec<Call>),
+pub enum Envelope<'a> {
+    Single(Call<'a>),
+    Batch(Vec<Call<'a>>),
 }
 
 /// Why a body is not a request the policy can judge.
@@ -103,7 +104,9 @@ impl<'de> Visitor<'de> for Bounded {
 const WHY_DEEP: &str = "nested too deep";
 
 /// Reads `body`; batches up to `max_batch` calls (0: batches refused).
-pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope, (Invalid, Option<Box<RawValue>>)> {
+///
+/// Depth: params are walked level by level (`Bounded`), refused past `MAX_DEPTH` levels.
+pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&RawValue>)> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         if max_batch == 0 {
@@ -162,17 +165,17 @@ const REASONS: [&str; 6] = [
 struct CallVisitor;
 
 /// A call, or why it is not one (with its id when that was read).
-type CallResult = Result<Call, (&'static str, Option<Box<RawValue>>)>;
+type CallResult<'de> = Result<Call<'de>, (&'static str, Option<&'de RawValue>)>;
 
 impl<'de> Visitor<'de> for CallVisitor {
-    type Value = CallResult;
+    type Value = CallResult<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON-RPC request object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallResult, A::Error> {
-        let (mut method, mut id, mut version) = (None::<Option<String>>, None::<Box<RawValue>>, None::<bool>);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallResult<'de>, A::Error> {
+        let (mut method, mut id, mut version) = (None::<Option<Cow<'de, str>>>, None::<&'de RawValue>, None::<bool>);
         let mut problem = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
@@ -187,7 +190,7 @@ impl<'de> Visitor<'de> for CallVisitor {
                     });
                 }
                 "id" => {
-                    let v = map.next_value::<Box<RawValue>>()?;
+                    let v = map.next_value::<&'de RawValue>()?;
                     if id.is_some() {
                         problem.get_or_insert("duplicate key");
                     }
@@ -204,9 +207,9 @@ impl<'de> Visitor<'de> for CallVisitor {
                     }
                     version = Some(matches!(v, Scalar::Str(ref s) if s == "2.0"));
                 }
-                _ => {
-                    map.next_value_seed(Bounded(MAX_DEPTH))?;
-                }
+                // Parsed, not ignored: serde_json's ignore path goes byte by byte, its string
+                // parser skips to the next quote or escape far faster.
+                _ => map.next_value_seed(Bounded(MAX_DEPTH))?,
             }
         }
         if let Some(why) = problem {
@@ -229,13 +232,13 @@ struct BatchVisitor {
 }
 
 impl<'de> Visitor<'de> for BatchVisitor {
-    type Value = Vec<Call>;
+    type Value = Vec<Call<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a batch of JSON-RPC requests")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Call>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Call<'de>>, A::Error> {
         let mut calls = Vec::new();
         while let Some(call) = seq.next_element_seed(CallSeed)? {
             if calls.len() == self.max {
@@ -251,56 +254,59 @@ impl<'de> Visitor<'de> for BatchVisitor {
 struct CallSeed;
 
 impl<'de> de::DeserializeSeed<'de> for CallSeed {
-    type Value = CallResult;
+    type Value = CallResult<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<CallResult, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<CallResult<'de>, D::Error> {
         d.deserialize_map(CallVisitor)
     }
 }
 
-/// A string, or anything else (drained without being built).
-enum Scalar {
-    Str(String),
+/// A string (borrowed unless it had escapes), or anything else (drained without being built).
+enum Scalar<'de> {
+    Str(Cow<'de, str>),
     Other,
 }
 
-impl<'de> de::Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
+            type Value = Scalar<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(s.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(s)))
             }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Scalar, E> {
-                Ok(Scalar::Str(s))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(s.to_owned())))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(s)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar, E> {
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar, E> {
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+            fn visit_none<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Other)
             }
@@ -315,7 +321,7 @@ mod tests {
 
     fn method(body: &str) -> Result<String, Invalid> {
         match parse(body.as_bytes(), 0) {
-            Ok(Envelope::Single(c)) => Ok(c.method),
+            Ok(Envelope::Single(c)) => Ok(c.method.into_owned()),
             Ok(Envelope::Batch(_)) => unreachable!(),
             Err((e, _)) => Err(e),
         }

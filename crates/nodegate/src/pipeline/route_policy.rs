@@ -136,12 +136,15 @@ fn defaults(profile: Profile) -> Vec<Rule> {
         ),
         Profile::IotaRebased | Profile::Evm => {
             // Every call is a POST of JSON-RPC: the method policy decides (`pipeline::methods`).
-            let paths: &[&str] =
-                if profile == Profile::Evm { &["/v1/chain/evm"] } else { &["/", "/json-rpc", "/public"] };
-            return paths
-                .iter()
-                .map(|p| Rule { methods: Some(vec![Method::POST]), jsonrpc: true, ..Rule::new(p, Access::Public) })
-                .collect();
+            let (paths, ws): (&[&str], &str) = if profile == Profile::Evm {
+                (&["/v1/chain/evm"], "/v1/chain/evm/ws")
+            } else {
+                (&["/", "/json-rpc", "/public"], "/subscribe")
+            };
+            let rpc =
+                |p: &str, m: Method| Rule { methods: Some(vec![m]), jsonrpc: true, ..Rule::new(p, Access::Public) };
+            // The WebSocket endpoint: each message is judged as a POST's body would be.
+            return paths.iter().map(|p| rpc(p, Method::POST)).chain([rpc(ws, Method::GET)]).collect();
         }
         Profile::Generic => (&[], &[]),
     };

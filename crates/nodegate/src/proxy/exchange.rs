@@ -103,13 +103,18 @@ impl Proxy {
             match client_upgrade {
                 Some(client_upgrade) => {
                     let node_upgrade = hyper::upgrade::on(&mut resp);
-                    upstream::spawn_tunnel(
-                        client_upgrade,
-                        node_upgrade,
-                        self.config.gateway.idle_timeout,
-                        ctx.conn.phase.clone(),
-                        (ctx.conn.alive.clone(), permit),
-                    );
+                    if ctx.rpc.is_some() {
+                        // JSON-RPC over WebSocket: every message judged, not a blind tunnel.
+                        self.spawn_rpc_relay(ctx, client_upgrade, node_upgrade, (ctx.conn.alive.clone(), permit));
+                    } else {
+                        upstream::spawn_tunnel(
+                            client_upgrade,
+                            node_upgrade,
+                            self.config.gateway.idle_timeout,
+                            ctx.conn.phase.clone(),
+                            (ctx.conn.alive.clone(), permit),
+                        );
+                    }
                     hdr::strip_hop_by_hop(resp.headers_mut());
                     hdr::set_websocket_upgrade(resp.headers_mut());
                 }

@@ -54,8 +54,8 @@ pub struct Proxy {
     client_policy: Option<HeaderValue>,
     refusals: Refusals,
     bans: Arc<crate::bans::list::BanList>,
-    /// The chain's head as the health checks saw it (evm: `eth_getLogs` ranges up to it).
-    heads: Arc<crate::health::Checkpoints>,
+    /// JSON-RPC routes' method policy and the limiters it spends.
+    judge: rpc::Judge,
 }
 
 /// What one request carries from phase to phase.
@@ -105,6 +105,7 @@ impl Proxy {
         let max = config.gateway.max_in_flight_per_client;
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
+        let judge = rpc::Judge::new(config.clone(), &limits, heads);
         Proxy {
             config,
             balancer,
@@ -114,7 +115,7 @@ impl Proxy {
             client_policy,
             refusals: Refusals::default(),
             bans,
-            heads,
+            judge,
         }
     }
 
@@ -304,7 +305,7 @@ impl Proxy {
         // Small bodies are read whole first, so a slow upload holds no node connection.
         let small = declared_len.is_some_and(|n| n <= g.request_buffer);
         // A JSON-RPC call is judged on its body before any node sees it.
-        let read_first = submission || ctx.rpc.is_some() || (small && !body.is_end_stream());
+        let read_first = submission || (ctx.rpc.is_some() && !websocket) || (small && !body.is_end_stream());
 
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
@@ -340,7 +341,7 @@ impl Proxy {
     async fn read_first(&self, p: &mut Prepared, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         let body = std::mem::replace(p.request.body_mut(), CappedBody::buffered(bytes::Bytes::new()));
         let data = body.read_all().await.map_err(|e| crate::upstream::classify_body(&*e))?;
-        if ctx.rpc.is_some() {
+        if ctx.rpc.is_some() && p.client_upgrade.is_none() {
             self.judge_rpc(&data, ctx)?;
         }
         if p.submission {

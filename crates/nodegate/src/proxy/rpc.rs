@@ -1,22 +1,36 @@
-//! JSON-RPC routes (`[[route]] jsonrpc`, the iota-rebased profile's `POST /`): once the body is
-//! read, its envelope is judged by the method policy (`pipeline::methods`) before a node is
-//! chosen: the method's access against the request's credential, its own rate, and its cost
-//! against the client's budget. A batch (where a profile admits them) is judged whole: one denied
-//! call refuses it, costs add up. Refusals answer in JSON-RPC's shape with the request's id.
+//! JSON-RPC routes (`[[route]] jsonrpc`, the iota-rebased and evm profiles' endpoints): each
+//! call is judged by the method policy (`pipeline::methods`) before a node sees it: the method's
+//! access against the request's credential, its own rate, and its cost against the client's
+//! budget. A batch (where a profile admits them) is judged whole: one denied call refuses it,
+//! costs add up. Over HTTP the body is judged once read; over WebSocket every message the client
+//! sends is (`relay`), with the same budget: switching transports buys no fresh allowance.
+//! Refusals answer in JSON-RPC's shape with the call's id.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::{Ctx, Proxy};
+use crate::config::Config;
 use crate::error::GatewayError;
+use crate::events::Refusals;
 use crate::pipeline::auth::{self, Verdict};
 use crate::pipeline::jsonrpc::{self, Envelope};
-use crate::pipeline::methods::MethodRule;
-use crate::pipeline::rate_limit::{ClientKey, Decision, LimitPolicy, RateLimiter};
+use crate::pipeline::rate_limit::{ClientKey, Decision, Limit, LimitPolicy, RateLimiter};
 use crate::pipeline::route_policy::Access;
 use crate::profile::Profile;
+use crate::shutdown::Phase;
 
 /// What a JSON-RPC request carries through the phases.
 #[derive(Default)]
@@ -32,36 +46,81 @@ pub fn method_limiters(count: usize, max_clients: usize) -> Vec<Arc<RateLimiter>
     (0..count).map(|i| Arc::new(RateLimiter::new(format!("method{i}"), max_clients))).collect()
 }
 
-impl Proxy {
-    /// Judges the call(s) in `body`.
-    pub(super) fn judge_rpc(&self, body: &[u8], ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
+/// The method policy with the limiters it spends: shared by HTTP requests and WebSocket relays.
+#[derive(Clone)]
+pub(super) struct Judge {
+    config: Arc<Config>,
+    client: Option<Arc<RateLimiter>>,
+    refusals_limiter: Option<Arc<RateLimiter>>,
+    methods: Vec<Arc<RateLimiter>>,
+    heads: Arc<crate::health::Checkpoints>,
+    /// Live WebSocket subscriptions per client, capped by `max_subscriptions_per_client`.
+    subscriptions: Arc<Mutex<HashMap<ClientKey, u32>>>,
+}
+
+/// Who is calling: the client, its credential, and whose budget it spends (set once a call needs
+/// a credential, else by address).
+pub(super) struct Caller {
+    pub client: IpAddr,
+    pub credentials: HeaderMap,
+    /// The verified client certificate's name, when there is one.
+    pub cert: Option<String>,
+    pub key: Option<(ClientKey, Option<Limit>)>,
+}
+
+/// What an admitted request did: the tightest limit's state, and the subscriptions it opens or
+/// closes.
+pub(super) struct Judged {
+    pub rate_state: Option<(LimitPolicy, Limit, u32)>,
+    pub subscribes: u32,
+    pub unsubscribes: u32,
+}
+
+type Refused = (GatewayError, Option<Box<RawValue>>);
+
+impl Judge {
+    pub fn new(config: Arc<Config>, limits: &super::Limiters, heads: Arc<crate::health::Checkpoints>) -> Judge {
+        Judge {
+            config,
+            client: limits.client.clone(),
+            refusals_limiter: limits.refusals.clone(),
+            methods: limits.methods.clone(),
+            heads,
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// Judges the call(s) in `body` for `caller`; the refusal carries the call's id. `ws`: count
+    /// the subscriptions it opens and closes (a WebSocket's message).
+    pub fn judge(&self, body: &[u8], caller: &mut Caller, ws: bool) -> Result<Judged, Refused> {
         // iota-node refuses batches itself; refusing them here costs the node nothing.
         let max_batch = match self.config.gateway.profile {
             Profile::IotaRebased => 0,
             _ => self.config.gateway.max_batch,
         };
+        let owned = |id: Option<&RawValue>| id.map(|i| i.to_owned());
         let envelope = match jsonrpc::parse(body, max_batch) {
             Ok(e) => e,
-            Err((why, id)) => {
-                if let Some(rpc) = ctx.rpc.as_mut() {
-                    rpc.id = id;
-                }
-                return Err(GatewayError::Rpc(why));
-            }
+            Err((why, id)) => return Err((GatewayError::Rpc(why), owned(id))),
         };
-        let calls = match envelope {
-            Envelope::Single(mut call) => {
-                if let Some(rpc) = ctx.rpc.as_mut() {
-                    rpc.id = call.id.take();
-                }
-                vec![call]
-            }
-            Envelope::Batch(calls) => calls,
+        let (calls, id) = match &envelope {
+            Envelope::Single(call) => (std::slice::from_ref(call), call.id),
+            Envelope::Batch(calls) => (calls.as_slice(), None),
         };
-        let mut rules: Vec<&MethodRule> = Vec::with_capacity(calls.len());
+        self.judge_calls(body, calls, caller, ws).map_err(|e| (e, owned(id)))
+    }
+
+    fn judge_calls(
+        &self,
+        body: &[u8],
+        calls: &[jsonrpc::Call<'_>],
+        caller: &mut Caller,
+        ws: bool,
+    ) -> Result<Judged, GatewayError> {
         let mut needed = Access::Public;
         let mut cost = 0u32;
-        for call in &calls {
+        let (mut subscribes, mut unsubscribes) = (0, 0);
+        for call in calls {
             let rule = self.config.methods.decide(&call.method).ok_or(GatewayError::MethodNotExposed)?;
             match rule.access {
                 Access::Deny => return Err(GatewayError::MethodNotExposed),
@@ -70,34 +129,72 @@ impl Proxy {
                 _ => {}
             }
             cost = cost.saturating_add(rule.cost);
-            rules.push(rule);
+            if ws {
+                if contains_ignore_case(&call.method, "unsubscribe") {
+                    unsubscribes += 1;
+                } else if contains_ignore_case(&call.method, "subscribe") {
+                    subscribes += 1;
+                }
+            }
         }
         if self.config.gateway.profile == Profile::Evm && calls.iter().any(|c| c.method == "eth_getLogs") {
             self.logs_ranges(body)?;
         }
         if needed != Access::Public {
-            self.authorize_call(needed, ctx)?;
+            self.authorize(needed, caller)?;
         }
-        let Some((key, own_limit)) = ctx.client_key.clone() else { return Ok(()) };
+        let Some((key, own_limit)) = caller.key.clone() else {
+            return Ok(Judged { rate_state: None, subscribes, unsubscribes });
+        };
         // The methods' own rates, then the client's budget at the calls' cost.
-        for rule in &rules {
+        for call in calls {
+            let Some(rule) = self.config.methods.decide(&call.method) else { continue };
             if let (Some(i), Some(limit)) = (rule.limiter, rule.limit)
-                && let Some(limiter) = self.limits.methods.get(i)
+                && let Some(limiter) = self.methods.get(i)
                 && let Decision::Reject { retry_after } = limiter.check(&key, limit, 1)
             {
                 return Err(GatewayError::RateLimited { retry_after, limit, policy: LimitPolicy::Method });
             }
         }
-        if let (Some(rl), Some(limiter)) = (&self.config.rate_limit, &self.limits.client) {
+        let mut rate_state = None;
+        if let (Some(rl), Some(limiter)) = (&self.config.rate_limit, &self.client) {
             let limit = own_limit.unwrap_or(rl.limit);
             match limiter.check(&key, limit, cost.max(1)) {
-                Decision::Admit { remaining } => ctx.rate_state = Some((LimitPolicy::PerClient, limit, remaining)),
+                Decision::Admit { remaining } => rate_state = Some((LimitPolicy::PerClient, limit, remaining)),
                 Decision::Reject { retry_after } => {
                     return Err(GatewayError::RateLimited { retry_after, limit, policy: LimitPolicy::PerClient });
                 }
             }
         }
-        Ok(())
+        Ok(Judged { rate_state, subscribes, unsubscribes })
+    }
+
+    /// A method that needs a credential: the one the request carried, or its client certificate.
+    fn authorize(&self, needed: Access, caller: &mut Caller) -> Result<(), GatewayError> {
+        if let (Some(limiter), Some(rl)) = (&self.refusals_limiter, self.config.rate_limit)
+            && let Some(retry_after) = limiter.exhausted(&ClientKey::from_ip(caller.client, rl.ipv6_prefix), rl.limit)
+        {
+            return Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: LimitPolicy::PerClient });
+        }
+        match auth::authorize(&self.config.api_keys, &self.config.jwts, &caller.credentials, needed) {
+            Verdict::Allowed { key, api_key } => {
+                caller.key = Some((key, api_key.and_then(|k| k.limit)));
+                Ok(())
+            }
+            Verdict::Unauthenticated => match &caller.cert {
+                Some(name) if auth::opens(self.cert_roles(), needed) => {
+                    caller.key = Some((ClientKey::Cert(name.clone()), None));
+                    Ok(())
+                }
+                Some(_) => Err(GatewayError::CredentialNotEnough),
+                None => Err(GatewayError::CredentialMissing),
+            },
+            Verdict::Forbidden { .. } => Err(GatewayError::CredentialNotEnough),
+        }
+    }
+
+    fn cert_roles(&self) -> &[auth::Role] {
+        self.config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
     }
 
     /// evm: every `eth_getLogs` in `body` asks for at most `max_logs_range` blocks. Tags count as
@@ -136,25 +233,190 @@ impl Proxy {
         Ok(())
     }
 
-    /// A method that needs a credential: the one the request carried, or its client certificate.
-    fn authorize_call(&self, needed: Access, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
-        self.address_exhausted(ctx.client)?;
-        let credentials = ctx.rpc.as_ref().map(|r| &r.credentials);
-        let empty = HeaderMap::new();
-        match auth::authorize(&self.config.api_keys, &self.config.jwts, credentials.unwrap_or(&empty), needed) {
-            Verdict::Allowed { key, api_key } => {
-                ctx.client_key = Some((key, api_key.and_then(|k| k.limit)));
+    /// Takes `n` more subscriptions for `key` if the cap allows.
+    fn subscribe(&self, key: &ClientKey, n: u32) -> bool {
+        let max = self.config.gateway.max_subscriptions_per_client;
+        let mut all = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let live = all.entry(key.clone()).or_insert(0);
+        if *live + n > max {
+            return false;
+        }
+        *live += n;
+        true
+    }
+
+    fn unsubscribe(&self, key: &ClientKey, n: u32) {
+        let mut all = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = all.get_mut(key) {
+            *live = live.saturating_sub(n);
+            if *live == 0 {
+                all.remove(key);
+            }
+        }
+    }
+}
+
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// A refusal as a JSON-RPC error object's text.
+fn error_text(err: &GatewayError, id: Option<&RawValue>) -> String {
+    let id = id.map_or("null", |i| i.get());
+    let message = serde_json::to_string(&err.to_string()).unwrap_or_else(|_| "\"error\"".into());
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, err.rpc_code())
+}
+
+impl Proxy {
+    /// Judges the call(s) in the body of an HTTP request.
+    pub(super) fn judge_rpc(&self, body: &[u8], ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
+        let mut caller = Caller {
+            client: ctx.client,
+            credentials: ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default(),
+            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
+            key: ctx.client_key.take(),
+        };
+        let judged = self.judge.judge(body, &mut caller, false);
+        ctx.client_key = caller.key;
+        match judged {
+            Ok(j) => {
+                ctx.rate_state = j.rate_state.or(ctx.rate_state);
                 Ok(())
             }
-            Verdict::Unauthenticated => match ctx.conn.client_cert.get() {
-                Some(id) if auth::opens(self.cert_roles(), needed) => {
-                    ctx.client_key = Some((ClientKey::Cert(id.name.clone()), None));
-                    Ok(())
+            Err((err, id)) => {
+                if let Some(rpc) = ctx.rpc.as_mut() {
+                    rpc.id = id;
                 }
-                Some(_) => Err(GatewayError::CredentialNotEnough),
-                None => Err(GatewayError::CredentialMissing),
-            },
-            Verdict::Forbidden { .. } => Err(GatewayError::CredentialNotEnough),
+                Err(err)
+            }
         }
+    }
+
+    /// A JSON-RPC route's WebSocket: every client message judged, never a way around the policy.
+    pub(super) fn spawn_rpc_relay(
+        &self,
+        ctx: &mut Ctx<'_>,
+        client: OnUpgrade,
+        node: OnUpgrade,
+        held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
+    ) {
+        let caller = Caller {
+            client: ctx.client,
+            credentials: ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default(),
+            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
+            key: ctx.client_key.clone(),
+        };
+        let relay = Relay {
+            judge: self.judge.clone(),
+            refusals: self.refusals.clone(),
+            caller,
+            idle: self.config.gateway.idle_timeout,
+            max_message: self.config.gateway.max_body as usize,
+        };
+        tokio::spawn(relay.run(client, node, ctx.conn.phase.clone(), held));
+    }
+}
+
+struct Relay {
+    judge: Judge,
+    refusals: Refusals,
+    caller: Caller,
+    idle: Duration,
+    max_message: usize,
+}
+
+impl Relay {
+    async fn run(
+        mut self,
+        client: OnUpgrade,
+        node: OnUpgrade,
+        mut phase: watch::Receiver<Phase>,
+        held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
+    ) {
+        let _held = held;
+        let (c, n) = match tokio::try_join!(client, node) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let config =
+            WebSocketConfig::default().max_message_size(Some(self.max_message)).max_frame_size(Some(self.max_message));
+        let mut c = WebSocketStream::from_raw_socket(TokioIo::new(c), Role::Server, Some(config)).await;
+        let mut n = WebSocketStream::from_raw_socket(TokioIo::new(n), Role::Client, Some(config)).await;
+        // Subscriptions this connection holds, given back when it ends.
+        let mut live = 0u32;
+        loop {
+            let event = tokio::select! {
+                m = c.next() => Some((true, m)),
+                m = n.next() => Some((false, m)),
+                _ = tokio::time::sleep(self.idle) => None,
+                _ = async { while phase.changed().await.is_ok() && *phase.borrow() != Phase::Stopped {} } => None,
+            };
+            let Some((from_client, msg)) = event else { break };
+            let msg = match msg {
+                Some(Ok(m)) => m,
+                _ => break,
+            };
+            if !from_client {
+                let close = msg.is_close();
+                if (msg.is_text() || msg.is_binary() || close) && c.send(msg).await.is_err() || close {
+                    break;
+                }
+                continue;
+            }
+            let data: &[u8] = match &msg {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                Message::Close(_) => {
+                    let _ = n.send(msg).await;
+                    break;
+                }
+                _ => continue,
+            };
+            match self.judge.judge(data, &mut self.caller, true) {
+                Ok(j) => {
+                    let key = self.key();
+                    if j.subscribes > 0 && !self.judge.subscribe(&key, j.subscribes) {
+                        let err = GatewayError::TooManySubscriptions {
+                            limit: self.judge.config.gateway.max_subscriptions_per_client,
+                        };
+                        if c.send(Message::text(error_text(&err, None))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    live += j.subscribes;
+                    let gone = j.unsubscribes.min(live);
+                    if gone > 0 {
+                        self.judge.unsubscribe(&key, gone);
+                        live -= gone;
+                    }
+                    if n.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Err((err, id)) => {
+                    if let Some(reason) = err.refusal_reason() {
+                        self.refusals.send(self.caller.client, reason, "(websocket)");
+                    }
+                    if c.send(Message::text(error_text(&err, id.as_deref()))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if live > 0 {
+            self.judge.unsubscribe(&self.key(), live);
+        }
+        let _ = c.close(None).await;
+        let _ = n.close(None).await;
+    }
+
+    fn key(&self) -> ClientKey {
+        self.caller.key.as_ref().map(|(k, _)| k.clone()).unwrap_or_else(|| {
+            ClientKey::from_ip(self.caller.client, self.judge.config.rate_limit.map_or(64, |r| r.ipv6_prefix))
+        })
     }
 }

@@ -69,6 +69,10 @@ pub enum GatewayError {
     LogsRange { max: u64 },
     #[error("at most {limit} live subscriptions per client")]
     TooManySubscriptions { limit: u32 },
+    #[error(
+        "the proof of work scores {score:.0}, below the {min:.0} the nodes require: do more work, or send it without a nonce where remote PoW is offered"
+    )]
+    PowScoreTooLow { score: f64, min: f64 },
 }
 
 fn rpc_text(why: &crate::pipeline::jsonrpc::Invalid) -> String {
@@ -103,6 +107,7 @@ impl GatewayError {
             MethodNotExposed => StatusCode::NOT_FOUND,
             LogsRange { .. } => StatusCode::BAD_REQUEST,
             TooManySubscriptions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PowScoreTooLow { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -143,7 +148,7 @@ impl GatewayError {
             CredentialMissing => R::CredentialMissing,
             CredentialNotEnough => R::CredentialNotEnough,
             NotExposed | MethodNotExposed => R::NotExposed,
-            Rpc(_) | LogsRange { .. } => R::BadRequest,
+            Rpc(_) | LogsRange { .. } | PowScoreTooLow { .. } => R::BadRequest,
             RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } => R::RateLimited,
             _ => return None,
         })

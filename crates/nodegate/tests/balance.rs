@@ -238,3 +238,36 @@ async fn a_node_dying_between_headers_and_body_of_a_small_answer_is_retried_not_
     assert!(tried >= 5, "the dying node was tried {tried} times: the test did not exercise it");
     assert_eq!(good.state().requests.load(Relaxed), 200, "every request ended on the good node");
 }
+
+#[tokio::test]
+async fn binary_messages_below_the_nodes_minimum_pow_score_are_refused_at_the_edge() {
+    let n = node().await;
+    let gw = gateway_over(&[(n.url(), 1, false)], "").await;
+    let g = addr(&gw);
+    // TIP-12's example message: 21 bytes, nonce 0x5ee6aaaaaaaaaaaa, 9 trailing zero trits: 937.
+    let message: Vec<u8> = (0..21)
+        .map(|i| u8::from_str_radix(&"48656c6c6f2c20576f726c64215ee6aaaaaaaaaaaa"[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
+    let submit = async || {
+        send(
+            &client(),
+            http::Method::POST,
+            format!("http://{g}/api/v1/messages"),
+            &[("content-type", "application/octet-stream")],
+            message.clone(),
+        )
+        .await
+    };
+    // Hornet's default minimum is 4000 (learned from the node's info by the first probe): refused
+    // here, the node never verifies it.
+    eventually(async || submit().await.status == 400).await;
+    n.state().apply(&testnode::StatePatch { reset_counters: Some(true), ..Default::default() });
+    let r = submit().await;
+    r.assert_gateway_error(400);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("scores 937"), "{:?}", r.body);
+    assert_eq!(n.state().view().submissions, 0);
+    // A node that asks for less: accepted and forwarded.
+    n.state().apply(&testnode::StatePatch { min_pow_score: Some(900.0), ..Default::default() });
+    eventually(async || submit().await.status.is_success()).await;
+    assert!(n.state().view().submissions >= 1);
+}

@@ -188,12 +188,16 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+fn min_pow_score(state: &State, default: f64) -> f64 {
+    Some(f64::from_bits(state.min_pow_score.load(Relaxed))).filter(|s| *s > 0.0).unwrap_or(default)
+}
+
 fn chrysalis_info(state: &State) -> Value {
     let (latest, confirmed) = milestones(state);
     let features: Vec<&str> = if state.pow.load(Relaxed) { vec!["PoW"] } else { vec![] };
     json!({"data": {
         "name": "HORNET", "version": "1.2.4", "isHealthy": state.synced.load(Relaxed),
-        "networkId": "chrysalis-mainnet", "bech32HRP": "iota", "minPoWScore": 4000.0,
+        "networkId": "chrysalis-mainnet", "bech32HRP": "iota", "minPoWScore": min_pow_score(state, 4000.0),
         "messagesPerSecond": 12.3, "referencedMessagesPerSecond": 11.9, "referencedRate": 96.7,
         "latestMilestoneTimestamp": now_secs(), "latestMilestoneIndex": latest,
         "confirmedMilestoneIndex": confirmed, "pruningIndex": 0, "features": features
@@ -212,7 +216,7 @@ fn stardust_info(state: &State) -> Value {
             "pruningIndex": 0
         },
         "supportedProtocolVersions": [2],
-        "protocol": {"version": 2, "networkName": "shimmer", "bech32Hrp": "smr", "minPowScore": 1500},
+        "protocol": {"version": 2, "networkName": "shimmer", "bech32Hrp": "smr", "minPowScore": min_pow_score(state, 1500.0)},
         "baseToken": {"name": "Shimmer", "tickerSymbol": "SMR", "unit": "SMR", "decimals": 6},
         "metrics": {"blocksPerSecond": 12.3, "referencedBlocksPerSecond": 11.9, "referencedRate": 96.7},
         "features": features

@@ -78,6 +78,8 @@ pub struct State {
     pub(crate) messages: store::Store,
     /// iota-rebased: checkpoints this node is behind (its checkpoint is the clock's minus this).
     pub checkpoint_lag: AtomicU64,
+    /// The minimum PoW score the info reports (`f64` bits); 0: Hornet's defaults (4000, 1500).
+    pub min_pow_score: AtomicU64,
     /// The JSON-RPC methods called, newest last (at most 1,000).
     pub rpc_methods: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
@@ -116,6 +118,8 @@ pub struct StatePatch {
     pub reset_counters: Option<bool>,
     /// iota-rebased: be this many checkpoints behind.
     pub checkpoint_lag: Option<u64>,
+    /// The minimum PoW score the node's info reports.
+    pub min_pow_score: Option<f64>,
 }
 
 impl State {
@@ -135,6 +139,7 @@ impl State {
             connections: AtomicU64::new(0),
             messages: store::Store::default(),
             checkpoint_lag: AtomicU64::new(0),
+            min_pow_score: AtomicU64::new(0),
             rpc_methods: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
@@ -172,6 +177,9 @@ impl State {
         }
         if let Some(v) = p.pow_difficulty {
             self.pow_difficulty.store(v.min(40), Relaxed);
+        }
+        if let Some(v) = p.min_pow_score {
+            self.min_pow_score.store(v.to_bits(), Relaxed);
         }
         if let Some(v) = p.checkpoint_lag {
             self.checkpoint_lag.store(v, Relaxed);

@@ -56,6 +56,8 @@ pub struct Node {
     healthy: AtomicBool,
     /// The node reports the PoW feature (from its info route).
     pow_feature: AtomicBool,
+    /// The node's minimum PoW score (`f64` bits; 0: not known), from its info.
+    min_pow_score: std::sync::atomic::AtomicU64,
     reason: Mutex<String>,
     in_flight: AtomicU32,
     latency: Mutex<Ewma>,
@@ -115,6 +117,7 @@ impl Node {
             retired: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             pow_feature: AtomicBool::new(false),
+            min_pow_score: std::sync::atomic::AtomicU64::new(0),
             reason: Mutex::new("not probed yet".into()),
             in_flight: AtomicU32::new(0),
             latency: Mutex::new(Ewma { ns: INITIAL_LATENCY_NS, at: Instant::now() }),
@@ -201,6 +204,15 @@ impl Node {
     }
 
     /// Set by the active health checks.
+    pub fn set_min_pow_score(&self, score: f64) {
+        self.min_pow_score.store(score.max(0.0).to_bits(), Relaxed);
+    }
+
+    /// The node's minimum PoW score; `None` until its info has said.
+    pub fn min_pow_score(&self) -> Option<f64> {
+        Some(f64::from_bits(self.min_pow_score.load(Relaxed))).filter(|s| *s > 0.0)
+    }
+
     pub fn set_health(&self, healthy: bool, reason: String, pow_feature: bool) {
         let was = self.healthy.swap(healthy, Relaxed);
         self.pow_feature.store(pow_feature, Relaxed);

@@ -56,6 +56,8 @@ pub struct Health {
 #[derive(Debug)]
 struct Passed {
     pow_feature: bool,
+    /// The node's minimum PoW score (legacy profiles), when its info says.
+    min_pow_score: Option<f64>,
 }
 
 /// The latest checkpoint each node reported, and when: the best recent one is what the others are
@@ -96,6 +98,9 @@ pub fn spawn(
             let healthy = node.is_healthy();
             match result {
                 Ok(p) => {
+                    if let Some(min) = p.min_pow_score {
+                        node.set_min_pow_score(min);
+                    }
                     passed_in_row += 1;
                     failed_in_row = 0;
                     if first || healthy || passed_in_row >= cfg.healthy_threshold {
@@ -158,11 +163,11 @@ async fn probe(node: &Node, profile: Profile, cfg: &Health, checkpoints: &Checkp
             if lag > max_lag {
                 return Err(format!("{what} {height} is {lag} behind the best node's {best} ({key} {max_lag})"));
             }
-            Ok(Passed { pow_feature: false })
+            Ok(Passed { pow_feature: false, min_pow_score: None })
         }
         Profile::Generic => {
             get(node, &cfg.path).await?;
-            Ok(Passed { pow_feature: false })
+            Ok(Passed { pow_feature: false, min_pow_score: None })
         }
         Profile::IotaChrysalis | Profile::IotaStardust => {
             get(node, "/health").await?;
@@ -199,7 +204,11 @@ fn judge_info(info: &Value, profile: Profile, max_lag: u64) -> Result<Passed, St
     let pow_feature = features
         .as_array()
         .is_some_and(|f| f.iter().any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("pow"))));
-    Ok(Passed { pow_feature })
+    let min_pow_score = match profile {
+        Profile::IotaChrysalis => info["data"]["minPoWScore"].as_f64(),
+        _ => info["protocol"]["minPowScore"].as_f64(),
+    };
+    Ok(Passed { pow_feature, min_pow_score })
 }
 
 /// One GET on a fresh connection (a probe also checks that the node accepts connections);

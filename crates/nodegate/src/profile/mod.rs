@@ -7,6 +7,8 @@
 //!   a raw block whose last 8 bytes are zero.
 //! - iota-rebased, generic: none (iota-node has no remote PoW).
 
+pub mod pow_score;
+
 use http::Method;
 use serde_json::Value;
 
@@ -36,9 +38,17 @@ pub fn is_submission(profile: Profile, method: &Method, path: &str) -> bool {
     }
 }
 
+/// Whether a submission is in the binary serialization (chrysalis `application/octet-stream`,
+/// stardust `application/vnd.iota.serializer-v1`), whose last 8 bytes are the nonce.
+pub fn is_binary(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|c| {
+        c.starts_with(b"application/octet-stream") || c.starts_with(b"application/vnd.iota.serializer-v1")
+    })
+}
+
 /// Whether a submission's body asks the node to do the proof of work.
 pub fn needs_pow(content_type: Option<&[u8]>, body: &[u8]) -> bool {
-    if content_type.is_some_and(|c| c.starts_with(b"application/octet-stream")) {
+    if is_binary(content_type) {
         return body.len() < 8 || body[body.len() - 8..].iter().all(|b| *b == 0);
     }
     // Anything that is not a JSON object cannot carry a nonce: the node will refuse it, and if it
@@ -79,6 +89,9 @@ mod tests {
         ] {
             assert!(needs_pow(Some(b"application/json"), body.as_bytes()), "{body}");
         }
+        // Stardust's binary serialization carries its nonce last, as chrysalis' does.
+        assert!(!needs_pow(Some(b"application/vnd.iota.serializer-v1"), &[1, 2, 3, 4, 5, 6, 7, 8, 9]));
+        assert!(needs_pow(Some(b"application/vnd.iota.serializer-v1"), &[1, 0, 0, 0, 0, 0, 0, 0, 0]));
         for body in [r#"{"nonce":"12345"}"#, r#"{"nonce":7}"#] {
             assert!(!needs_pow(Some(b"application/json"), body.as_bytes()), "{body}");
         }

@@ -349,9 +349,24 @@ impl Proxy {
             p.need_pow = profile::needs_pow(content_type, &data);
             if p.need_pow {
                 self.pow_budget(ctx)?;
+            } else if profile::is_binary(content_type) {
+                self.pow_score(&data)?;
             }
         }
         *p.request.body_mut() = CappedBody::buffered(data);
+        Ok(())
+    }
+
+    /// A binary submission that carries its own PoW scores at least what the most lenient node
+    /// requires (TIP-12), or is refused here: its verification never costs a node. Nodes that have
+    /// not said their minimum yet are no reason to refuse.
+    fn pow_score(&self, message: &[u8]) -> Result<(), GatewayError> {
+        let nodes = self.balancer.nodes();
+        let Some(min) = nodes.iter().filter_map(|n| n.min_pow_score()).min_by(f64::total_cmp) else { return Ok(()) };
+        let score = profile::pow_score::score(message).unwrap_or(0.0);
+        if score < min {
+            return Err(GatewayError::PowScoreTooLow { score, min });
+        }
         Ok(())
     }
 

@@ -417,3 +417,27 @@ mod websocket {
         assert!(!seen(&n).iter().any(|m| m == "debug_traceTransaction" || m == "admin_peers"));
     }
 }
+
+#[tokio::test]
+async fn refused_websocket_messages_cost_like_refused_requests_and_a_flood_is_cut_off() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let n = node().await;
+    let gw = gateway(&[n.url()], &rebased("")).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/subscribe", addr(&gw))).await.unwrap();
+    // Burst 30: each denied call costs one; the connection ends before 100 of them are answered.
+    let mut answered = 0;
+    for i in 0..100 {
+        if ws.send(Message::text(rpc("iota_tryGetObjectBeforeVersion", i))).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(_))) => answered += 1,
+            _ => break,
+        }
+    }
+    assert!((25..=35).contains(&answered), "{answered} refusals answered before the cut");
+    // The address's budget is spent over HTTP too.
+    assert_eq!(call(addr(&gw), &rpc("iota_getObject", 1), &[]).await.status, 429);
+    assert!(seen(&n).is_empty());
+}

@@ -233,6 +233,18 @@ impl Judge {
         Ok(())
     }
 
+    /// A refused WebSocket message costs its address one request of `per_client`, as a refused
+    /// HTTP request does; true once that budget is spent (the relay then closes the connection).
+    fn charge_refusal(&self, client: IpAddr) -> bool {
+        let Some(rl) = self.config.rate_limit else { return false };
+        let key = ClientKey::from_ip(client, rl.ipv6_prefix);
+        let mut over = false;
+        for limiter in self.client.iter().chain(&self.refusals_limiter) {
+            over |= matches!(limiter.check(&key, rl.limit, 1), Decision::Reject { .. });
+        }
+        over
+    }
+
     /// Takes `n` more subscriptions for `key` if the cap allows.
     fn subscribe(&self, key: &ClientKey, n: u32) -> bool {
         let max = self.config.gateway.max_subscriptions_per_client;
@@ -398,10 +410,15 @@ impl Relay {
                     }
                 }
                 Err((err, id)) => {
-                    if let Some(reason) = err.refusal_reason() {
+                    let reason = err.refusal_reason();
+                    if let Some(reason) = reason {
                         self.refusals.send(self.caller.client, reason, "(websocket)");
                     }
-                    if c.send(Message::text(error_text(&err, id.as_deref()))).await.is_err() {
+                    // Refusals cost as over HTTP; a client that spent its budget on them is
+                    // cut off: a WebSocket is no cheaper place to flood.
+                    let over = reason.is_some_and(|r| r != crate::events::RefusalReason::RateLimited)
+                        && self.judge.charge_refusal(self.caller.client);
+                    if c.send(Message::text(error_text(&err, id.as_deref()))).await.is_err() || over {
                         break;
                     }
                 }

@@ -241,6 +241,24 @@ pub fn answer_rpc(
     resp
 }
 
+/// One of the gateway's own answers to a gRPC call: HTTP 200 with the status in `grpc-status`
+/// and `grpc-message` and no body (gRPC's trailers-only form), as gRPC clients expect.
+pub fn answer_grpc(err: &crate::error::GatewayError) -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(ProxyBody::full(bytes::Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", http::HeaderValue::from(err.grpc_status()));
+    let message =
+        percent_encoding::utf8_percent_encode(&err.to_string(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    if let Ok(v) = http::HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    if let crate::error::GatewayError::RateLimited { retry_after, .. } = err {
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after.as_secs().max(1)));
+    }
+    resp
+}
+
 /// A JSON error response in the node API's shape.
 pub fn json_error(status: http::StatusCode, message: &str) -> http::Response<ProxyBody> {
     let mut resp = http::Response::new(ProxyBody::full(crate::error::json_text(status, message)));

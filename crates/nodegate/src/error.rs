@@ -111,6 +111,21 @@ impl GatewayError {
         }
     }
 
+    /// The gRPC status of this answer on a gRPC route (grpc/grpc's status codes).
+    pub fn grpc_status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            CredentialMissing => 16,                                // UNAUTHENTICATED
+            CredentialNotEnough | AddressDenied | Banned => 7,      // PERMISSION_DENIED
+            MethodNotExposed | NotExposed | MethodNotAllowed => 12, // UNIMPLEMENTED
+            RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } | NodeBusy => 8, // RESOURCE_EXHAUSTED
+            NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => 4, // DEADLINE_EXCEEDED
+            NoNode | NoPowNode | NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => 14, // UNAVAILABLE
+            BodyTooLarge { .. } => 8,
+            _ => 3, // INVALID_ARGUMENT
+        }
+    }
+
     /// The JSON-RPC error code of this answer on a JSON-RPC route: the standard codes where one
     /// fits (-32700 parse, -32600 invalid request, -32601 method not found), jsonrpsee's where
     /// iota-node uses them (-32005 batches refused, -32009 server busy, -32010 batch too big), and

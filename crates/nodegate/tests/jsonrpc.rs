@@ -441,3 +441,71 @@ async fn refused_websocket_messages_cost_like_refused_requests_and_a_flood_is_cu
     assert_eq!(call(addr(&gw), &rpc("iota_getObject", 1), &[]).await.status, 429);
     assert!(seen(&n).is_empty());
 }
+
+mod grpc {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    /// A gRPC call over h2c: the status, the response's own grpc-status (trailers-only answers),
+    /// the messages' bytes, and the trailers' grpc-status.
+    async fn grpc(
+        gw: std::net::SocketAddr,
+        path: &str,
+        key: Option<&str>,
+    ) -> (u16, Option<String>, Bytes, Option<String>) {
+        let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+        let mut req = http::Request::post(format!("http://{gw}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let resp = client.request(req.body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let head = resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailer = collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned());
+        (status, head, collected.to_bytes(), trailer)
+    }
+
+    #[tokio::test]
+    async fn grpc_calls_are_judged_by_their_path_and_streams_and_trailers_pass() {
+        let n = node().await;
+        let extra = "\n[[method]]\nname = \"/iota.grpc.v1.LedgerService/GetEpoch\"\naccess = \"deny\"\n";
+        let gw = gateway(&[n.url()], &rebased(extra)).await;
+        let g = addr(&gw);
+        // A unary call: one message, grpc-status 0 in the trailers, through HTTP/2 both ways.
+        let (status, head, body, trailer) = grpc(g, "/iota.grpc.v1.LedgerService/GetObject", None).await;
+        assert_eq!((status, head.as_deref(), trailer.as_deref()), (200, None, Some("0")));
+        assert_eq!(body.len(), 5 + 2 + "GetObject 0".len(), "{body:?}");
+        // A server stream: three messages, then the trailers.
+        let (_, _, body, trailer) = grpc(g, "/iota.grpc.v1.LedgerService/StreamCheckpoints", None).await;
+        assert_eq!((body.len(), trailer.as_deref()), (3 * (5 + 2 + "StreamCheckpoints 0".len()), Some("0")));
+        // The node's own error status passes as it sent it.
+        let (status, _, _, trailer) = grpc(g, "/iota.grpc.v1.LedgerService/Fail", None).await;
+        assert_eq!((status, trailer.as_deref()), (200, Some("5")));
+        // Refusals in gRPC's form: 200, the status in the headers, nothing sent to the node.
+        let (status, head, body, _) = grpc(g, "/iota.grpc.v1.TransactionService/SimulateTransaction", None).await;
+        assert_eq!((status, head.as_deref(), body.len()), (200, Some("16"), 0), "simulation needs a key");
+        let (_, head, _, trailer) =
+            grpc(g, "/iota.grpc.v1.TransactionService/SimulateTransaction", Some("rpc-test-key")).await;
+        assert_eq!((head, trailer.as_deref()), (None, Some("0")));
+        let (_, head, _, _) = grpc(g, "/iota.grpc.v1.LedgerService/GetEpoch", None).await;
+        assert_eq!(head.as_deref(), Some("12"), "a [[method]] rule on a gRPC path");
+        let seen = seen(&n);
+        assert_eq!(seen.iter().filter(|m| m.ends_with("SimulateTransaction")).count(), 1, "{seen:?}");
+        assert!(!seen.iter().any(|m| m.ends_with("GetEpoch")), "{seen:?}");
+        // The same budget as every other call: 30 at cost 1, then RESOURCE_EXHAUSTED (8).
+        let mut last = None;
+        for _ in 0..40 {
+            last = grpc(g, "/iota.grpc.v1.LedgerService/GetObject", None).await.1;
+            if last.is_some() {
+                break;
+            }
+        }
+        assert_eq!(last.as_deref(), Some("8"));
+    }
+}

@@ -66,6 +66,11 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         };
         return Ok(json_ok(crate::jsonrpc::answer(&state, &body, probe)));
     }
+    if req.method() == Method::POST && path.starts_with("/iota.grpc.") {
+        // The request's messages are read (and dropped): a real server reads them too.
+        let _ = req.into_body().collect().await;
+        return Ok(crate::grpc::answer(&state, &path));
+    }
     if req.method() == Method::POST && path == "/v1/chain/evm" {
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod grpc;
 mod jsonrpc;
 mod pow;
 mod ws;

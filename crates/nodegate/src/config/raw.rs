@@ -376,6 +376,9 @@ pub struct RawRoute {
     /// A JSON-RPC endpoint: `[[method]]` rules decide each call.
     #[serde(default)]
     pub jsonrpc: bool,
+    /// gRPC services under this path: `[[method]]` rules decide each call by its path.
+    #[serde(default)]
+    pub grpc: bool,
     /// This route's own per-client limit, on top of `[rate_limit] per_client`.
     pub rate: Option<super::units::Rate>,
     /// Its burst; one second's worth of `rate` when not given.

@@ -71,6 +71,7 @@ pub(super) fn routes(raw_routes: &[raw::RawRoute], profile: Profile, at: &Locato
             deny,
             pass_credential: r.pass_credential,
             jsonrpc: r.jsonrpc,
+            grpc: r.grpc,
         });
     }
     let routes = RoutePolicy::new(rules, profile);

@@ -1,6 +1,7 @@
-//! JSON-RPC method policy: `[[method]]` rules (first match wins), then the node profile's
-//! defaults, then deny. A name is exact (`iota_getObject`) or a prefix ending in `*` (`unsafe_*`),
-//! case-sensitive as JSON-RPC names are. Each rule says who may call (public, key, admin, deny),
+//! JSON-RPC and gRPC method policy: `[[method]]` rules (first match wins), then the node
+//! profile's defaults, then deny. A name is exact (`iota_getObject`,
+//! `/iota.grpc.v1.LedgerService/GetObject`) or a pattern where `*` matches any run of characters
+//! (`unsafe_*`, `/iota.grpc.*/Simulate*`), case-sensitive as the names are. Each rule says who may call (public, key, admin, deny),
 //! what a call costs against the per-client budget, and optionally its own per-client rate.
 //!
 //! iota-rebased's defaults, from iota-node's API (crates/iota-json-rpc-api): point reads cost 1;
@@ -26,11 +27,22 @@ pub struct MethodRule {
 
 impl MethodRule {
     fn matches(&self, method: &str) -> bool {
-        match self.pattern.strip_suffix('*') {
-            Some(prefix) => method.starts_with(prefix),
-            None => method == self.pattern,
-        }
+        glob(self.pattern.as_bytes(), method.as_bytes())
     }
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let Some(star) = pattern.iter().position(|b| *b == b'*') else { return pattern == name };
+    let (head, rest) = (&pattern[..star], &pattern[star + 1..]);
+    if !name.starts_with(head) {
+        return false;
+    }
+    let name = &name[head.len()..];
+    if rest.is_empty() {
+        return true;
+    }
+    (0..=name.len()).any(|i| glob(rest, &name[i..]))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -134,6 +146,9 @@ impl MethodPolicy {
                 d.extend(SCANS.iter().map(|p| rule(p, Access::Public, 5, None, None)));
                 d.extend(HEAVY.iter().map(|p| rule(p, Access::Public, 10, Some(HEAVY_LIMIT), Some(heavy))));
                 d.push(rule(&"unsafe_*", Access::Key, 5, None, None));
+                // gRPC: simulations can switch the VM's checks off; the rest is public.
+                d.push(rule(&"/iota.grpc.*/Simulate*", Access::Key, 10, None, None));
+                d.push(rule(&"/iota.grpc.*", Access::Public, 1, None, None));
                 d
             }
             Profile::Evm => {
@@ -215,6 +230,15 @@ mod tests {
         assert_eq!(of("iota_somethingNew"), None, "unknown: denied");
         assert_eq!(of("IOTA_GETOBJECT"), None, "names are case-sensitive, as the node's");
         assert_eq!(of("iota_getObject "), None);
+    }
+
+    #[test]
+    fn stars_match_any_run_of_characters() {
+        assert!(glob(b"unsafe_*", b"unsafe_moveCall"));
+        assert!(glob(b"/iota.grpc.*/Simulate*", b"/iota.grpc.v1.TransactionService/SimulateTransaction"));
+        assert!(!glob(b"/iota.grpc.*/Simulate*", b"/iota.grpc.v1.TransactionService/ExecuteTransaction"));
+        assert!(glob(b"a*b*c", b"abc") && glob(b"a*b*c", b"axxbyyc") && !glob(b"a*b*c", b"axxbyy"));
+        assert!(glob(b"exact", b"exact") && !glob(b"exact", b"exactly"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Rule {
     pub cost: u32,
     /// JSON-RPC: the body's method decides access and cost (`[[method]]`), not this rule alone.
     pub jsonrpc: bool,
+    /// gRPC: the path (`/package.Service/Method`) is the method `[[method]]` rules judge; the node
+    /// is spoken to over HTTP/2.
+    pub grpc: bool,
 }
 
 impl Rule {
@@ -58,6 +61,7 @@ impl Rule {
             limit: None,
             cost: 1,
             jsonrpc: false,
+            grpc: false,
         }
     }
 
@@ -144,7 +148,17 @@ fn defaults(profile: Profile) -> Vec<Rule> {
             let rpc =
                 |p: &str, m: Method| Rule { methods: Some(vec![m]), jsonrpc: true, ..Rule::new(p, Access::Public) };
             // The WebSocket endpoint: each message is judged as a POST's body would be.
-            return paths.iter().map(|p| rpc(p, Method::POST)).chain([rpc(ws, Method::GET)]).collect();
+            let mut rules: Vec<Rule> =
+                paths.iter().map(|p| rpc(p, Method::POST)).chain([rpc(ws, Method::GET)]).collect();
+            if profile == Profile::IotaRebased {
+                // iota-node's gRPC services.
+                rules.push(Rule {
+                    methods: Some(vec![Method::POST]),
+                    grpc: true,
+                    ..Rule::new("/iota.grpc.*", Access::Public)
+                });
+            }
+            return rules;
         }
         Profile::Generic => (&[], &[]),
     };

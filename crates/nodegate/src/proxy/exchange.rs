@@ -18,7 +18,8 @@ use crate::upstream::{self, Lease};
 
 /// What a node answered: headers with the body still to stream from it, or read whole already.
 enum Answer {
-    Stream(Response<Incoming>, Lease, InFlight),
+    /// The lease is `None` for an HTTP/2 (gRPC) stream: its connection is shared.
+    Stream(Response<Incoming>, Option<Lease>, InFlight),
     Buffered(Response<bytes::Bytes>),
 }
 
@@ -87,7 +88,7 @@ impl Proxy {
         ctx.node = Some(node.name.clone());
 
         let (mut resp, lease, in_flight) = match answer {
-            Answer::Stream(resp, lease, in_flight) => (resp, Some(lease), in_flight),
+            Answer::Stream(resp, lease, in_flight) => (resp, lease, in_flight),
             Answer::Buffered(mut resp) => {
                 hdr::strip_hop_by_hop(resp.headers_mut());
                 let mut resp = resp.map(ProxyBody::full);
@@ -152,6 +153,36 @@ impl Proxy {
         req.headers_mut().insert(header::HOST, node.host.clone());
         let timeout = self.config.upstream.response_timeout;
         let in_flight = node.start();
+        if req.version() == http::Version::HTTP_2 {
+            // gRPC: the node's shared HTTP/2 connection. Never retried: a call may have run.
+            // HTTP/2 carries scheme and authority as pseudo-headers: the target goes absolute.
+            let absolute = node.host.to_str().ok().and_then(|host| {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                Uri::try_from(format!("http://{host}{pq}")).ok()
+            });
+            match absolute {
+                Some(uri) => *req.uri_mut() = uri,
+                None => return Err((GatewayError::BadRequest("the request target is not valid"), None)),
+            }
+            return match tokio::time::timeout(timeout, node.pool.send_h2(req)).await {
+                Ok(Ok(resp)) => {
+                    in_flight.answered();
+                    node.success();
+                    Ok(Answer::Stream(resp, None, in_flight))
+                }
+                Ok(Err(e)) => {
+                    let err = upstream::classify(&e, &node.name, &self.config.upstream);
+                    if err.is_node_fault() {
+                        node.failure(&self.passive);
+                    }
+                    Err((err, None))
+                }
+                Err(_) => {
+                    node.failure(&self.passive);
+                    Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
+                }
+            };
+        }
         // Pinned where it is made: handing the (large) future to `timeout` by value copied it twice
         // a request (bench/callgrind).
         let exchange = node.pool.send(req);
@@ -168,7 +199,7 @@ impl Proxy {
                 if buffer && !resp.body().is_end_stream() && resp.body().size_hint().exact().is_some_and(small) {
                     return Box::pin(self.read_whole(node, resp, lease)).await.map_err(|e| (e, None));
                 }
-                Ok(Answer::Stream(resp, lease, in_flight))
+                Ok(Answer::Stream(resp, Some(lease), in_flight))
             }
             Ok(Err((e, unsent))) => {
                 tracing::debug!(node = %node.name, error = ?e, "upstream request failed");

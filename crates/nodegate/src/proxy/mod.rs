@@ -78,6 +78,8 @@ struct Ctx<'a> {
     node: Option<Arc<str>>,
     /// A JSON-RPC route's request: its id and credential, judged once its body is read.
     rpc: Option<Box<rpc::RpcCtx>>,
+    /// A gRPC call: refused in gRPC's form, sent to the node over HTTP/2.
+    grpc: bool,
 }
 
 /// A request ready for a node: the cleaned request, the client's target (each node puts its base
@@ -153,6 +155,7 @@ impl Proxy {
             slot: None,
             node: None,
             rpc: None,
+            grpc: false,
         };
         let record = self.config.log.access.then(|| self.access_record(&req, &ctx));
         // Kept for the refusal event (a reference count, not a copy).
@@ -171,6 +174,10 @@ impl Proxy {
         let target = self.filter(req, ctx)?;
         let target = self.route(req, target, ctx)?;
         self.authorize(req, ctx)?;
+        if ctx.grpc {
+            // The method is the path: judged now, its cost in place of the route's.
+            self.judge_grpc(req, target.path(), ctx)?;
+        }
         self.limit(ctx)?;
         Ok(target)
     }
@@ -231,6 +238,7 @@ impl Proxy {
         if ctx.rule.is_some_and(|r| r.jsonrpc) {
             ctx.rpc = Some(Box::default());
         }
+        ctx.grpc = ctx.rule.is_some_and(|r| r.grpc);
         if ctx.rule.is_some_and(|r| !r.admits(ctx.client)) {
             return Err(GatewayError::AddressDenied);
         }
@@ -309,11 +317,16 @@ impl Proxy {
 
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
-        *up.version_mut() = Version::HTTP_11;
+        // gRPC needs HTTP/2 to the node (streams, trailers); everything else goes over HTTP/1.1.
+        *up.version_mut() = if ctx.grpc { Version::HTTP_2 } else { Version::HTTP_11 };
         let headers = up.headers_mut();
         *headers = parts.headers;
         hdr::strip_hop_by_hop(headers);
         headers.remove(header::EXPECT);
+        if ctx.grpc {
+            // gRPC's one hop-by-hop header: the node must know the client takes trailers.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some(rpc) = ctx.rpc.as_mut() {
             rpc.credentials = auth::credentials(headers);
         }
@@ -390,6 +403,7 @@ impl Proxy {
                 };
                 match &ctx.rpc {
                     Some(rpc) => crate::body::answer_rpc(&err, rpc.id.as_deref()),
+                    None if ctx.grpc => crate::body::answer_grpc(&err),
                     None => crate::body::answer(&err),
                 }
             }

@@ -110,6 +110,12 @@ impl Judge {
         self.judge_calls(body, calls, caller, ws).map_err(|e| (e, owned(id)))
     }
 
+    /// A gRPC call: its path is the method.
+    pub fn judge_method(&self, method: &str, caller: &mut Caller) -> Result<Judged, GatewayError> {
+        let call = jsonrpc::Call { method: std::borrow::Cow::Borrowed(method), id: None };
+        self.judge_calls(b"", std::slice::from_ref(&call), caller, false)
+    }
+
     fn judge_calls(
         &self,
         body: &[u8],
@@ -302,6 +308,26 @@ impl Proxy {
                 Err(err)
             }
         }
+    }
+
+    /// A gRPC call, judged by its path before any node sees it (no body needed).
+    pub(super) fn judge_grpc(
+        &self,
+        req: &http::Request<hyper::body::Incoming>,
+        path: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), GatewayError> {
+        let mut caller = Caller {
+            client: ctx.client,
+            credentials: auth::credentials(req.headers()),
+            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
+            key: ctx.client_key.take(),
+        };
+        let judged = self.judge.judge_method(path, &mut caller);
+        ctx.client_key = caller.key;
+        let j = judged?;
+        ctx.rate_state = j.rate_state.or(ctx.rate_state);
+        Ok(())
     }
 
     /// A JSON-RPC route's WebSocket: every client message judged, never a way around the policy.

@@ -57,6 +57,8 @@ pub struct NodePool {
     connect_timeout: Duration,
     /// For https:// nodes.
     tls: Option<super::TlsClient>,
+    /// gRPC: one HTTP/2 (h2c) connection, its streams shared by every call.
+    h2: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<CappedBody>>>,
 }
 
 enum Room {
@@ -106,6 +108,7 @@ impl NodePool {
             idle_timeout: cfg.pool_idle_timeout,
             connect_timeout: cfg.connect_timeout,
             tls: if https { cfg.tls.clone() } else { None },
+            h2: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
         pool
@@ -224,6 +227,36 @@ impl NodePool {
             Ok(Err(e)) => Err(SendError::Connect(e)),
             Err(_) => Err(SendError::ConnectTimeout),
         }
+    }
+
+    /// Sends a gRPC call over the node's HTTP/2 connection (h2c), made when there is none or the
+    /// last one closed. Streams and trailers pass as the node sends them.
+    pub async fn send_h2(&self, req: Request<CappedBody>) -> Result<Response<Incoming>, SendError> {
+        let mut sender = {
+            let mut h2 = self.h2.lock().await;
+            match h2.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    if self.tls.is_some() {
+                        return Err(SendError::Connect(io::Error::other(
+                            "gRPC to https:// nodes is not supported yet: use h2c",
+                        )));
+                    }
+                    let stream = self.open().await?;
+                    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| SendError::Connect(io::Error::other(e)))?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    *h2 = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(SendError::Sent)?;
+        sender.send_request(req).await.map_err(SendError::Sent)
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {

@@ -66,6 +66,9 @@ impl Gateway {
         }
         let cluster =
             config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
+        // Every accept loop, connection and state-keeping task holds a sender; shutdown waits for
+        // them all.
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
         let mut ban_admin = admin::BanAdmin { list: bans.clone(), rails: None, jails: Vec::new(), firewall: None };
         if let Some(b) = &config.bans {
             // Trusted proxies and the nodes themselves are never banned, whatever a jail says.
@@ -79,7 +82,8 @@ impl Gateway {
             b.ignore =
                 b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
             let rails = Arc::new(crate::bans::rails::Rails::new(b.ignore.clone(), b.ssh_ports.clone()));
-            ban_admin.jails = crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), proxy.refusals(), &phase);
+            ban_admin.jails =
+                crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), proxy.refusals(), &phase, &alive_tx);
             if let Some(c) = &config.cluster {
                 crate::bans::share::spawn(&c.redis, &c.key_prefix, bans.clone(), rails.clone(), phase.subscribe());
             }
@@ -94,7 +98,6 @@ impl Gateway {
             }
             None => None,
         };
-        let (alive_tx, alive) = mpsc::channel::<()>(1);
         let tls = match &config.tls {
             Some(t) => {
                 let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;

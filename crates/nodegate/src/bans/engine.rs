@@ -115,6 +115,7 @@ pub fn spawn(
     rails: Arc<Rails>,
     refusals: &crate::events::Refusals,
     phase: &watch::Sender<Phase>,
+    alive: &tokio::sync::mpsc::Sender<()>,
 ) -> Vec<Arc<JailStats>> {
     let mut all = Vec::new();
     for config in &bans.jails {
@@ -160,7 +161,9 @@ pub fn spawn(
                 };
                 // Where to start is taken now, as for a log file: later entries are news.
                 let start = journal.start();
-                tokio::spawn(run.follow_journal(journal, start, *mode, phase.subscribe()));
+                // Held until the cursor is saved on stop: the gateway's shutdown waits for it.
+                let alive = alive.clone();
+                tokio::spawn(run.follow_journal(journal, start, *mode, phase.subscribe(), alive));
             }
             Source::Gateway { reasons } => {
                 tokio::spawn(run.watch_refusals(refusals.subscribe(), reasons.clone(), phase.subscribe()));
@@ -286,9 +289,14 @@ impl JailTask {
         start: Option<String>,
         mode: Mode,
         mut phase: watch::Receiver<Phase>,
+        alive: tokio::sync::mpsc::Sender<()>,
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(journal.run(start, tx, phase.clone()));
+        let journal_phase = phase.clone();
+        tokio::spawn(async move {
+            journal.run(start, tx, journal_phase).await;
+            drop(alive);
+        });
         let mut last_seen = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {

@@ -143,13 +143,15 @@ impl Journal {
                     // A damaged cursor file: kept aside, never used again, the journal followed
                     // from its end (what was logged since the cursor is lost, and said so).
                     tracing::error!(unit = %self.unit, error = %err.trim(), "journalctl refused the kept cursor; following the journal from its end");
+                    // The end is taken before the file is set aside: whoever sees the file gone
+                    // knows that what is logged from then on counts.
+                    let this =
+                        Journal { unit: self.unit.clone(), directory: self.directory.clone(), cursor_file: None };
+                    cursor = tokio::task::spawn_blocking(move || this.newest()).await.ok().flatten();
                     if let Some(file) = &self.cursor_file {
                         let aside = file.with_extension(format!("cursor.corrupt-{}", super::list::unix_now()));
                         let _ = std::fs::rename(file, &aside);
                     }
-                    let this =
-                        Journal { unit: self.unit.clone(), directory: self.directory.clone(), cursor_file: None };
-                    cursor = tokio::task::spawn_blocking(move || this.newest()).await.ok().flatten();
                     saved = None;
                     continue;
                 }

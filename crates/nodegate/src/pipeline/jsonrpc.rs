@@ -107,6 +107,162 @@ const WHY_DEEP: &str = "nested too deep";
 ///
 /// Depth: params are walked level by level (`Bounded`), refused past `MAX_DEPTH` levels.
 pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&RawValue>)> {
+    use super::jsonscan::{at_end, object, skip_ws, value};
+    let start = skip_ws(body, 0);
+    let mut members = Vec::new();
+    if body.get(start) == Some(&b'[') {
+        if max_batch == 0 {
+            return Err((Invalid::BatchRefused, None));
+        }
+        let mut i = skip_ws(body, start + 1);
+        let mut calls = Vec::new();
+        if body.get(i) == Some(&b']') {
+            return Err((if at_end(body, i + 1) { Invalid::BatchSize } else { Invalid::Parse }, None));
+        }
+        loop {
+            if body.get(i) != Some(&b'{') {
+                return Err((if valid(body) { Invalid::Request(REASONS[5]) } else { Invalid::Parse }, None));
+            }
+            members.clear();
+            let end = object(body, i, MAX_DEPTH + 1, &mut members).ok_or((Invalid::Parse, None))?;
+            if calls.len() == max_batch {
+                return Err((if valid(body) { Invalid::BatchSize } else { Invalid::Parse }, None));
+            }
+            match envelope(body, &members) {
+                Ok(call) => calls.push(call),
+                Err(Reading::Parse) => return Err((Invalid::Parse, None)),
+                // One bad call refuses the batch, as the reference does (and a body that is not
+                // JSON after it is a parse error first, as serde_json would say).
+                Err(Reading::Request(why, _)) => {
+                    return Err((if valid(body) { Invalid::Request(why) } else { Invalid::Parse }, None));
+                }
+            }
+            i = skip_ws(body, end);
+            match body.get(i) {
+                Some(b',') => i = skip_ws(body, i + 1),
+                Some(b']') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err((Invalid::Parse, None)),
+            }
+        }
+        if !at_end(body, i) {
+            return Err((Invalid::Parse, None));
+        }
+        return Ok(Envelope::Batch(calls));
+    }
+    if body.get(start) != Some(&b'{') {
+        let json = value(body, start, MAX_DEPTH + 1).is_some_and(|end| at_end(body, end));
+        return Err((if json { Invalid::Request(REASONS[5]) } else { Invalid::Parse }, None));
+    }
+    let end = object(body, start, MAX_DEPTH + 1, &mut members).ok_or((Invalid::Parse, None))?;
+    if !at_end(body, end) {
+        return Err((Invalid::Parse, None));
+    }
+    match envelope(body, &members) {
+        Ok(call) => Ok(Envelope::Single(call)),
+        Err(Reading::Parse) => Err((Invalid::Parse, None)),
+        Err(Reading::Request(why, id)) => Err((Invalid::Request(why), id)),
+    }
+}
+
+/// Whether the whole body is JSON (for telling a bad call from a bad body, as serde_json would).
+fn valid(body: &[u8]) -> bool {
+    let start = super::jsonscan::skip_ws(body, 0);
+    super::jsonscan::value(body, start, MAX_DEPTH + 1).is_some_and(|end| super::jsonscan::at_end(body, end))
+}
+
+enum Reading<'a> {
+    /// The body is not JSON (a key or string serde_json would not read).
+    Parse,
+    Request(&'static str, Option<&'a RawValue>),
+}
+
+/// A JSON string literal's text: borrowed when it has no escape, decoded by serde_json when it
+/// has; `None` where serde_json would refuse it (control characters, invalid UTF-8).
+fn text(literal: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = literal.get(1..literal.len().checked_sub(1)?)?;
+    if inner.contains(&b'\\') {
+        return serde_json::from_slice::<String>(literal).ok().map(Cow::Owned);
+    }
+    if inner.iter().any(|b| *b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+}
+
+/// The envelope of one call from its members (see `CallVisitor` for the same rules).
+fn envelope<'a>(body: &'a [u8], members: &[super::jsonscan::Member]) -> Result<Call<'a>, Reading<'a>> {
+    let (mut method, mut id, mut version) = (None::<Option<Cow<'a, str>>>, None::<&'a RawValue>, None::<bool>);
+    let mut problem = None;
+    for m in members {
+        let literal = &body[m.key.clone()];
+        // A key without an escape is compared as it is: only the three that matter are read,
+        // and whatever else a key holds the node judges (a key serde_json refuses fails there).
+        let key: Cow<'_, str> = if literal.contains(&b'\\') {
+            text(literal).ok_or(Reading::Parse)?
+        } else {
+            match &literal[1..literal.len() - 1] {
+                b"method" => Cow::Borrowed("method"),
+                b"id" => Cow::Borrowed("id"),
+                b"jsonrpc" => Cow::Borrowed("jsonrpc"),
+                _ => continue,
+            }
+        };
+        let raw = &body[m.value.clone()];
+        let string = |raw: &'a [u8]| -> Result<Option<Cow<'a, str>>, Reading<'a>> {
+            if raw.first() == Some(&b'"') { text(raw).map(Some).ok_or(Reading::Parse) } else { Ok(None) }
+        };
+        match &*key {
+            "method" => {
+                let m = string(raw)?;
+                if method.is_some() {
+                    problem.get_or_insert("duplicate key");
+                }
+                method = Some(m);
+            }
+            "id" => {
+                let v = serde_json::from_slice::<&'a RawValue>(raw).map_err(|_| Reading::Parse)?;
+                if id.is_some() {
+                    problem.get_or_insert("duplicate key");
+                }
+                if v.get().len() > MAX_NAME {
+                    problem.get_or_insert("method or id too long");
+                } else {
+                    id = Some(v);
+                }
+            }
+            "jsonrpc" => {
+                let v = string(raw)?;
+                if version.is_some() {
+                    problem.get_or_insert("duplicate key");
+                }
+                version = Some(v.is_some_and(|v| v == "2.0"));
+            }
+            _ => {
+                // Strings in other members may hold what serde_json refuses (a control character):
+                // the node then refuses the body, which is no second reading of the envelope.
+            }
+        }
+    }
+    if let Some(why) = problem {
+        return Err(Reading::Request(why, id));
+    }
+    if version != Some(true) {
+        return Err(Reading::Request("jsonrpc must be \"2.0\"", id));
+    }
+    match method {
+        None => Err(Reading::Request("no method", id)),
+        Some(None) => Err(Reading::Request("method is not a string", id)),
+        Some(Some(m)) if m.len() > MAX_NAME => Err(Reading::Request("method or id too long", id)),
+        Some(Some(method)) => Ok(Call { method, id }),
+    }
+}
+
+/// The same reading driven by serde_json's deserializer (`CallVisitor`): the reference the
+/// scanner (`parse`) is tested against.
+pub fn parse_reference(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&RawValue>)> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         if max_batch == 0 {
@@ -121,13 +277,13 @@ pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Op
         return Ok(Envelope::Batch(calls));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let call = match de.deserialize_map(CallVisitor) {
-        Ok(Ok(call)) => call,
-        Ok(Err((why, id))) => return Err((Invalid::Request(why), id)),
-        Err(e) => return Err((classify(&e), None)),
-    };
+    let read = de.deserialize_map(CallVisitor).map_err(|e| (classify(&e), None))?;
+    // A body that is not JSON after the object is a parse error before anything else.
     de.end().map_err(|_| (Invalid::Parse, None))?;
-    Ok(Envelope::Single(call))
+    match read {
+        Ok(call) => Ok(Envelope::Single(call)),
+        Err((why, id)) => Err((Invalid::Request(why), id)),
+    }
 }
 
 /// serde's errors from our visitors carry their reason in the message.

@@ -51,6 +51,10 @@ pub struct MethodPolicy {
     defaults: Vec<MethodRule>,
     /// How many per-method limiters the rules use.
     limiters: usize,
+    /// Exact names -> the first rule (configured, then defaults) with that name.
+    exact: std::collections::HashMap<String, usize>,
+    /// The rules with a `*`, by position: the few a name must be tried against one by one.
+    wild: Vec<usize>,
 }
 
 /// Point reads: one object, transaction, checkpoint or setting.
@@ -174,12 +178,32 @@ impl MethodPolicy {
             }
             _ => Vec::new(),
         };
-        MethodPolicy { rules, defaults, limiters }
+        let (mut exact, mut wild) = (std::collections::HashMap::new(), Vec::new());
+        for (i, r) in rules.iter().chain(&defaults).enumerate() {
+            if r.pattern.contains('*') {
+                wild.push(i);
+            } else {
+                exact.entry(r.pattern.clone()).or_insert(i);
+            }
+        }
+        MethodPolicy { rules, defaults, limiters, exact, wild }
     }
 
-    /// The rule for `method`; `None` means deny.
+    fn at(&self, i: usize) -> Option<&MethodRule> {
+        self.rules.get(i).or_else(|| self.defaults.get(i - self.rules.len()))
+    }
+
+    /// The rule for `method`, first match winning; `None` means deny. An exact name is one hash
+    /// look-up; only the rules with a `*` placed before it are tried one by one.
     pub fn decide(&self, method: &str) -> Option<&MethodRule> {
-        self.rules.iter().chain(&self.defaults).find(|r| r.matches(method))
+        let exact = self.exact.get(method).copied().unwrap_or(usize::MAX);
+        let first =
+            self.wild.iter().take_while(|i| **i < exact).find(|i| self.at(**i).is_some_and(|r| r.matches(method)));
+        match first {
+            Some(i) => self.at(*i),
+            None if exact != usize::MAX => self.at(exact),
+            None => None,
+        }
     }
 
     /// How many per-method limiters there are (index `MethodRule::limiter`).

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod in_flight;
 pub mod ip_set;
 pub mod jsonrpc;
+pub mod jsonscan;
 pub mod methods;
 pub mod rate_limit;
 pub mod route_policy;

@@ -231,10 +231,7 @@ pub fn answer_rpc(
     err: &crate::error::GatewayError,
     id: Option<&serde_json::value::RawValue>,
 ) -> http::Response<ProxyBody> {
-    let id = id.map_or("null", |i| i.get());
-    let message = serde_json::to_string(&err.to_string()).unwrap_or_else(|_| "\"error\"".into());
-    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, err.rpc_code());
-    let mut resp = http::Response::new(ProxyBody::full(body));
+    let mut resp = http::Response::new(ProxyBody::full(err.rpc_json(id)));
     *resp.status_mut() = err.status();
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     err.add_headers(resp.headers_mut());

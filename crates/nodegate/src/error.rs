@@ -111,6 +111,13 @@ impl GatewayError {
         }
     }
 
+    /// This answer as a JSON-RPC error object, with the call's id (`null` when it was not read).
+    pub fn rpc_json(&self, id: Option<&serde_json::value::RawValue>) -> String {
+        let id = id.map_or("null", |i| i.get());
+        let message = serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"error\"".into());
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, self.rpc_code())
+    }
+
     /// The gRPC status of this answer on a gRPC route (grpc/grpc's status codes).
     pub fn grpc_status(&self) -> u16 {
         use GatewayError::*;

@@ -156,12 +156,22 @@ impl Proxy {
     /// Before a credential is verified (a signature check for a JWT), a client whose address has
     /// spent a whole budget on refusals is refused at once.
     pub(super) fn address_exhausted(&self, client: IpAddr) -> Result<(), GatewayError> {
-        let (Some(limiter), Some(rl)) = (&self.limits.refusals, self.config.rate_limit) else { return Ok(()) };
-        match limiter.exhausted(&ClientKey::from_ip(client, rl.ipv6_prefix), rl.limit) {
-            None => Ok(()),
-            Some(retry_after) => {
-                Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: LimitPolicy::PerClient })
-            }
+        address_exhausted(self.limits.refusals.as_ref(), self.config.rate_limit, client)
+    }
+}
+
+/// Whether `client`'s address has spent a whole `per_client` budget on refusals (HTTP requests and
+/// WebSocket calls alike).
+pub(super) fn address_exhausted(
+    refusals: Option<&Arc<RateLimiter>>,
+    rate_limit: Option<crate::config::RateLimit>,
+    client: IpAddr,
+) -> Result<(), GatewayError> {
+    let (Some(limiter), Some(rl)) = (refusals, rate_limit) else { return Ok(()) };
+    match limiter.exhausted(&ClientKey::from_ip(client, rl.ipv6_prefix), rl.limit) {
+        None => Ok(()),
+        Some(retry_after) => {
+            Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: LimitPolicy::PerClient })
         }
     }
 }

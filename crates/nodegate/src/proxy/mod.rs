@@ -440,8 +440,13 @@ impl Proxy {
     }
 
     fn cert_roles(&self) -> &[auth::Role] {
-        self.config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
+        cert_roles(&self.config)
     }
+}
+
+/// The roles a verified client certificate carries (`[tls.client_auth] roles`).
+fn cert_roles(config: &Config) -> &[auth::Role] {
+    config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
 }
 
 /// Only the methods a node's API uses pass, spelled as registered (methods are case-sensitive: a

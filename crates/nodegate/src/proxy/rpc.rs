@@ -177,18 +177,14 @@ impl Judge {
 
     /// A method that needs a credential: the one the request carried, or its client certificate.
     fn authorize(&self, needed: Access, caller: &mut Caller) -> Result<(), GatewayError> {
-        if let (Some(limiter), Some(rl)) = (&self.refusals_limiter, self.config.rate_limit)
-            && let Some(retry_after) = limiter.exhausted(&ClientKey::from_ip(caller.client, rl.ipv6_prefix), rl.limit)
-        {
-            return Err(GatewayError::RateLimited { retry_after, limit: rl.limit, policy: LimitPolicy::PerClient });
-        }
+        super::limits::address_exhausted(self.refusals_limiter.as_ref(), self.config.rate_limit, caller.client)?;
         match auth::authorize(&self.config.api_keys, &self.config.jwts, &caller.credentials, needed) {
             Verdict::Allowed { key, api_key } => {
                 caller.key = Some((key, api_key.and_then(|k| k.limit)));
                 Ok(())
             }
             Verdict::Unauthenticated => match &caller.cert {
-                Some(name) if auth::opens(self.cert_roles(), needed) => {
+                Some(name) if auth::opens(super::cert_roles(&self.config), needed) => {
                     caller.key = Some((ClientKey::Cert(name.clone()), None));
                     Ok(())
                 }
@@ -197,10 +193,6 @@ impl Judge {
             },
             Verdict::Forbidden { .. } => Err(GatewayError::CredentialNotEnough),
         }
-    }
-
-    fn cert_roles(&self) -> &[auth::Role] {
-        self.config.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map_or(&[], |c| &c.roles)
     }
 
     /// evm: every `eth_getLogs` in `body` asks for at most `max_logs_range` blocks. Tags count as
@@ -276,13 +268,6 @@ impl Judge {
 
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
     hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-/// A refusal as a JSON-RPC error object's text.
-fn error_text(err: &GatewayError, id: Option<&RawValue>) -> String {
-    let id = id.map_or("null", |i| i.get());
-    let message = serde_json::to_string(&err.to_string()).unwrap_or_else(|_| "\"error\"".into());
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, err.rpc_code())
 }
 
 impl Proxy {
@@ -420,7 +405,7 @@ impl Relay {
                         let err = GatewayError::TooManySubscriptions {
                             limit: self.judge.config.gateway.max_subscriptions_per_client,
                         };
-                        if c.send(Message::text(error_text(&err, None))).await.is_err() {
+                        if c.send(Message::text(err.rpc_json(None))).await.is_err() {
                             break;
                         }
                         continue;
@@ -444,7 +429,7 @@ impl Relay {
                     // cut off: a WebSocket is no cheaper place to flood.
                     let over = reason.is_some_and(|r| r != crate::events::RefusalReason::RateLimited)
                         && self.judge.charge_refusal(self.caller.client);
-                    if c.send(Message::text(error_text(&err, id.as_deref()))).await.is_err() || over {
+                    if c.send(Message::text(err.rpc_json(id.as_deref()))).await.is_err() || over {
                         break;
                     }
                 }

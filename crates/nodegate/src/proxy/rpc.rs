@@ -68,6 +68,13 @@ pub(super) struct Caller {
     pub key: Option<(ClientKey, Option<Limit>)>,
 }
 
+impl Caller {
+    /// The request's client and certificate, with the credential headers and budget given.
+    fn of(ctx: &Ctx<'_>, credentials: HeaderMap, key: Option<(ClientKey, Option<Limit>)>) -> Caller {
+        Caller { client: ctx.client, credentials, cert: ctx.conn.client_cert.get().map(|c| c.name.clone()), key }
+    }
+}
+
 /// What an admitted request did: the tightest limit's state, and the subscriptions it opens or
 /// closes.
 pub(super) struct Judged {
@@ -273,12 +280,9 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 impl Proxy {
     /// Judges the call(s) in the body of an HTTP request.
     pub(super) fn judge_rpc(&self, body: &[u8], ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
-        let mut caller = Caller {
-            client: ctx.client,
-            credentials: ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default(),
-            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
-            key: ctx.client_key.take(),
-        };
+        let credentials = ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default();
+        let key = ctx.client_key.take();
+        let mut caller = Caller::of(ctx, credentials, key);
         let judged = self.judge.judge(body, &mut caller, false);
         ctx.client_key = caller.key;
         match judged {
@@ -302,12 +306,8 @@ impl Proxy {
         path: &str,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), GatewayError> {
-        let mut caller = Caller {
-            client: ctx.client,
-            credentials: auth::credentials(req.headers()),
-            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
-            key: ctx.client_key.take(),
-        };
+        let key = ctx.client_key.take();
+        let mut caller = Caller::of(ctx, auth::credentials(req.headers()), key);
         let judged = self.judge.judge_method(path, &mut caller);
         ctx.client_key = caller.key;
         let j = judged?;
@@ -323,12 +323,8 @@ impl Proxy {
         node: OnUpgrade,
         held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
-        let caller = Caller {
-            client: ctx.client,
-            credentials: ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default(),
-            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
-            key: ctx.client_key.clone(),
-        };
+        let credentials = ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default();
+        let caller = Caller::of(ctx, credentials, ctx.client_key.clone());
         let relay = Relay {
             judge: self.judge.clone(),
             refusals: self.refusals.clone(),

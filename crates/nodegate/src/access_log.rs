@@ -53,12 +53,14 @@ pub struct RequestGuard {
     pub record: Option<Box<AccessRecord>>,
     /// The client's in-flight slot, freed with the response.
     pub slot: Option<crate::pipeline::in_flight::InFlightSlot>,
+    /// A gRPC server stream's place under `max_streams_per_client`, freed when it ends.
+    pub stream_slot: Option<crate::pipeline::in_flight::InFlightSlot>,
 }
 
 impl RequestGuard {
     pub fn new(conn: Arc<ConnState>) -> Self {
         conn.request_started();
-        RequestGuard { conn, bytes_sent: 0, upstream_body_error: false, record: None, slot: None }
+        RequestGuard { conn, bytes_sent: 0, upstream_body_error: false, record: None, slot: None, stream_slot: None }
     }
 }
 

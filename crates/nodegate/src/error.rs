@@ -69,6 +69,8 @@ pub enum GatewayError {
     LogsRange { max: u64 },
     #[error("at most {limit} live subscriptions per client")]
     TooManySubscriptions { limit: u32 },
+    #[error("at most {limit} open streams per client")]
+    TooManyStreams { limit: usize },
     #[error(
         "the proof of work scores {score:.0}, below the {min:.0} the nodes require: do more work, or send it without a nonce where remote PoW is offered"
     )]
@@ -106,7 +108,7 @@ impl GatewayError {
             Rpc(_) => StatusCode::BAD_REQUEST,
             MethodNotExposed => StatusCode::NOT_FOUND,
             LogsRange { .. } => StatusCode::BAD_REQUEST,
-            TooManySubscriptions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            TooManySubscriptions { .. } | TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             PowScoreTooLow { .. } => StatusCode::BAD_REQUEST,
         }
     }
@@ -125,7 +127,11 @@ impl GatewayError {
             CredentialMissing => 16,                                // UNAUTHENTICATED
             CredentialNotEnough | AddressDenied | Banned => 7,      // PERMISSION_DENIED
             MethodNotExposed | NotExposed | MethodNotAllowed => 12, // UNIMPLEMENTED
-            RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } | NodeBusy => 8, // RESOURCE_EXHAUSTED
+            RateLimited { .. }
+            | TooManyInFlight { .. }
+            | TooManySubscriptions { .. }
+            | TooManyStreams { .. }
+            | NodeBusy => 8, // RESOURCE_EXHAUSTED
             NodeConnectTimeout { .. } | NodeResponseTimeout { .. } => 4, // DEADLINE_EXCEEDED
             NoNode | NoPowNode | NodeUnreachable { .. } | NodeReset { .. } | NodeBadAnswer { .. } => 14, // UNAVAILABLE
             BodyTooLarge { .. } => 8,
@@ -152,7 +158,11 @@ impl GatewayError {
             MethodNotExposed | NotExposed | MethodNotAllowed => -32601,
             CredentialMissing => -32001,
             AddressDenied | Banned | CredentialNotEnough => -32003,
-            RateLimited { .. } | TooManyInFlight { .. } | NodeBusy | TooManySubscriptions { .. } => -32009,
+            RateLimited { .. }
+            | TooManyInFlight { .. }
+            | NodeBusy
+            | TooManySubscriptions { .. }
+            | TooManyStreams { .. } => -32009,
             _ => -32000,
         }
     }
@@ -171,7 +181,9 @@ impl GatewayError {
             CredentialNotEnough => R::CredentialNotEnough,
             NotExposed | MethodNotExposed => R::NotExposed,
             Rpc(_) | LogsRange { .. } | PowScoreTooLow { .. } => R::BadRequest,
-            RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } => R::RateLimited,
+            RateLimited { .. } | TooManyInFlight { .. } | TooManySubscriptions { .. } | TooManyStreams { .. } => {
+                R::RateLimited
+            }
             _ => return None,
         })
     }

@@ -508,4 +508,33 @@ mod grpc {
         }
         assert_eq!(last.as_deref(), Some("8"));
     }
+
+    #[tokio::test]
+    async fn a_client_holds_at_most_max_streams_per_client_open_server_streams() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], &format!("max_streams_per_client = 1\n{}", rebased(""))).await;
+        let g = addr(&gw);
+        let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+        let call = |path: &str| {
+            http::Request::post(format!("http://{g}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+                .unwrap()
+        };
+        // One stream open (its body still coming, 300 ms a message): a second is refused with
+        // RESOURCE_EXHAUSTED; unary calls are no streams.
+        let first = client.request(call("/iota.grpc.v1.LedgerService/StreamSlowCheckpoints")).await.unwrap();
+        assert!(first.headers().get("grpc-status").is_none());
+        let second = client.request(call("/iota.grpc.v1.EventService/SubscribeEvents")).await.unwrap();
+        assert_eq!(second.headers()["grpc-status"], "8");
+        assert_eq!(grpc(g, "/iota.grpc.v1.LedgerService/GetObject", None).await.3.as_deref(), Some("0"));
+        // The first ends: there is room again.
+        let ended = first.into_body().collect().await.unwrap();
+        assert_eq!(ended.trailers().unwrap()["grpc-status"], "0");
+        eventually(async || {
+            grpc(g, "/iota.grpc.v1.LedgerService/StreamCheckpoints", None).await.3.as_deref() == Some("0")
+        })
+        .await;
+    }
 }

@@ -1,7 +1,8 @@
 //! iota-node's gRPC services, simulated over h2c with real gRPC framing (a 5-byte prefix, then a
 //! protobuf message): any `/iota.grpc.*` method answers one message (field 1: the method's name)
-//! and `grpc-status: 0` in trailers; a method whose name starts with `Stream` answers three; one
-//! named `Fail` answers only trailers with `grpc-status: 5` (NOT_FOUND).
+//! and `grpc-status: 0` in trailers; a method whose name starts with `Stream` answers three (300 ms
+//! apart for `StreamSlow...`); one named `Fail` answers only trailers with `grpc-status: 5`
+//! (NOT_FOUND).
 
 use std::sync::Arc;
 
@@ -51,7 +52,17 @@ pub fn answer(state: &Arc<State>, path: &str) -> Response<RespBody> {
         trailers.insert("grpc-message", HeaderValue::from_static("not%20found"));
     }
     frames.push(Ok(Frame::trailers(trailers)));
-    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+    let body = if method.starts_with("StreamSlow") {
+        // A stream that lasts: each frame 300 ms after the last.
+        let paced = futures_util::stream::unfold(frames.into_iter(), |mut rest| async move {
+            let next = rest.next()?;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Some((next, rest))
+        });
+        StreamBody::new(paced).boxed_unsync()
+    } else {
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    };
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

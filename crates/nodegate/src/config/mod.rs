@@ -102,6 +102,8 @@ pub struct GatewaySettings {
     pub max_logs_range: u64,
     /// JSON-RPC over WebSocket: live subscriptions a client may hold.
     pub max_subscriptions_per_client: u32,
+    /// gRPC: server streams (`Stream*`, `Subscribe*` methods) a client may hold open.
+    pub max_streams_per_client: usize,
     pub h2_max_concurrent_streams: u32,
     /// Longest a response waits for the client to read it.
     pub send_timeout: Duration,
@@ -430,6 +432,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
             max_batch: g.max_batch,
             max_logs_range: g.max_logs_range,
             max_subscriptions_per_client: g.max_subscriptions_per_client,
+            max_streams_per_client: g.max_streams_per_client.max(1),
             h2_max_concurrent_streams: g.h2_max_concurrent_streams.max(1),
             send_timeout: g.send_timeout.0,
         },

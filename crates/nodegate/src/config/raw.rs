@@ -170,6 +170,8 @@ pub struct RawGateway {
     pub max_logs_range: u64,
     /// JSON-RPC over WebSocket: live subscriptions a client may hold.
     pub max_subscriptions_per_client: u32,
+    /// gRPC: server streams (`Stream*`, `Subscribe*` methods) a client may hold open.
+    pub max_streams_per_client: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// Longest a response may wait for the client to read it before the connection is closed.
@@ -201,6 +203,7 @@ impl Default for RawGateway {
             max_batch: 50,
             max_logs_range: 1000,
             max_subscriptions_per_client: 10,
+            max_streams_per_client: 10,
             h2_max_concurrent_streams: 128,
             send_timeout: Dur(std::time::Duration::from_secs(30)),
         }

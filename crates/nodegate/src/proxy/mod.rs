@@ -56,6 +56,8 @@ pub struct Proxy {
     bans: Arc<crate::bans::list::BanList>,
     /// JSON-RPC routes' method policy and the limiters it spends.
     judge: rpc::Judge,
+    /// gRPC server streams per client.
+    streams: Arc<InFlightCap>,
 }
 
 /// What one request carries from phase to phase.
@@ -80,6 +82,8 @@ struct Ctx<'a> {
     rpc: Option<Box<rpc::RpcCtx>>,
     /// A gRPC call: refused in gRPC's form, sent to the node over HTTP/2.
     grpc: bool,
+    /// A gRPC server stream's place under `max_streams_per_client`.
+    stream_slot: Option<InFlightSlot>,
 }
 
 /// A request ready for a node: the cleaned request, the client's target (each node puts its base
@@ -108,6 +112,7 @@ impl Proxy {
         let in_flight = (max > 0).then(|| InFlightCap::new(max));
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
         let judge = rpc::Judge::new(config.clone(), &limits, heads);
+        let streams = InFlightCap::new(config.gateway.max_streams_per_client);
         Proxy {
             config,
             balancer,
@@ -118,6 +123,7 @@ impl Proxy {
             refusals: Refusals::default(),
             bans,
             judge,
+            streams,
         }
     }
 
@@ -156,6 +162,7 @@ impl Proxy {
             node: None,
             rpc: None,
             grpc: false,
+            stream_slot: None,
         };
         let record = self.config.log.access.then(|| self.access_record(&req, &ctx));
         // Kept for the refusal event (a reference count, not a copy).
@@ -423,6 +430,7 @@ impl Proxy {
         }
         guard.record = record;
         guard.slot = ctx.slot;
+        guard.stream_slot = ctx.stream_slot;
         resp.map(|b| b.with_guard(guard))
     }
 

@@ -312,6 +312,17 @@ impl Proxy {
         ctx.client_key = caller.key;
         let j = judged?;
         ctx.rate_state = j.rate_state.or(ctx.rate_state);
+        // Server streams (by gRPC's naming, `Stream*` and `Subscribe*` methods) hold a place
+        // until they end: a client cannot park unbounded streams on the node.
+        let method = path.rsplit('/').next().unwrap_or_default();
+        if method.starts_with("Stream") || method.starts_with("Subscribe") {
+            let key = ctx.client_key.as_ref().map_or_else(
+                || ClientKey::from_ip(ctx.client, self.config.rate_limit.map_or(64, |r| r.ipv6_prefix)),
+                |(k, _)| k.clone(),
+            );
+            let slot = self.streams.enter(key).ok_or(GatewayError::TooManyStreams { limit: self.streams.max() })?;
+            ctx.stream_slot = Some(slot);
+        }
         Ok(())
     }
 

@@ -23,16 +23,19 @@ pub enum RefusalReason {
     NotExposed,
     /// Over a rate limit or the in-flight cap.
     RateLimited,
+    /// The node refused a gRPC call as the client's fault (`grpc-status` 3, 5, 6, 7, 9, 11, 16).
+    NodeRefused,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 6] = [
+    pub const ALL: [RefusalReason; 7] = [
         RefusalReason::AddressDenied,
         RefusalReason::BadRequest,
         RefusalReason::CredentialMissing,
         RefusalReason::CredentialNotEnough,
         RefusalReason::NotExposed,
         RefusalReason::RateLimited,
+        RefusalReason::NodeRefused,
     ];
 
     /// As `[[jail]] reasons` names it.
@@ -44,6 +47,7 @@ impl RefusalReason {
             RefusalReason::CredentialNotEnough => "credential-not-enough",
             RefusalReason::NotExposed => "not-exposed",
             RefusalReason::RateLimited => "rate-limited",
+            RefusalReason::NodeRefused => "node-refused",
         }
     }
 }

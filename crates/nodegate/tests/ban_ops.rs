@@ -250,3 +250,24 @@ async fn repeat_offenders_ban_longer_across_a_restart() {
     assert!((1190..=1200).contains(&left), "the second ban is twice bantime: {left}");
     assert_eq!(why["past"][0]["step"], 0, "the first ban, read back from state_dir: {why}");
 }
+
+#[tokio::test]
+async fn a_ban_holds_on_a_connection_made_before_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = node().await;
+    let gw = gateway(&[n.url()], "\n[health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[bans]\n").await;
+    let (g, admin) = (addr(&gw), gw.admin_addr().unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = socket.connect(g).await.unwrap();
+    let ask = async |s: &mut tokio::net::TcpStream| {
+        s.write_all(b"GET /api/v1/info HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).get(9..12).unwrap_or("").to_owned()
+    };
+    assert_eq!(ask(&mut s).await, "200");
+    assert_eq!(call(admin, http::Method::POST, "/bans", r#"{"address": "127.0.0.2"}"#).await.status.as_u16(), 201);
+    // The same keep-alive connection: refused from the next request on.
+    assert_eq!(ask(&mut s).await, "403");
+}

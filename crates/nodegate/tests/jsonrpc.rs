@@ -456,7 +456,19 @@ mod grpc {
         path: &str,
         key: Option<&str>,
     ) -> (u16, Option<String>, Bytes, Option<String>) {
-        let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+        grpc_as("127.0.0.1", gw, path, key).await
+    }
+
+    /// The same from a loopback address of its own (`local`), on a new connection.
+    async fn grpc_as(
+        local: &str,
+        gw: std::net::SocketAddr,
+        path: &str,
+        key: Option<&str>,
+    ) -> (u16, Option<String>, Bytes, Option<String>) {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(Some(local.parse().unwrap()));
+        let client = Client::builder(TokioExecutor::new()).http2_only(true).build::<_, Full<Bytes>>(connector);
         let mut req = http::Request::post(format!("http://{gw}{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
@@ -485,8 +497,8 @@ mod grpc {
         let (_, _, body, trailer) = grpc(g, "/iota.grpc.v1.LedgerService/StreamCheckpoints", None).await;
         assert_eq!((body.len(), trailer.as_deref()), (3 * (5 + 2 + "StreamCheckpoints 0".len()), Some("0")));
         // The node's own error status passes as it sent it.
-        let (status, _, _, trailer) = grpc(g, "/iota.grpc.v1.LedgerService/Fail", None).await;
-        assert_eq!((status, trailer.as_deref()), (200, Some("5")));
+        let (status, head, _, _) = grpc(g, "/iota.grpc.v1.LedgerService/Fail", None).await;
+        assert_eq!((status, head.as_deref()), (200, Some("5")), "a trailers-only answer passes as it came");
         // Refusals in gRPC's form: 200, the status in the headers, nothing sent to the node.
         let (status, head, body, _) = grpc(g, "/iota.grpc.v1.TransactionService/SimulateTransaction", None).await;
         assert_eq!((status, head.as_deref(), body.len()), (200, Some("16"), 0), "simulation needs a key");
@@ -536,5 +548,28 @@ mod grpc {
             grpc(g, "/iota.grpc.v1.LedgerService/StreamCheckpoints", None).await.3.as_deref() == Some("0")
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn calls_the_node_refuses_cost_the_client_and_feed_jails() {
+        let n = node().await;
+        let extra = format!(
+            "{}\n[bans]\n\n[[jail]]\nname = \"grpc-errors\"\nsource = \"gateway\"\nreasons = [\"node-refused\"]\nmaxretry = 4\n",
+            rebased("")
+        );
+        let gw = gateway(&[n.url()], &extra).await;
+        let g = addr(&gw);
+        // Each failing call costs its own 1 and 1 more for the refusal; the fourth bans.
+        // (From 127.0.0.7: the nodes' own address, 127.0.0.1, is never banned.)
+        for _ in 0..4 {
+            assert_eq!(grpc_as("127.0.0.7", g, "/iota.grpc.v1.LedgerService/Fail", None).await.1.as_deref(), Some("5"));
+        }
+        // Banned: a new connection is closed at accept.
+        eventually(async || status_from_addr("127.0.0.7", g, "/", "").await.is_empty()).await;
+        assert_eq!(
+            grpc(g, "/iota.grpc.v1.LedgerService/GetObject", None).await.3.as_deref(),
+            Some("0"),
+            "others go on"
+        );
     }
 }

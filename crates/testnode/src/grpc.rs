@@ -29,6 +29,7 @@ fn message(text: &str) -> Bytes {
 }
 
 pub fn answer(state: &Arc<State>, path: &str) -> Response<RespBody> {
+    let failing = path.rsplit('/').next() == Some("Fail");
     let method = path.rsplit('/').next().unwrap_or_default().to_owned();
     {
         let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
@@ -66,5 +67,13 @@ pub fn answer(state: &Arc<State>, path: &str) -> Response<RespBody> {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if failing {
+        // As gRPC servers answer a call that fails before any message: trailers-only.
+        let mut only = Response::new(crate::api::empty());
+        *only.headers_mut() = resp.headers().clone();
+        only.headers_mut().insert("grpc-status", HeaderValue::from_static("5"));
+        only.headers_mut().insert("grpc-message", HeaderValue::from_static("not%20found"));
+        return only;
+    }
     resp
 }

@@ -86,7 +86,7 @@ pub(super) fn bans(
                         at.error(
                             r.span(),
                             key("reasons"),
-                            format!("`{}`: one of address-denied, bad-request, credential-missing, credential-not-enough, not-exposed, rate-limited", r.get_ref()),
+                            format!("`{}`: one of address-denied, bad-request, credential-missing, credential-not-enough, not-exposed, rate-limited, node-refused", r.get_ref()),
                         )
                     })?);
                 }

@@ -127,10 +127,32 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
+        if ctx.grpc {
+            self.node_refused(&resp, ctx);
+        }
         let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
         let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
         self.rate_limit_headers(&mut resp, ctx.rate_state);
         Ok(resp)
+    }
+
+    /// A gRPC call the node refused as the client's fault, in a trailers-only answer (how gRPC
+    /// servers answer a call that fails before any message): an event (`node-refused`, for jails)
+    /// and one request of the client's budget, so floods of failing calls are limited like any
+    /// other refusals. Errors after a stream's messages (in its trailers) are not counted yet.
+    fn node_refused(&self, resp: &Response<Incoming>, ctx: &Ctx<'_>) {
+        let status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
+        // INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION,
+        // OUT_OF_RANGE, UNAUTHENTICATED: what a client asked for wrongly, not the node failing.
+        if !matches!(status, Some(3 | 5 | 6 | 7 | 9 | 11 | 16)) {
+            return;
+        }
+        self.refusals.send(ctx.client, crate::events::RefusalReason::NodeRefused, "(grpc)");
+        if let (Some(rl), Some(limiter), Some((key, own))) =
+            (self.config.rate_limit, &self.limits.client, &ctx.client_key)
+        {
+            let _ = limiter.check(key, own.unwrap_or(rl.limit), 1);
+        }
     }
 
     /// One exchange with one node, reported to the balancer: `target` under the node's base path.

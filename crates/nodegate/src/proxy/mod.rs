@@ -204,9 +204,10 @@ impl Proxy {
     /// Address, head size, method and Host; returns the request's target.
     fn filter(&self, req: &Request<Incoming>, ctx: &mut Ctx<'_>) -> Result<PathAndQuery, GatewayError> {
         let g = &self.config.gateway;
-        // A banned peer never gets this far (closed at accept); a banned client behind a trusted
-        // proxy is refused here, before anything else.
-        if ctx.client != ctx.conn.peer.ip().to_canonical() && self.bans.is_banned(ctx.client) {
+        // A banned peer's new connections are closed at accept; its requests on a connection
+        // made before the ban (HTTP/2, keep-alive) and a banned client behind a trusted proxy
+        // are refused here, before anything else. One atomic load while nothing is banned.
+        if self.bans.is_banned(ctx.client) {
             return Err(GatewayError::Banned);
         }
         if !self.config.access.permits(ctx.client) {

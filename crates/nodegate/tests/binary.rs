@@ -330,17 +330,23 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-#[tokio::test]
-async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
+/// `nodegate demo` on a free port with `args`, running for 30 s; its printout up to "Press Ctrl-C".
+fn demo(args: &[&str]) -> (Child, Vec<String>) {
     let mut child = nodegate()
         .args(["demo", "--listen", "127.0.0.1:0", "--seconds", "30"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let banner: Vec<String> =
-        stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    let banner = stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    (child, banner)
+}
+
+#[tokio::test]
+async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
+    let (mut child, banner) = demo(&[]);
     // It shows a ban happening: five probes of routes that are not exposed, then closed at accept.
     let ban = banner.iter().position(|l| l.starts_with("A ban, as it happened")).expect("a ban shown");
     assert!(banner[ban + 1].contains("/admin 404") && banner[ban + 1].contains("/phpmyadmin/ 404"), "{banner:?}");
@@ -663,15 +669,7 @@ async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
 
 #[tokio::test]
 async fn demo_with_the_iota_rebased_profile_prints_json_rpc_calls_that_work_when_pasted() {
-    let mut child = nodegate()
-        .args(["demo", "--listen", "127.0.0.1:0", "--seconds", "30", "--profile", "iota-rebased"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let banner: Vec<String> =
-        stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    let (mut child, banner) = demo(&["--profile", "iota-rebased"]);
     let pasted = |method: &str| {
         let line = banner
             .iter()

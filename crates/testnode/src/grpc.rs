@@ -31,13 +31,7 @@ fn message(text: &str) -> Bytes {
 pub fn answer(state: &Arc<State>, path: &str) -> Response<RespBody> {
     let failing = path.rsplit('/').next() == Some("Fail");
     let method = path.rsplit('/').next().unwrap_or_default().to_owned();
-    {
-        let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
-        seen.push_back(path.to_owned());
-        if seen.len() > 1000 {
-            seen.pop_front();
-        }
-    }
+    crate::jsonrpc::record(state, path);
     let (messages, status) = if method == "Fail" {
         (0, "5")
     } else if method.starts_with("Stream") {

@@ -29,11 +29,7 @@ pub fn answer(state: &State, body: &[u8], probe: bool) -> Value {
         return error(id, -32600, "Invalid request");
     };
     if !probe {
-        let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
-        seen.push_back(method.to_owned());
-        if seen.len() > 1000 {
-            seen.pop_front();
-        }
+        record(state, method);
     }
     let params = doc.get("params").cloned().unwrap_or(Value::Null);
     let result = match method {
@@ -60,6 +56,15 @@ pub fn answer(state: &State, body: &[u8], probe: bool) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
+/// Notes a method that reached this node (the newest 1,000 kept), for tests to see.
+pub fn record(state: &State, method: &str) {
+    let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
+    seen.push_back(method.to_owned());
+    if seen.len() > 1000 {
+        seen.pop_front();
+    }
+}
+
 fn error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
@@ -79,11 +84,7 @@ fn evm_call(state: &State, call: &Value, probe: bool) -> Value {
         return error(id, -32600, "Invalid request");
     };
     if !probe {
-        let mut seen = state.rpc_methods.lock().unwrap_or_else(|e| e.into_inner());
-        seen.push_back(method.to_owned());
-        if seen.len() > 1000 {
-            seen.pop_front();
-        }
+        record(state, method);
     }
     let block = clock_checkpoint().saturating_sub(state.checkpoint_lag.load(Relaxed));
     let result = match method {

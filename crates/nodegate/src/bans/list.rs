@@ -50,6 +50,22 @@ pub struct Decision {
     pub removed: bool,
 }
 
+impl Decision {
+    /// The lifting of the ban on `net`, as gateway `by` decided it.
+    pub fn removal(net: IpNet, by: String) -> Decision {
+        Decision {
+            net,
+            until: 0,
+            jail: "manual".into(),
+            reason: String::new(),
+            step: 0,
+            events: Vec::new(),
+            by,
+            removed: true,
+        }
+    }
+}
+
 /// One failure that counted towards a ban.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -325,16 +341,7 @@ impl BanList {
         if !running {
             return false;
         }
-        let removal = Decision {
-            net,
-            until: 0,
-            jail: "manual".into(),
-            reason: String::new(),
-            step: 0,
-            events: Vec::new(),
-            by: by.to_owned(),
-            removed: true,
-        };
+        let removal = Decision::removal(net, by.to_owned());
         self.write(&removal).await;
         {
             let mut inner = self.lock();

@@ -80,16 +80,7 @@ impl Writer {
             let decision = match change {
                 // Only what this gateway decided: what others decided is theirs to share.
                 Ok(Change::Ban(d)) if d.by == self.list.id() => (*d).clone(),
-                Ok(Change::Unban { net, by }) if by == self.list.id() => Decision {
-                    net,
-                    until: 0,
-                    jail: "manual".into(),
-                    reason: String::new(),
-                    step: 0,
-                    events: Vec::new(),
-                    by,
-                    removed: true,
-                },
+                Ok(Change::Unban { net, by }) if by == self.list.id() => Decision::removal(net, by),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.resync.store(true, Relaxed);

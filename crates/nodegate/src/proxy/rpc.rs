@@ -364,13 +364,7 @@ impl Relay {
         held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let _held = held;
-        let (c, n) = match tokio::try_join!(client, node) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
+        let Some((c, n)) = crate::upstream::upgraded(client, node).await else { return };
         let config =
             WebSocketConfig::default().max_message_size(Some(self.max_message)).max_frame_size(Some(self.max_message));
         let mut c = WebSocketStream::from_raw_socket(TokioIo::new(c), Role::Server, Some(config)).await;

@@ -101,13 +101,7 @@ pub fn spawn_tunnel(
         // Kept while the tunnel lasts: the server's drain waits for it, and the node's connection
         // cap counts it.
         let _held = held;
-        let (c, n) = match tokio::try_join!(client, node) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
+        let Some((c, n)) = upgraded(client, node).await else { return };
         let (mut c, mut n) = (TokioIo::new(c), TokioIo::new(n));
         let copy = crate::upstream::copy_with_idle(&mut c, &mut n, idle);
         tokio::select! {
@@ -117,6 +111,20 @@ pub fn spawn_tunnel(
             _ = async { while phase.changed().await.is_ok() && *phase.borrow() != Phase::Stopped {} } => {}
         }
     });
+}
+
+/// Both sides of an upgrade once they have switched; `None` (logged) when either did not.
+pub async fn upgraded(
+    client: OnUpgrade,
+    node: OnUpgrade,
+) -> Option<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded)> {
+    match tokio::try_join!(client, node) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            None
+        }
+    }
 }
 
 /// `tokio::io::copy_bidirectional` (both directions at once, each with its own buffer, so a

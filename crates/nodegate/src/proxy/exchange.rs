@@ -176,34 +176,9 @@ impl Proxy {
         let timeout = self.config.upstream.response_timeout;
         let in_flight = node.start();
         if req.version() == http::Version::HTTP_2 {
-            // gRPC: the node's shared HTTP/2 connection. Never retried: a call may have run.
-            // HTTP/2 carries scheme and authority as pseudo-headers: the target goes absolute.
-            let absolute = node.host.to_str().ok().and_then(|host| {
-                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                Uri::try_from(format!("http://{host}{pq}")).ok()
-            });
-            match absolute {
-                Some(uri) => *req.uri_mut() = uri,
-                None => return Err((GatewayError::BadRequest("the request target is not valid"), None)),
-            }
-            return match tokio::time::timeout(timeout, node.pool.send_h2(req)).await {
-                Ok(Ok(resp)) => {
-                    in_flight.answered();
-                    node.success();
-                    Ok(Answer::Stream(resp, None, in_flight))
-                }
-                Ok(Err(e)) => {
-                    let err = upstream::classify(&e, &node.name, &self.config.upstream);
-                    if err.is_node_fault() {
-                        node.failure(&self.passive);
-                    }
-                    Err((err, None))
-                }
-                Err(_) => {
-                    node.failure(&self.passive);
-                    Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
-                }
-            };
+            // Boxed: inline, this rare path's future made every request's future larger (and
+            // HTTP/2 moves it several times a request: bench/callgrind PROTO=h2).
+            return Box::pin(self.send_grpc(node, req, in_flight, timeout)).await;
         }
         // Pinned where it is made: handing the (large) future to `timeout` by value copied it twice
         // a request (bench/callgrind).
@@ -230,6 +205,43 @@ impl Proxy {
                     node.failure(&self.passive);
                 }
                 Err((err, unsent))
+            }
+            Err(_) => {
+                node.failure(&self.passive);
+                Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
+            }
+        }
+    }
+
+    /// A gRPC call on the node's shared HTTP/2 connection. Never retried: a call may have run.
+    async fn send_grpc(
+        &self,
+        node: &Arc<Node>,
+        mut req: Request<CappedBody>,
+        in_flight: InFlight,
+        timeout: std::time::Duration,
+    ) -> Result<Answer, (GatewayError, Option<Request<CappedBody>>)> {
+        // HTTP/2 carries scheme and authority as pseudo-headers: the target goes absolute.
+        let absolute = node.host.to_str().ok().and_then(|host| {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            Uri::try_from(format!("http://{host}{pq}")).ok()
+        });
+        match absolute {
+            Some(uri) => *req.uri_mut() = uri,
+            None => return Err((GatewayError::BadRequest("the request target is not valid"), None)),
+        }
+        match tokio::time::timeout(timeout, node.pool.send_h2(req)).await {
+            Ok(Ok(resp)) => {
+                in_flight.answered();
+                node.success();
+                Ok(Answer::Stream(resp, None, in_flight))
+            }
+            Ok(Err(e)) => {
+                let err = upstream::classify(&e, &node.name, &self.config.upstream);
+                if err.is_node_fault() {
+                    node.failure(&self.passive);
+                }
+                Err((err, None))
             }
             Err(_) => {
                 node.failure(&self.passive);

@@ -153,16 +153,16 @@ pub fn read_accept(line: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs `nft` with `args` and `input`; its output, or its error.
-fn nft(args: &[&str], input: &str) -> Result<String, String> {
+/// Runs `program` with `args` and `input` on its standard input; its output, or its error output.
+fn run(program: &str, args: &[&str], input: &str) -> Result<String, String> {
     use std::io::Write;
-    let mut child = std::process::Command::new("nft")
+    let mut child = std::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e} (Debian: apt-get install nftables)"))?;
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
     if let Some(mut i) = child.stdin.take() {
         i.write_all(input.as_bytes()).map_err(|e| e.to_string())?;
     }
@@ -174,6 +174,13 @@ fn nft(args: &[&str], input: &str) -> Result<String, String> {
     }
 }
 
+/// Runs `nft` with `args` and `input`; its output, or its error.
+fn nft(args: &[&str], input: &str) -> Result<String, String> {
+    run("nft", args, input).map_err(|e| {
+        if e.starts_with("cannot run nft") { format!("{e} (Debian: apt-get install nftables)") } else { e }
+    })
+}
+
 /// Validates the ruleset without applying it (`nft -c`); where that is not permitted (not root),
 /// in a user and network namespace of its own (`unshare -rn`), which checks the same syntax and
 /// kernel support without touching anything.
@@ -181,18 +188,9 @@ pub fn check(script: &str) -> Result<(), String> {
     match nft(&["-c", "-f", "-"], script) {
         Ok(_) => Ok(()),
         Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
-            use std::io::Write;
-            let mut child = std::process::Command::new("unshare")
-                .args(["-rn", "nft", "-c", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e2| format!("{e}; and cannot run unshare: {e2}"))?;
-            if let Some(mut i) = child.stdin.take() {
-                i.write_all(script.as_bytes()).map_err(|e| e.to_string())?;
-            }
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) }
+            run("unshare", &["-rn", "nft", "-c", "-f", "-"], script)
+                .map(|_| ())
+                .map_err(|e2| format!("{e}; then in a namespace: {e2}"))
         }
         Err(e) => Err(e),
     }

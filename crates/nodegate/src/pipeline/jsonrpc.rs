@@ -192,10 +192,67 @@ fn text(literal: &[u8]) -> Option<Cow<'_, str>> {
     std::str::from_utf8(inner).ok().map(Cow::Borrowed)
 }
 
+/// The envelope's members as a reader finds them, with the rules both readers share: a key twice,
+/// an id or method too long, the version, a method that is not a string.
+struct Parts<'a> {
+    method: Option<Option<Cow<'a, str>>>,
+    id: Option<&'a RawValue>,
+    version: Option<bool>,
+    problem: Option<&'static str>,
+}
+
+impl<'a> Parts<'a> {
+    fn new() -> Parts<'a> {
+        Parts { method: None, id: None, version: None, problem: None }
+    }
+
+    /// `method`: the text when it is a string.
+    fn method(&mut self, method: Option<Cow<'a, str>>) {
+        if self.method.is_some() {
+            self.problem.get_or_insert("duplicate key");
+        }
+        self.method = Some(method);
+    }
+
+    fn id(&mut self, id: &'a RawValue) {
+        if self.id.is_some() {
+            self.problem.get_or_insert("duplicate key");
+        }
+        if id.get().len() > MAX_NAME {
+            self.problem.get_or_insert("method or id too long");
+        } else {
+            self.id = Some(id);
+        }
+    }
+
+    /// `jsonrpc`: whether it is the string "2.0".
+    fn version(&mut self, is_2_0: bool) {
+        if self.version.is_some() {
+            self.problem.get_or_insert("duplicate key");
+        }
+        self.version = Some(is_2_0);
+    }
+
+    fn finish(self) -> CallResult<'a> {
+        let id = self.id;
+        if let Some(why) = self.problem {
+            return Err((why, id));
+        }
+        if self.version != Some(true) {
+            return Err(("jsonrpc must be \"2.0\"", id));
+        }
+        match self.method {
+            None => Err(("no method", id)),
+            Some(None) => Err(("method is not a string", id)),
+            Some(Some(m)) if m.len() > MAX_NAME => Err(("method or id too long", id)),
+            Some(Some(method)) => Ok(Call { method, id }),
+        }
+    }
+}
+
 /// The envelope of one call from its members (see `CallVisitor` for the same rules).
 fn envelope<'a>(body: &'a [u8], members: &[super::jsonscan::Member]) -> Result<Call<'a>, Reading<'a>> {
-    let (mut method, mut id, mut version) = (None::<Option<Cow<'a, str>>>, None::<&'a RawValue>, None::<bool>);
-    let mut problem = None;
+    let mut parts = Parts::new();
     for m in members {
         let literal = &body[m.key.clone()];
         // A key without an escape is compared as it is: only the three that matter are read,
@@ -215,49 +272,15 @@ fn envelope<'a>(body: &'a [u8], members: &[super::jsonscan::Member]) -> Result<C
             if raw.first() == Some(&b'"') { text(raw).map(Some).ok_or(Reading::Parse) } else { Ok(None) }
         };
         match &*key {
-            "method" => {
-                let m = string(raw)?;
-                if method.is_some() {
-                    problem.get_or_insert("duplicate key");
-                }
-                method = Some(m);
-            }
-            "id" => {
-                let v = serde_json::from_slice::<&'a RawValue>(raw).map_err(|_| Reading::Parse)?;
-                if id.is_some() {
-                    problem.get_or_insert("duplicate key");
-                }
-                if v.get().len() > MAX_NAME {
-                    problem.get_or_insert("method or id too long");
-                } else {
-                    id = Some(v);
-                }
-            }
-            "jsonrpc" => {
-                let v = string(raw)?;
-                if version.is_some() {
-                    problem.get_or_insert("duplicate key");
-                }
-                version = Some(v.is_some_and(|v| v == "2.0"));
-            }
-            _ => {
-                // Strings in other members may hold what serde_json refuses (a control character):
-                // the node then refuses the body, which is no second reading of the envelope.
-            }
+            "method" => parts.method(string(raw)?),
+            "id" => parts.id(serde_json::from_slice::<&'a RawValue>(raw).map_err(|_| Reading::Parse)?),
+            "jsonrpc" => parts.version(string(raw)?.is_some_and(|v| v == "2.0")),
+            // Strings in other members may hold what serde_json refuses (a control character):
+            // the node then refuses the body, which is no second reading of the envelope.
+            _ => {}
         }
     }
-    if let Some(why) = problem {
-        return Err(Reading::Request(why, id));
-    }
-    if version != Some(true) {
-        return Err(Reading::Request("jsonrpc must be \"2.0\"", id));
-    }
-    match method {
-        None => Err(Reading::Request("no method", id)),
-        Some(None) => Err(Reading::Request("method is not a string", id)),
-        Some(Some(m)) if m.len() > MAX_NAME => Err(Reading::Request("method or id too long", id)),
-        Some(Some(method)) => Ok(Call { method, id }),
-    }
+    parts.finish().map_err(|(why, id)| Reading::Request(why, id))
 }
 
 /// The same reading driven by serde_json's deserializer (`CallVisitor`): the reference the
@@ -331,55 +354,21 @@ impl<'de> Visitor<'de> for CallVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CallResult<'de>, A::Error> {
-        let (mut method, mut id, mut version) = (None::<Option<Cow<'de, str>>>, None::<&'de RawValue>, None::<bool>);
-        let mut problem = None;
+        let mut parts = Parts::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
-                "method" => {
-                    let m = map.next_value::<Scalar>()?;
-                    if method.is_some() {
-                        problem.get_or_insert("duplicate key");
-                    }
-                    method = Some(match m {
-                        Scalar::Str(s) => Some(s),
-                        Scalar::Other => None,
-                    });
-                }
-                "id" => {
-                    let v = map.next_value::<&'de RawValue>()?;
-                    if id.is_some() {
-                        problem.get_or_insert("duplicate key");
-                    }
-                    if v.get().len() > MAX_NAME {
-                        problem.get_or_insert("method or id too long");
-                    } else {
-                        id = Some(v);
-                    }
-                }
-                "jsonrpc" => {
-                    let v = map.next_value::<Scalar>()?;
-                    if version.is_some() {
-                        problem.get_or_insert("duplicate key");
-                    }
-                    version = Some(matches!(v, Scalar::Str(ref s) if s == "2.0"));
-                }
+                "method" => parts.method(match map.next_value::<Scalar>()? {
+                    Scalar::Str(s) => Some(s),
+                    Scalar::Other => None,
+                }),
+                "id" => parts.id(map.next_value::<&'de RawValue>()?),
+                "jsonrpc" => parts.version(matches!(map.next_value::<Scalar>()?, Scalar::Str(ref s) if s == "2.0")),
                 // Parsed, not ignored: serde_json's ignore path goes byte by byte, its string
                 // parser skips to the next quote or escape far faster.
                 _ => map.next_value_seed(Bounded(MAX_DEPTH))?,
             }
         }
-        if let Some(why) = problem {
-            return Ok(Err((why, id)));
-        }
-        if version != Some(true) {
-            return Ok(Err(("jsonrpc must be \"2.0\"", id)));
-        }
-        match method {
-            None => Ok(Err(("no method", id))),
-            Some(None) => Ok(Err(("method is not a string", id))),
-            Some(Some(m)) if m.len() > MAX_NAME => Ok(Err(("method or id too long", id))),
-            Some(Some(method)) => Ok(Ok(Call { method, id })),
-        }
+        Ok(parts.finish())
     }
 }
 

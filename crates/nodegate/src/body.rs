@@ -40,8 +40,12 @@ fn watch(f: impl FnOnce(&StreamWatch)) {
 enum BodyKind {
     Full(Option<Bytes>),
     /// The node's body, and the connection it came on, returned to the pool at the body's end.
-    Stream(Incoming, Option<Lease>, Stall),
+    Stream(Incoming, Option<Lease>, Stall, Option<Box<OnTrailers>>),
 }
+
+/// Called once with the trailers of a node's answer as they pass to the client (gRPC sends a
+/// call's status there, after a stream's messages).
+pub type OnTrailers = Box<dyn FnOnce(&http::HeaderMap) + Send + Sync>;
 
 /// The node stopped sending its response body for `[upstream] body_timeout`.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +97,15 @@ impl ProxyBody {
     }
 
     pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight, stall: Stall) -> Self {
-        ProxyBody { kind: BodyKind::Stream(body, lease, stall), guard: None, _node: Some(node) }
+        ProxyBody { kind: BodyKind::Stream(body, lease, stall, None), guard: None, _node: Some(node) }
+    }
+
+    /// `f` sees the node's trailers, if it sends any.
+    pub fn on_trailers(mut self, f: OnTrailers) -> Self {
+        if let BodyKind::Stream(.., watch) = &mut self.kind {
+            *watch = Some(Box::new(f));
+        }
+        self
     }
 
     /// Attaches the request's guard, finished when this body is done or dropped.
@@ -135,7 +147,7 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
-            BodyKind::Stream(body, lease, stall) => match Pin::new(body).poll_frame(cx) {
+            BodyKind::Stream(body, lease, stall, on_trailers) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => {
                     if !stall.waiting {
                         watch(|w| w.waiting_on_node.store(true, std::sync::atomic::Ordering::Relaxed));
@@ -165,6 +177,10 @@ impl Body for ProxyBody {
                             if let Some(d) = frame.data_ref() {
                                 let n = d.len();
                                 this.count(n);
+                            } else if let Some(trailers) = frame.trailers_ref()
+                                && let Some(f) = on_trailers.take()
+                            {
+                                f(trailers);
                             }
                             Poll::Ready(Some(Ok(frame)))
                         }
@@ -209,7 +225,7 @@ impl Drop for ProxyBody {
         }
         // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
         // fully read body can be dropped before its end was seen: its connection is still good.
-        if let BodyKind::Stream(body, lease, _) = &mut self.kind
+        if let BodyKind::Stream(body, lease, ..) = &mut self.kind
             && body.is_end_stream()
             && let Some(lease) = lease.take()
         {

@@ -559,10 +559,16 @@ mod grpc {
         );
         let gw = gateway(&[n.url()], &extra).await;
         let g = addr(&gw);
-        // Each failing call costs its own 1 and 1 more for the refusal; the fourth bans.
+        // Each failing call costs its own 1 and 1 more for the refusal; the fourth bans. Two fail
+        // at once (trailers-only), two after their stream's messages (the status in the trailers):
+        // if either kind went uncounted there would be no ban.
         // (From 127.0.0.7: the nodes' own address, 127.0.0.1, is never banned.)
-        for _ in 0..4 {
+        for _ in 0..2 {
             assert_eq!(grpc_as("127.0.0.7", g, "/iota.grpc.v1.LedgerService/Fail", None).await.1.as_deref(), Some("5"));
+            let (status, head, body, trailer) =
+                grpc_as("127.0.0.7", g, "/iota.grpc.v1.LedgerService/StreamFailCheckpoints", None).await;
+            assert_eq!((status, head, trailer.as_deref()), (200, None, Some("5")), "the stream's status passes");
+            assert_eq!(body.len(), 3 * (5 + 2 + "StreamFailCheckpoints 0".len()), "its messages pass");
         }
         // Banned: a new connection is closed at accept.
         eventually(async || status_from_addr("127.0.0.7", g, "/", "").await.is_empty()).await;
@@ -571,5 +577,33 @@ mod grpc {
             Some("0"),
             "others go on"
         );
+    }
+
+    #[tokio::test]
+    async fn streams_that_end_in_an_error_cost_the_client_twice() {
+        let n = node().await;
+        let gw = gateway(&[n.url()], &rebased("")).await;
+        let g = addr(&gw);
+        // A burst of 30 at cost 1: a stream the node ends with NOT_FOUND costs 2, so about 15
+        // pass (one more if the 1/s refill lands meanwhile), not 30.
+        let mut passed = 0;
+        loop {
+            let (_, head, _, trailer) =
+                grpc_as("127.0.0.9", g, "/iota.grpc.v1.LedgerService/StreamFailCheckpoints", None).await;
+            match (head.as_deref(), trailer.as_deref()) {
+                (None, Some("5")) => passed += 1,
+                (Some("8"), _) => break,
+                other => panic!("{other:?}"),
+            }
+            assert!(passed <= 30, "failed streams were not charged");
+        }
+        assert!((15..=17).contains(&passed), "{passed}");
+        // Streams that end well cost 1 (another address, its own budget).
+        let mut passed = 0;
+        while grpc_as("127.0.0.10", g, "/iota.grpc.v1.LedgerService/StreamCheckpoints", None).await.1.is_none() {
+            passed += 1;
+            assert!(passed <= 40);
+        }
+        assert!((30..=32).contains(&passed), "{passed}");
     }
 }

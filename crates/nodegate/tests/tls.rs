@@ -346,6 +346,40 @@ async fn https_nodes_are_reached_over_tls_and_verified_against_the_ca_bundle() {
 }
 
 #[tokio::test]
+async fn grpc_reaches_https_nodes_over_h2_agreed_by_alpn() {
+    let n = node().await;
+    let ca = Ca::new("node CA");
+    let dir = temp_dir("tls-upstream-grpc");
+    // The node over HTTPS: a TLS gateway (h2 by ALPN) in front of a testnode's gRPC services.
+    let rebased = "profile = \"iota-rebased\"\n\n[health]\nactive = false\n";
+    let front = gateway(&[n.url()], &format!("{rebased}{}", tls_config(&dir, &ca, &[&["127.0.0.1"]], ""))).await;
+    let node_url = format!("https://127.0.0.1:{}", addr(&front).port());
+    let ca_file = write(&dir, "node-ca.pem", &ca.pem());
+    let gw = gateway(&[node_url], &format!("{rebased}\n[upstream]\nca = \"{ca_file}\"\n")).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let call = |path: &str| {
+        Request::post(format!("http://{}{path}", addr(&gw)))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap()
+    };
+    // A server stream: its three messages and its trailers come through both gateways.
+    let resp = client.request(call("/iota.grpc.v1.LedgerService/StreamCheckpoints")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("grpc-status").is_none(), "{:?}", resp.headers());
+    let got = resp.into_body().collect().await.unwrap();
+    assert_eq!(got.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(got.to_bytes().len(), 3 * (5 + 2 + "StreamCheckpoints 0".len()));
+    // A node's trailers-only error passes too.
+    let resp = client.request(call("/iota.grpc.v1.LedgerService/Fail")).await.unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "5");
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn optional_client_certificates_open_key_routes_and_their_absence_does_not_block_public_ones() {
     let n = node().await;
     let server_ca = Ca::new("server CA");

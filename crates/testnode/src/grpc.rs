@@ -2,7 +2,7 @@
 //! protobuf message): any `/iota.grpc.*` method answers one message (field 1: the method's name)
 //! and `grpc-status: 0` in trailers; a method whose name starts with `Stream` answers three (300 ms
 //! apart for `StreamSlow...`); one named `Fail` answers only trailers with `grpc-status: 5`
-//! (NOT_FOUND).
+//! (NOT_FOUND), and `StreamFail...` its three messages, then `grpc-status: 5` in the trailers.
 
 use std::sync::Arc;
 
@@ -34,6 +34,8 @@ pub fn answer(state: &Arc<State>, path: &str) -> Response<RespBody> {
     crate::jsonrpc::record(state, path);
     let (messages, status) = if method == "Fail" {
         (0, "5")
+    } else if method.starts_with("StreamFail") {
+        (3, "5")
     } else if method.starts_with("Stream") {
         (3, "0")
     } else {

@@ -127,32 +127,37 @@ impl Proxy {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        if ctx.grpc {
-            self.node_refused(&resp, ctx);
-        }
+        // A gRPC status in the headers is a trailers-only answer; else it comes in the trailers.
+        let trailers_only = ctx.grpc && self.node_refused(resp.headers(), ctx);
         let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
         let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
+        if ctx.grpc && !trailers_only {
+            let tally = self.grpc_tally(ctx);
+            resp = resp.map(|b| b.on_trailers(Box::new(move |trailers| tally.judge(trailers))));
+        }
         self.rate_limit_headers(&mut resp, ctx.rate_state);
         Ok(resp)
     }
 
-    /// A gRPC call the node refused as the client's fault, in a trailers-only answer (how gRPC
-    /// servers answer a call that fails before any message): an event (`node-refused`, for jails)
-    /// and one request of the client's budget, so floods of failing calls are limited like any
-    /// other refusals. Errors after a stream's messages (in its trailers) are not counted yet.
-    fn node_refused(&self, resp: &Response<Incoming>, ctx: &Ctx<'_>) {
-        let status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
-        // INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION,
-        // OUT_OF_RANGE, UNAUTHENTICATED: what a client asked for wrongly, not the node failing.
-        if !matches!(status, Some(3 | 5 | 6 | 7 | 9 | 11 | 16)) {
-            return;
+    /// A trailers-only gRPC answer (how gRPC servers answer a call that fails before any
+    /// message) is judged at once; true when the answer is one.
+    fn node_refused(&self, headers: &http::HeaderMap, ctx: &Ctx<'_>) -> bool {
+        if !headers.contains_key("grpc-status") {
+            return false;
         }
-        self.refusals.send(ctx.client, crate::events::RefusalReason::NodeRefused, "(grpc)");
-        if let (Some(rl), Some(limiter), Some((key, own))) =
-            (self.config.rate_limit, &self.limits.client, &ctx.client_key)
-        {
-            let _ = limiter.check(key, own.unwrap_or(rl.limit), 1);
-        }
+        self.grpc_tally(ctx).judge(headers);
+        true
+    }
+
+    /// What judging a gRPC call's final status needs, owned so it can wait for a stream's end.
+    fn grpc_tally(&self, ctx: &Ctx<'_>) -> GrpcTally {
+        let budget = match (self.config.rate_limit, &self.limits.client, &ctx.client_key) {
+            (Some(rl), Some(limiter), Some((key, own))) => {
+                Some((limiter.clone(), key.clone(), own.unwrap_or(rl.limit)))
+            }
+            _ => None,
+        };
+        GrpcTally { refusals: self.refusals.clone(), client: ctx.client, budget }
     }
 
     /// One exchange with one node, reported to the balancer: `target` under the node's base path.
@@ -224,7 +229,8 @@ impl Proxy {
         // HTTP/2 carries scheme and authority as pseudo-headers: the target goes absolute.
         let absolute = node.host.to_str().ok().and_then(|host| {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            Uri::try_from(format!("http://{host}{pq}")).ok()
+            let scheme = if node.url.starts_with("https://") { "https" } else { "http" };
+            Uri::try_from(format!("{scheme}://{host}{pq}")).ok()
         });
         match absolute {
             Some(uri) => *req.uri_mut() = uri,
@@ -297,6 +303,35 @@ async fn read_body(mut body: Incoming) -> Option<bytes::Bytes> {
         }
     }
     Some(more.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
+}
+
+/// A gRPC call's end, judged: one the node refused as the client's fault is an event
+/// (`node-refused`, for jails) and one request of the client's budget, so floods of failing calls
+/// are limited and banned like any other refusals, whether the status came at once (trailers-only)
+/// or after a stream's messages.
+struct GrpcTally {
+    refusals: crate::events::Refusals,
+    client: std::net::IpAddr,
+    budget: Option<(
+        Arc<crate::pipeline::rate_limit::RateLimiter>,
+        crate::pipeline::rate_limit::ClientKey,
+        crate::pipeline::rate_limit::Limit,
+    )>,
+}
+
+impl GrpcTally {
+    fn judge(self, status: &http::HeaderMap) {
+        let code = status.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
+        // INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION,
+        // OUT_OF_RANGE, UNAUTHENTICATED: what a client asked for wrongly, not the node failing.
+        if !matches!(code, Some(3 | 5 | 6 | 7 | 9 | 11 | 16)) {
+            return;
+        }
+        self.refusals.send(self.client, crate::events::RefusalReason::NodeRefused, "(grpc)");
+        if let Some((limiter, key, limit)) = &self.budget {
+            let _ = limiter.check(key, *limit, 1);
+        }
+    }
 }
 
 /// The origin-form target a node is sent: its base path, then the client's path and query.

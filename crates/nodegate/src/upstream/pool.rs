@@ -57,7 +57,7 @@ pub struct NodePool {
     connect_timeout: Duration,
     /// For https:// nodes.
     tls: Option<super::TlsClient>,
-    /// gRPC: one HTTP/2 (h2c) connection, its streams shared by every call.
+    /// gRPC: one HTTP/2 connection, its streams shared by every call.
     h2: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<CappedBody>>>,
 }
 
@@ -211,6 +211,11 @@ impl NodePool {
     /// A new connection to the node (TLS handshake included for https://), within the connect
     /// timeout; health probes use it too.
     pub async fn open(&self) -> Result<super::NodeStream, SendError> {
+        self.open_for(false).await
+    }
+
+    /// A new connection that will speak HTTP/2 when `h2` (over TLS, agreed by ALPN).
+    async fn open_for(&self, h2: bool) -> Result<super::NodeStream, SendError> {
         let connect = async {
             let stream = match self.addr {
                 Some(addr) => TcpStream::connect(addr).await?,
@@ -218,7 +223,7 @@ impl NodePool {
             };
             stream.set_nodelay(true)?;
             match &self.tls {
-                Some(tls) => tls.connect(&self.host, stream).await,
+                Some(tls) => tls.connect(&self.host, stream, h2).await,
                 None => Ok(super::NodeStream::Plain(stream)),
             }
         };
@@ -229,20 +234,16 @@ impl NodePool {
         }
     }
 
-    /// Sends a gRPC call over the node's HTTP/2 connection (h2c), made when there is none or the
-    /// last one closed. Streams and trailers pass as the node sends them.
+    /// Sends a gRPC call over the node's HTTP/2 connection (h2c, or h2 over TLS for https://
+    /// nodes), made when there is none or the last one closed. Streams and trailers pass as the
+    /// node sends them.
     pub async fn send_h2(&self, req: Request<CappedBody>) -> Result<Response<Incoming>, SendError> {
         let mut sender = {
             let mut h2 = self.h2.lock().await;
             match h2.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    if self.tls.is_some() {
-                        return Err(SendError::Connect(io::Error::other(
-                            "gRPC to https:// nodes is not supported yet: use h2c",
-                        )));
-                    }
-                    let stream = self.open().await?;
+                    let stream = self.open_for(true).await?;
                     let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                         .handshake(TokioIo::new(stream))
                         .await

@@ -1,5 +1,6 @@
 //! TLS toward nodes whose URL is `https://`: rustls with the system's root certificates, or the
-//! CA bundle in `[upstream] ca` (for a node with its own CA). HTTP/1.1 is asked for by ALPN.
+//! CA bundle in `[upstream] ca` (for a node with its own CA). HTTP/1.1 is asked for by ALPN, and
+//! `h2` for gRPC calls, which need HTTP/2.
 
 use std::io;
 use std::path::Path;
@@ -14,9 +15,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// The client side, built once from the config and shared by every https:// node.
+/// The client side, built once from the config and shared by every https:// node: one
+/// configuration offering `http/1.1`, one offering `h2` (same roots).
 #[derive(Clone)]
-pub struct TlsClient(Arc<ClientConfig>);
+pub struct TlsClient {
+    http1: Arc<ClientConfig>,
+    h2: Arc<ClientConfig>,
+}
 
 impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,7 +31,7 @@ impl std::fmt::Debug for TlsClient {
 
 impl PartialEq for TlsClient {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.http1, &other.http1)
     }
 }
 
@@ -47,13 +52,21 @@ impl TlsClient {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut h2 = config.clone();
         config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
-        Ok(TlsClient(Arc::new(config)))
+        h2.alpn_protocols = vec![crate::tls::ALPN_H2.to_vec()];
+        Ok(TlsClient { http1: Arc::new(config), h2: Arc::new(h2) })
     }
 
-    pub async fn connect(&self, host: &str, tcp: TcpStream) -> io::Result<NodeStream> {
+    /// A TLS connection that will speak HTTP/1.1, or HTTP/2 with `h2`. A node that does not
+    /// agree to `h2` when asked is an error: speaking HTTP/2 to it anyway would fail obscurely.
+    pub async fn connect(&self, host: &str, tcp: TcpStream, h2: bool) -> io::Result<NodeStream> {
         let name = ServerName::try_from(host.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tls = TlsConnector::from(self.0.clone()).connect(name, tcp).await?;
+        let config = if h2 { &self.h2 } else { &self.http1 };
+        let tls = TlsConnector::from(config.clone()).connect(name, tcp).await?;
+        if h2 && tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+            return Err(io::Error::other("the node did not agree to HTTP/2 (ALPN h2), which gRPC needs"));
+        }
         Ok(NodeStream::Tls(Box::new(tls)))
     }
 }

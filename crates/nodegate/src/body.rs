@@ -243,10 +243,7 @@ pub fn answer(err: &crate::error::GatewayError) -> http::Response<ProxyBody> {
 
 /// One of the gateway's own answers on a JSON-RPC route: the same status and headers, the body in
 /// JSON-RPC's shape with the request's id (`null` when it was not read).
-pub fn answer_rpc(
-    err: &crate::error::GatewayError,
-    id: Option<&serde_json::value::RawValue>,
-) -> http::Response<ProxyBody> {
+pub fn answer_rpc(err: &crate::error::GatewayError, id: Option<&str>) -> http::Response<ProxyBody> {
     let mut resp = http::Response::new(ProxyBody::full(err.rpc_json(id)));
     *resp.status_mut() = err.status();
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

@@ -113,9 +113,10 @@ impl GatewayError {
         }
     }
 
-    /// This answer as a JSON-RPC error object, with the call's id (`null` when it was not read).
-    pub fn rpc_json(&self, id: Option<&serde_json::value::RawValue>) -> String {
-        let id = id.map_or("null", |i| i.get());
+    /// This answer as a JSON-RPC error object, with the call's id (its JSON text as the envelope
+    /// reader checked it; `null` when it was not read).
+    pub fn rpc_json(&self, id: Option<&str>) -> String {
+        let id = id.unwrap_or("null");
         let message = serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"error\"".into());
         format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, self.rpc_code())
     }

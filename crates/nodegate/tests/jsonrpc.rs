@@ -73,9 +73,11 @@ async fn methods_are_judged_before_any_node_sees_them() {
     // Other HTTP methods on the JSON-RPC path are not routes.
     assert_eq!(get(g, "/").await.status, 404);
     assert_eq!(seen(&n), ["iota_getObject", "iota_getChainIdentifier", "iota_getChainIdentifier", "unsafe_moveCall"]);
-    // The node never saw the credential.
     let r = call(g, &rpc("unsafe_moveCall", 14), &[("authorization", "Bearer rpc-test-key")]).await;
     assert_eq!(r.status, 200);
+    // The node never saw a credential: neither the keys that opened calls nor the refused ones.
+    assert_eq!(n.state().rpc_credentials.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(seen(&n).len(), 5);
 }
 
 #[tokio::test]

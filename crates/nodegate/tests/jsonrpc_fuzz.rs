@@ -139,7 +139,7 @@ proptest! {
         match (&ours, &reference) {
             (Ok(Envelope::Single(a)), Ok(Envelope::Single(b))) => {
                 prop_assert_eq!(&a.method, &b.method, "{}", body);
-                prop_assert_eq!(a.id.map(|i| i.get()), b.id.map(|i| i.get()), "{}", body);
+                prop_assert_eq!(a.id, b.id, "{}", body);
             }
             // Where the body is not JSON at all, which error is named first may differ; both refuse.
             (Err((a, _)), Err((b, _))) if theirs.is_ok() => prop_assert_eq!(kind(a), kind(b), "{}", body),

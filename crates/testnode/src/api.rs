@@ -60,6 +60,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
     }
 
     if req.method() == Method::POST && matches!(path.as_str(), "/" | "/json-rpc" | "/public") {
+        if req.headers().contains_key("authorization") || req.headers().contains_key("x-api-key") {
+            state.rpc_credentials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "could not read body")),

@@ -83,6 +83,9 @@ pub struct State {
     pub min_pow_score: AtomicU64,
     /// The JSON-RPC methods called, newest last (at most 1,000).
     pub rpc_methods: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// JSON-RPC calls that came with an `Authorization` or `X-API-Key` header (a gateway should
+    /// keep its clients' credentials to itself).
+    pub rpc_credentials: AtomicU64,
 }
 
 /// A snapshot of [`State`] as JSON, for `/control/state`.
@@ -142,6 +145,7 @@ impl State {
             checkpoint_lag: AtomicU64::new(0),
             min_pow_score: AtomicU64::new(0),
             rpc_methods: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            rpc_credentials: AtomicU64::new(0),
         }
     }
 

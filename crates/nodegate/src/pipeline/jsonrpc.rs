@@ -1,7 +1,8 @@
 //! A JSON-RPC 2.0 request's envelope, read for the method policy: `jsonrpc`, `method` and `id`
-//! only. `params` is walked without being built (serde's `IgnoredAny`), so a request costs no
-//! allocation beyond its method name and id, however large or deep its params (serde_json stops at
-//! 128 levels of nesting: a parse error). The method name is judged as the node will read it:
+//! only. The body is crossed once by `jsonscan` (structure and depth checked, `params` never
+//! built), each top-level member handed over as it is found, so a request costs no allocation,
+//! however large or deep its params (past 64 levels: a parse error). `parse_reference` reads the
+//! same with serde_json's deserializer; tests hold the two to one answer. The method name is judged as the node will read it:
 //! escapes decoded (`"iota\u005fview"` is `iota_view`), case kept (JSON-RPC names are
 //! case-sensitive). Anything a node could read two ways is refused: duplicate keys, a method that
 //! is not a string, trailing bytes.
@@ -16,9 +17,9 @@ use serde_json::value::RawValue;
 #[derive(Debug)]
 pub struct Call<'a> {
     pub method: Cow<'a, str>,
-    /// As the client wrote it (a number, a string or null), to echo in an error; `None` for a
-    /// notification.
-    pub id: Option<&'a RawValue>,
+    /// The id's JSON text as the client wrote it (a number, a string or null), to echo in an
+    /// error; `None` for a notification.
+    pub id: Option<&'a str>,
 }
 
 /// A request: one call, or a batch.
@@ -106,10 +107,9 @@ const WHY_DEEP: &str = "nested too deep";
 /// Reads `body`; batches up to `max_batch` calls (0: batches refused).
 ///
 /// Depth: params are walked level by level (`Bounded`), refused past `MAX_DEPTH` levels.
-pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&RawValue>)> {
-    use super::jsonscan::{at_end, object, skip_ws, value};
+pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&str>)> {
+    use super::jsonscan::{at_end, skip_ws, value};
     let start = skip_ws(body, 0);
-    let mut members = Vec::new();
     if body.get(start) == Some(&b'[') {
         if max_batch == 0 {
             return Err((Invalid::BatchRefused, None));
@@ -123,17 +123,15 @@ pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Op
             if body.get(i) != Some(&b'{') {
                 return Err((if valid(body) { Invalid::Request(REASONS[5]) } else { Invalid::Parse }, None));
             }
-            members.clear();
-            let end = object(body, i, MAX_DEPTH + 1, &mut members).ok_or((Invalid::Parse, None))?;
+            let (end, call) = envelope(body, i).ok_or((Invalid::Parse, None))?;
             if calls.len() == max_batch {
                 return Err((if valid(body) { Invalid::BatchSize } else { Invalid::Parse }, None));
             }
-            match envelope(body, &members) {
+            match call {
                 Ok(call) => calls.push(call),
-                Err(Reading::Parse) => return Err((Invalid::Parse, None)),
                 // One bad call refuses the batch, as the reference does (and a body that is not
                 // JSON after it is a parse error first, as serde_json would say).
-                Err(Reading::Request(why, _)) => {
+                Err((why, _)) => {
                     return Err((if valid(body) { Invalid::Request(why) } else { Invalid::Parse }, None));
                 }
             }
@@ -156,14 +154,13 @@ pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Op
         let json = value(body, start, MAX_DEPTH + 1).is_some_and(|end| at_end(body, end));
         return Err((if json { Invalid::Request(REASONS[5]) } else { Invalid::Parse }, None));
     }
-    let end = object(body, start, MAX_DEPTH + 1, &mut members).ok_or((Invalid::Parse, None))?;
+    let (end, call) = envelope(body, start).ok_or((Invalid::Parse, None))?;
     if !at_end(body, end) {
         return Err((Invalid::Parse, None));
     }
-    match envelope(body, &members) {
+    match call {
         Ok(call) => Ok(Envelope::Single(call)),
-        Err(Reading::Parse) => Err((Invalid::Parse, None)),
-        Err(Reading::Request(why, id)) => Err((Invalid::Request(why), id)),
+        Err((why, id)) => Err((Invalid::Request(why), id)),
     }
 }
 
@@ -171,12 +168,6 @@ pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Op
 fn valid(body: &[u8]) -> bool {
     let start = super::jsonscan::skip_ws(body, 0);
     super::jsonscan::value(body, start, MAX_DEPTH + 1).is_some_and(|end| super::jsonscan::at_end(body, end))
-}
-
-enum Reading<'a> {
-    /// The body is not JSON (a key or string serde_json would not read).
-    Parse,
-    Request(&'static str, Option<&'a RawValue>),
 }
 
 /// A JSON string literal's text: borrowed when it has no escape, decoded by serde_json when it
@@ -196,7 +187,7 @@ fn text(literal: &[u8]) -> Option<Cow<'_, str>> {
 /// an id or method too long, the version, a method that is not a string.
 struct Parts<'a> {
     method: Option<Option<Cow<'a, str>>>,
-    id: Option<&'a RawValue>,
+    id: Option<&'a str>,
     version: Option<bool>,
     problem: Option<&'static str>,
 }
@@ -214,11 +205,11 @@ impl<'a> Parts<'a> {
         self.method = Some(method);
     }
 
-    fn id(&mut self, id: &'a RawValue) {
+    fn id(&mut self, id: &'a str) {
         if self.id.is_some() {
             self.problem.get_or_insert("duplicate key");
         }
-        if id.get().len() > MAX_NAME {
+        if id.len() > MAX_NAME {
             self.problem.get_or_insert("method or id too long");
         } else {
             self.id = Some(id);
@@ -250,42 +241,78 @@ impl<'a> Parts<'a> {
     }
 }
 
-/// The envelope of one call from its members (see `CallVisitor` for the same rules).
-fn envelope<'a>(body: &'a [u8], members: &[super::jsonscan::Member]) -> Result<Call<'a>, Reading<'a>> {
+/// The call in the object at `i`, read member by member as the scanner finds them (see
+/// `CallVisitor` for the same rules), and where the object ends; `None`: not JSON (including a key
+/// or string serde_json would not read).
+fn envelope(body: &[u8], i: usize) -> Option<(usize, CallResult<'_>)> {
     let mut parts = Parts::new();
-    for m in members {
-        let literal = &body[m.key.clone()];
-        // A key without an escape is compared as it is: only the three that matter are read,
-        // and whatever else a key holds the node judges (a key serde_json refuses fails there).
-        let key: Cow<'_, str> = if literal.contains(&b'\\') {
-            text(literal).ok_or(Reading::Parse)?
-        } else {
-            match &literal[1..literal.len() - 1] {
-                b"method" => Cow::Borrowed("method"),
-                b"id" => Cow::Borrowed("id"),
-                b"jsonrpc" => Cow::Borrowed("jsonrpc"),
-                _ => continue,
-            }
-        };
-        let raw = &body[m.value.clone()];
-        let string = |raw: &'a [u8]| -> Result<Option<Cow<'a, str>>, Reading<'a>> {
-            if raw.first() == Some(&b'"') { text(raw).map(Some).ok_or(Reading::Parse) } else { Ok(None) }
-        };
-        match &*key {
-            "method" => parts.method(string(raw)?),
-            "id" => parts.id(serde_json::from_slice::<&'a RawValue>(raw).map_err(|_| Reading::Parse)?),
-            "jsonrpc" => parts.version(string(raw)?.is_some_and(|v| v == "2.0")),
-            // Strings in other members may hold what serde_json refuses (a control character):
-            // the node then refuses the body, which is no second reading of the envelope.
-            _ => {}
+    let end = super::jsonscan::object(body, i, MAX_DEPTH + 1, |key, value| member(body, key, value, &mut parts))?;
+    Some((end, parts.finish()))
+}
+
+/// One member of a call's object into `parts`; false when it is not JSON serde_json would read.
+fn member<'a>(
+    body: &'a [u8],
+    key: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    parts: &mut Parts<'a>,
+) -> bool {
+    let literal = &body[key];
+    // A key without an escape is compared as it is: only the three that matter are read, and
+    // whatever else a key holds the node judges (a key serde_json refuses fails there).
+    let key: Cow<'_, str> = if literal.contains(&b'\\') {
+        match text(literal) {
+            Some(k) => k,
+            None => return false,
         }
+    } else {
+        match &literal[1..literal.len() - 1] {
+            b"method" => Cow::Borrowed("method"),
+            b"id" => Cow::Borrowed("id"),
+            b"jsonrpc" => Cow::Borrowed("jsonrpc"),
+            _ => return true,
+        }
+    };
+    let raw = &body[value];
+    let string = |raw: &'a [u8]| -> Option<Option<Cow<'a, str>>> {
+        if raw.first() == Some(&b'"') { text(raw).map(Some) } else { Some(None) }
+    };
+    match &*key {
+        "method" => match string(raw) {
+            Some(m) => parts.method(m),
+            None => return false,
+        },
+        "id" => match id_text(raw) {
+            Some(id) => parts.id(id),
+            None => return false,
+        },
+        "jsonrpc" => match string(raw) {
+            Some(v) => parts.version(v.is_some_and(|v| v == "2.0")),
+            None => return false,
+        },
+        // Strings in other members may hold what serde_json refuses (a control character): the
+        // node then refuses the body, which is no second reading of the envelope.
+        _ => {}
     }
-    parts.finish().map_err(|(why, id)| Reading::Request(why, id))
+    true
+}
+
+/// An id's JSON text, where serde_json would read it: a number or literal as the scanner checked
+/// it, a string without escapes checked as `text` checks it, anything else read by serde_json.
+fn id_text(raw: &[u8]) -> Option<&str> {
+    match raw.first()? {
+        b'"' if !raw.contains(&b'\\') => {
+            text(raw)?;
+            std::str::from_utf8(raw).ok()
+        }
+        b'"' | b'{' | b'[' => serde_json::from_slice::<&RawValue>(raw).ok().map(RawValue::get),
+        _ => std::str::from_utf8(raw).ok(),
+    }
 }
 
 /// The same reading driven by serde_json's deserializer (`CallVisitor`): the reference the
 /// scanner (`parse`) is tested against.
-pub fn parse_reference(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&RawValue>)> {
+pub fn parse_reference(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&str>)> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         if max_batch == 0 {
@@ -344,7 +371,7 @@ const REASONS: [&str; 6] = [
 struct CallVisitor;
 
 /// A call, or why it is not one (with its id when that was read).
-type CallResult<'de> = Result<Call<'de>, (&'static str, Option<&'de RawValue>)>;
+type CallResult<'de> = Result<Call<'de>, (&'static str, Option<&'de str>)>;
 
 impl<'de> Visitor<'de> for CallVisitor {
     type Value = CallResult<'de>;
@@ -361,7 +388,7 @@ impl<'de> Visitor<'de> for CallVisitor {
                     Scalar::Str(s) => Some(s),
                     Scalar::Other => None,
                 }),
-                "id" => parts.id(map.next_value::<&'de RawValue>()?),
+                "id" => parts.id(map.next_value::<&'de RawValue>()?.get()),
                 "jsonrpc" => parts.version(matches!(map.next_value::<Scalar>()?, Scalar::Str(ref s) if s == "2.0")),
                 // Parsed, not ignored: serde_json's ignore path goes byte by byte, its string
                 // parser skips to the next quote or escape far faster.
@@ -481,7 +508,7 @@ mod tests {
         // Case is kept: IOTA_GETOBJECT is another (unknown) method.
         assert_eq!(method(r#"{"jsonrpc":"2.0","id":1,"method":"IOTA_GETOBJECT"}"#).unwrap(), "IOTA_GETOBJECT");
         let id = match parse(br#"{"id":"abc","jsonrpc":"2.0","method":"m"}"#, 0).unwrap() {
-            Envelope::Single(c) => c.id.unwrap().get().to_owned(),
+            Envelope::Single(c) => c.id.unwrap().to_owned(),
             _ => unreachable!(),
         };
         assert_eq!(id, "\"abc\"");
@@ -521,7 +548,7 @@ mod tests {
         assert_eq!(method(&deep).unwrap_err(), Invalid::Parse);
         // The id is kept for the error when the call is refused.
         let (_, id) = parse(br#"{"jsonrpc":"2.0","id":42,"method":7}"#, 0).unwrap_err();
-        assert_eq!(id.unwrap().get(), "42");
+        assert_eq!(id.unwrap(), "42");
     }
 
     #[test]

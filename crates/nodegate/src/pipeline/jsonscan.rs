@@ -9,12 +9,6 @@
 //! string, a number too large for a float) the node refuses in turn: never a second reading of the
 //! envelope, since every byte of it is decoded by serde_json itself.
 
-/// One member of an object: the key's and the value's byte ranges (the key with its quotes).
-pub struct Member {
-    pub key: std::ops::Range<usize>,
-    pub value: std::ops::Range<usize>,
-}
-
 fn ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
@@ -125,9 +119,15 @@ pub fn value(b: &[u8], i: usize, depth: u8) -> Option<usize> {
     }
 }
 
-/// The members of the object starting at `i` (after whitespace), and where it ends; `depth` as
-/// for `value` (the object itself takes one).
-pub fn object(b: &[u8], i: usize, depth: u8, members: &mut Vec<Member>) -> Option<usize> {
+/// The object starting at `i` (after whitespace): each member handed to `member` as it is found
+/// (the key's and the value's byte ranges, the key with its quotes; `false` stops: not JSON),
+/// and where the object ends; `depth` as for `value` (the object itself takes one).
+pub fn object(
+    b: &[u8],
+    i: usize,
+    depth: u8,
+    mut member: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>) -> bool,
+) -> Option<usize> {
     let mut i = ws(b, i);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -146,7 +146,9 @@ pub fn object(b: &[u8], i: usize, depth: u8, members: &mut Vec<Member>) -> Optio
         }
         let start = ws(b, i + 1);
         let end = value(b, start, depth)?;
-        members.push(Member { key, value: start..end });
+        if !member(key, start..end) {
+            return None;
+        }
         i = ws(b, end);
         match b.get(i)? {
             b',' => i = ws(b, i + 1),

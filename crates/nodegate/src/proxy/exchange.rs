@@ -104,7 +104,7 @@ impl Proxy {
             match client_upgrade {
                 Some(client_upgrade) => {
                     let node_upgrade = hyper::upgrade::on(&mut resp);
-                    if ctx.rpc.is_some() {
+                    if ctx.jsonrpc {
                         // JSON-RPC over WebSocket: every message judged, not a blind tunnel.
                         self.spawn_rpc_relay(ctx, client_upgrade, node_upgrade, (ctx.conn.alive.clone(), permit));
                     } else {

@@ -79,7 +79,7 @@ impl Proxy {
                 }
             }
             // A JSON-RPC call's cost is its method's, charged once its body is read (`rpc`).
-            if let Some(limiter) = self.limits.client.as_ref().filter(|_| ctx.rpc.is_none() && !ctx.grpc) {
+            if let Some(limiter) = self.limits.client.as_ref().filter(|_| !ctx.jsonrpc && !ctx.grpc) {
                 let limit = own_limit.unwrap_or(rl.limit);
                 match limiter.check(key, limit, ctx.rule.map_or(1, |r| r.cost)) {
                     Decision::Admit { remaining } => {

@@ -78,7 +78,11 @@ struct Ctx<'a> {
     slot: Option<InFlightSlot>,
     /// The node that answered or failed, for the access log.
     node: Option<Arc<str>>,
-    /// A JSON-RPC route's request: its id and credential, judged once its body is read.
+    /// A JSON-RPC route's request, judged once its body is read (or message by message, a
+    /// WebSocket).
+    jsonrpc: bool,
+    /// What a JSON-RPC request needs beyond its body, made only when it does (a refused call's
+    /// id, a WebSocket's credentials).
     rpc: Option<Box<rpc::RpcCtx>>,
     /// A gRPC call: refused in gRPC's form, sent to the node over HTTP/2.
     grpc: bool,
@@ -160,6 +164,7 @@ impl Proxy {
             rate_state: None,
             slot: None,
             node: None,
+            jsonrpc: false,
             rpc: None,
             grpc: false,
             stream_slot: None,
@@ -243,9 +248,7 @@ impl Proxy {
             refuse_double_encoding(&canonical).map_err(GatewayError::BadPath)?;
         }
         ctx.rule = self.config.routes.decide(req.method(), &canonical.decoded);
-        if ctx.rule.is_some_and(|r| r.jsonrpc) {
-            ctx.rpc = Some(Box::default());
-        }
+        ctx.jsonrpc = ctx.rule.is_some_and(|r| r.jsonrpc);
         ctx.grpc = ctx.rule.is_some_and(|r| r.grpc);
         if ctx.rule.is_some_and(|r| !r.admits(ctx.client)) {
             return Err(GatewayError::AddressDenied);
@@ -321,7 +324,7 @@ impl Proxy {
         // Small bodies are read whole first, so a slow upload holds no node connection.
         let small = declared_len.is_some_and(|n| n <= g.request_buffer);
         // A JSON-RPC call is judged on its body before any node sees it.
-        let read_first = submission || (ctx.rpc.is_some() && !websocket) || (small && !body.is_end_stream());
+        let read_first = submission || (ctx.jsonrpc && !websocket) || (small && !body.is_end_stream());
 
         let mut up = Request::new(body);
         *up.method_mut() = parts.method;
@@ -335,11 +338,14 @@ impl Proxy {
             // gRPC's one hop-by-hop header: the node must know the client takes trailers.
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if let Some(rpc) = ctx.rpc.as_mut() {
-            rpc.credentials = auth::credentials(headers);
+        if ctx.jsonrpc && websocket {
+            // Its relay judges every message with them, after the node no longer sees them.
+            ctx.rpc.get_or_insert_with(Box::default).credentials = auth::credentials(headers);
         }
-        // The credential was for the gateway; the node sees it only where a route says so.
-        if !ctx.rule.is_some_and(|r| r.pass_credential) {
+        // The credential was for the gateway; the node sees it only where a route says so. A
+        // JSON-RPC call's is stripped once its body has been judged with it (`read_first`).
+        let judged_later = ctx.jsonrpc && !websocket;
+        if !ctx.rule.is_some_and(|r| r.pass_credential) && !judged_later {
             auth::strip(headers);
         }
         if websocket {
@@ -362,8 +368,11 @@ impl Proxy {
     async fn read_first(&self, p: &mut Prepared, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         let body = std::mem::replace(p.request.body_mut(), CappedBody::buffered(bytes::Bytes::new()));
         let data = body.read_all().await.map_err(|e| crate::upstream::classify_body(&*e))?;
-        if ctx.rpc.is_some() && p.client_upgrade.is_none() {
-            self.judge_rpc(&data, ctx)?;
+        if ctx.jsonrpc && p.client_upgrade.is_none() {
+            self.judge_rpc(&data, p.request.headers(), ctx)?;
+            if !ctx.rule.is_some_and(|r| r.pass_credential) {
+                auth::strip(p.request.headers_mut());
+            }
         }
         if p.submission {
             let content_type = p.request.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
@@ -409,10 +418,12 @@ impl Proxy {
                     Some(reason) => self.refused(err, reason, ctx.client, path),
                     None => err,
                 };
-                match &ctx.rpc {
-                    Some(rpc) => crate::body::answer_rpc(&err, rpc.id.as_deref()),
-                    None if ctx.grpc => crate::body::answer_grpc(&err),
-                    None => crate::body::answer(&err),
+                if ctx.jsonrpc {
+                    crate::body::answer_rpc(&err, ctx.rpc.as_ref().and_then(|r| r.id.as_deref()))
+                } else if ctx.grpc {
+                    crate::body::answer_grpc(&err)
+                } else {
+                    crate::body::answer(&err)
                 }
             }
         };

@@ -15,7 +15,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,12 +31,14 @@ use crate::pipeline::route_policy::Access;
 use crate::profile::Profile;
 use crate::shutdown::Phase;
 
-/// What a JSON-RPC request carries through the phases.
+/// What a JSON-RPC request carries through the phases, where it needs more than its body (made
+/// only then: the usual call needs neither).
 #[derive(Default)]
 pub(super) struct RpcCtx {
-    /// The request's id, echoed in a refusal.
-    pub id: Option<Box<RawValue>>,
-    /// The credential headers, taken before they are stripped for the node.
+    /// A refused call's id (its JSON text), echoed in the error.
+    pub id: Option<Box<str>>,
+    /// A WebSocket's credential headers, taken before they are stripped for the node: its relay
+    /// judges every message with them.
     pub credentials: HeaderMap,
 }
 
@@ -60,18 +61,18 @@ pub(super) struct Judge {
 
 /// Who is calling: the client, its credential, and whose budget it spends (set once a call needs
 /// a credential, else by address).
-pub(super) struct Caller {
+pub(super) struct Caller<'h> {
     pub client: IpAddr,
-    pub credentials: HeaderMap,
+    pub credentials: &'h HeaderMap,
     /// The verified client certificate's name, when there is one.
-    pub cert: Option<String>,
+    pub cert: Option<&'h str>,
     pub key: Option<(ClientKey, Option<Limit>)>,
 }
 
-impl Caller {
+impl<'h> Caller<'h> {
     /// The request's client and certificate, with the credential headers and budget given.
-    fn of(ctx: &Ctx<'_>, credentials: HeaderMap, key: Option<(ClientKey, Option<Limit>)>) -> Caller {
-        Caller { client: ctx.client, credentials, cert: ctx.conn.client_cert.get().map(|c| c.name.clone()), key }
+    fn of(ctx: &Ctx<'h>, credentials: &'h HeaderMap, key: Option<(ClientKey, Option<Limit>)>) -> Caller<'h> {
+        Caller { client: ctx.client, credentials, cert: ctx.conn.client_cert.get().map(|c| c.name.as_str()), key }
     }
 }
 
@@ -83,7 +84,7 @@ pub(super) struct Judged {
     pub unsubscribes: u32,
 }
 
-type Refused = (GatewayError, Option<Box<RawValue>>);
+type Refused = (GatewayError, Option<Box<str>>);
 
 impl Judge {
     pub fn new(config: Arc<Config>, limits: &super::Limiters, heads: Arc<crate::health::Checkpoints>) -> Judge {
@@ -99,13 +100,13 @@ impl Judge {
 
     /// Judges the call(s) in `body` for `caller`; the refusal carries the call's id. `ws`: count
     /// the subscriptions it opens and closes (a WebSocket's message).
-    pub fn judge(&self, body: &[u8], caller: &mut Caller, ws: bool) -> Result<Judged, Refused> {
+    pub fn judge(&self, body: &[u8], caller: &mut Caller<'_>, ws: bool) -> Result<Judged, Refused> {
         // iota-node refuses batches itself; refusing them here costs the node nothing.
         let max_batch = match self.config.gateway.profile {
             Profile::IotaRebased => 0,
             _ => self.config.gateway.max_batch,
         };
-        let owned = |id: Option<&RawValue>| id.map(|i| i.to_owned());
+        let owned = |id: Option<&str>| id.map(Box::from);
         let envelope = match jsonrpc::parse(body, max_batch) {
             Ok(e) => e,
             Err((why, id)) => return Err((GatewayError::Rpc(why), owned(id))),
@@ -118,7 +119,7 @@ impl Judge {
     }
 
     /// A gRPC call: its path is the method.
-    pub fn judge_method(&self, method: &str, caller: &mut Caller) -> Result<Judged, GatewayError> {
+    pub fn judge_method(&self, method: &str, caller: &mut Caller<'_>) -> Result<Judged, GatewayError> {
         let call = jsonrpc::Call { method: std::borrow::Cow::Borrowed(method), id: None };
         self.judge_calls(b"", std::slice::from_ref(&call), caller, false)
     }
@@ -127,14 +128,17 @@ impl Judge {
         &self,
         body: &[u8],
         calls: &[jsonrpc::Call<'_>],
-        caller: &mut Caller,
+        caller: &mut Caller<'_>,
         ws: bool,
     ) -> Result<Judged, GatewayError> {
         let mut needed = Access::Public;
         let mut cost = 0u32;
         let (mut subscribes, mut unsubscribes) = (0, 0);
+        // The first call's rule is kept for the rates below (most requests are one call).
+        let mut first = None;
         for call in calls {
             let rule = self.config.methods.decide(&call.method).ok_or(GatewayError::MethodNotExposed)?;
+            first.get_or_insert(rule);
             match rule.access {
                 Access::Deny => return Err(GatewayError::MethodNotExposed),
                 Access::Admin => needed = Access::Admin,
@@ -160,8 +164,9 @@ impl Judge {
             return Ok(Judged { rate_state: None, subscribes, unsubscribes });
         };
         // The methods' own rates, then the client's budget at the calls' cost.
-        for call in calls {
-            let Some(rule) = self.config.methods.decide(&call.method) else { continue };
+        for (n, call) in calls.iter().enumerate() {
+            let rule = if n == 0 { first } else { self.config.methods.decide(&call.method) };
+            let Some(rule) = rule else { continue };
             if let (Some(i), Some(limit)) = (rule.limiter, rule.limit)
                 && let Some(limiter) = self.methods.get(i)
                 && let Decision::Reject { retry_after } = limiter.check(&key, limit, 1)
@@ -183,16 +188,16 @@ impl Judge {
     }
 
     /// A method that needs a credential: the one the request carried, or its client certificate.
-    fn authorize(&self, needed: Access, caller: &mut Caller) -> Result<(), GatewayError> {
+    fn authorize(&self, needed: Access, caller: &mut Caller<'_>) -> Result<(), GatewayError> {
         super::limits::address_exhausted(self.refusals_limiter.as_ref(), self.config.rate_limit, caller.client)?;
-        match auth::authorize(&self.config.api_keys, &self.config.jwts, &caller.credentials, needed) {
+        match auth::authorize(&self.config.api_keys, &self.config.jwts, caller.credentials, needed) {
             Verdict::Allowed { key, api_key } => {
                 caller.key = Some((key, api_key.and_then(|k| k.limit)));
                 Ok(())
             }
             Verdict::Unauthenticated => match &caller.cert {
                 Some(name) if auth::opens(super::cert_roles(&self.config), needed) => {
-                    caller.key = Some((ClientKey::Cert(name.clone()), None));
+                    caller.key = Some((ClientKey::Cert(name.to_string()), None));
                     Ok(())
                 }
                 Some(_) => Err(GatewayError::CredentialNotEnough),
@@ -278,11 +283,10 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 }
 
 impl Proxy {
-    /// Judges the call(s) in the body of an HTTP request.
-    pub(super) fn judge_rpc(&self, body: &[u8], ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
-        let credentials = ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default();
+    /// Judges the call(s) in the body of an HTTP request, with its credential headers.
+    pub(super) fn judge_rpc(&self, body: &[u8], headers: &HeaderMap, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         let key = ctx.client_key.take();
-        let mut caller = Caller::of(ctx, credentials, key);
+        let mut caller = Caller::of(ctx, headers, key);
         let judged = self.judge.judge(body, &mut caller, false);
         ctx.client_key = caller.key;
         match judged {
@@ -291,8 +295,8 @@ impl Proxy {
                 Ok(())
             }
             Err((err, id)) => {
-                if let Some(rpc) = ctx.rpc.as_mut() {
-                    rpc.id = id;
+                if id.is_some() {
+                    ctx.rpc.get_or_insert_with(Box::default).id = id;
                 }
                 Err(err)
             }
@@ -307,7 +311,7 @@ impl Proxy {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), GatewayError> {
         let key = ctx.client_key.take();
-        let mut caller = Caller::of(ctx, auth::credentials(req.headers()), key);
+        let mut caller = Caller::of(ctx, req.headers(), key);
         let judged = self.judge.judge_method(path, &mut caller);
         ctx.client_key = caller.key;
         let j = judged?;
@@ -335,11 +339,13 @@ impl Proxy {
         held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let credentials = ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default();
-        let caller = Caller::of(ctx, credentials, ctx.client_key.clone());
         let relay = Relay {
             judge: self.judge.clone(),
             refusals: self.refusals.clone(),
-            caller,
+            client: ctx.client,
+            credentials,
+            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
+            key: ctx.client_key.clone(),
             idle: self.config.gateway.idle_timeout,
             max_message: self.config.gateway.max_body as usize,
         };
@@ -350,7 +356,11 @@ impl Proxy {
 struct Relay {
     judge: Judge,
     refusals: Refusals,
-    caller: Caller,
+    /// Who is calling (see `Caller`): the budget is set once a call needs a credential.
+    client: IpAddr,
+    credentials: HeaderMap,
+    cert: Option<String>,
+    key: Option<(ClientKey, Option<Limit>)>,
     idle: Duration,
     max_message: usize,
 }
@@ -399,7 +409,15 @@ impl Relay {
                 }
                 _ => continue,
             };
-            match self.judge.judge(data, &mut self.caller, true) {
+            let mut caller = Caller {
+                client: self.client,
+                credentials: &self.credentials,
+                cert: self.cert.as_deref(),
+                key: self.key.take(),
+            };
+            let judged = self.judge.judge(data, &mut caller, true);
+            self.key = caller.key;
+            match judged {
                 Ok(j) => {
                     let key = self.key();
                     if j.subscribes > 0 && !self.judge.subscribe(&key, j.subscribes) {
@@ -424,12 +442,12 @@ impl Relay {
                 Err((err, id)) => {
                     let reason = err.refusal_reason();
                     if let Some(reason) = reason {
-                        self.refusals.send(self.caller.client, reason, "(websocket)");
+                        self.refusals.send(self.client, reason, "(websocket)");
                     }
                     // Refusals cost as over HTTP; a client that spent its budget on them is
                     // cut off: a WebSocket is no cheaper place to flood.
                     let over = reason.is_some_and(|r| r != crate::events::RefusalReason::RateLimited)
-                        && self.judge.charge_refusal(self.caller.client);
+                        && self.judge.charge_refusal(self.client);
                     if c.send(Message::text(err.rpc_json(id.as_deref()))).await.is_err() || over {
                         break;
                     }
@@ -444,8 +462,8 @@ impl Relay {
     }
 
     fn key(&self) -> ClientKey {
-        self.caller.key.as_ref().map(|(k, _)| k.clone()).unwrap_or_else(|| {
-            ClientKey::from_ip(self.caller.client, self.judge.config.rate_limit.map_or(64, |r| r.ipv6_prefix))
+        self.key.as_ref().map(|(k, _)| k.clone()).unwrap_or_else(|| {
+            ClientKey::from_ip(self.client, self.judge.config.rate_limit.map_or(64, |r| r.ipv6_prefix))
         })
     }
 }

@@ -7,7 +7,12 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "A simulated IOTA node REST API (chrysalis and stardust) for tests and benchmarks")]
+#[command(
+    version,
+    about = "A simulated IOTA node for tests and benchmarks: Hornet/Bee REST (chrysalis, stardust), iota-node \
+             JSON-RPC (POST /, /json-rpc, /public; WebSocket /subscribe) and gRPC (/iota.grpc.*, h2c), Wasp EVM \
+             JSON-RPC (/v1/chain/evm)"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:14265")]
@@ -30,6 +35,9 @@ struct Args {
     /// Leading zero bits remote PoW must find (each bit doubles the work).
     #[arg(long, default_value_t = 16)]
     pow_difficulty: u32,
+    /// iota-rebased and EVM: checkpoints (blocks) this node stays behind the others, for lag tests.
+    #[arg(long, default_value_t = 0)]
+    lagging: u64,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -51,6 +59,7 @@ fn main() -> std::io::Result<()> {
             pow_difficulty: args.pow_difficulty,
         };
         let node = testnode::TestNode::start(args.listen, options).await?;
+        node.state().checkpoint_lag.store(args.lagging, std::sync::atomic::Ordering::Relaxed);
         println!("testnode {} listening on {}", args.name, node.url());
         tokio::signal::ctrl_c().await?;
         node.kill().await;

@@ -86,7 +86,12 @@ impl ClusterState {
     }
 }
 
-pub fn spawn(config: &Cluster, limiters: Vec<Arc<RateLimiter>>, phase: watch::Receiver<Phase>) -> Arc<ClusterState> {
+/// `limiters`: the rate limiters in force, replaced by a reload.
+pub fn spawn(
+    config: &Cluster,
+    limiters: watch::Receiver<Vec<Arc<RateLimiter>>>,
+    phase: watch::Receiver<Phase>,
+) -> Arc<ClusterState> {
     let state = Arc::new(ClusterState::default());
     // Validated with the config, so this cannot fail here; stay local if it somehow does.
     let client = match redis::Client::open(config.redis.as_str()) {
@@ -116,7 +121,7 @@ pub fn spawn(config: &Cluster, limiters: Vec<Arc<RateLimiter>>, phase: watch::Re
 
 struct Sync {
     conn: ConnectionManager,
-    limiters: Vec<Arc<RateLimiter>>,
+    limiters: watch::Receiver<Vec<Arc<RateLimiter>>>,
     prefix: String,
     timeout: Duration,
     state: Arc<ClusterState>,
@@ -140,7 +145,8 @@ impl Sync {
                 changed = phase.changed() => if changed.is_err() || *phase.borrow() != Phase::Running { return },
             }
             let mut work = Vec::new();
-            for l in &self.limiters {
+            let limiters = self.limiters.borrow_and_update().clone();
+            for l in &limiters {
                 work.extend(l.take_pending().into_iter().map(|p| (l.clone(), p)));
             }
             let mut ok = true;

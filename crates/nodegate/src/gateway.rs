@@ -16,22 +16,38 @@ use crate::{admin, health, listener};
 
 /// A started gateway.
 pub struct Gateway {
-    /// `[upstream]` as the pools use it (with the system's roots loaded when needed).
-    upstream: crate::upstream::Upstream,
     addrs: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
-    config: Arc<Config>,
-    balancer: Arc<Balancer>,
+    reloader: Arc<Reloader>,
     phase: watch::Sender<Phase>,
     /// Every accept loop and connection holds a sender; `recv` returning `None` means all are gone.
     alive: mpsc::Receiver<()>,
-    drain_timeout: std::time::Duration,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
-    tls: Option<Arc<crate::tls::TlsServer>>,
     redirect_addrs: Vec<SocketAddr>,
     refusals: crate::events::Refusals,
+}
+
+/// What a reload changes, shared by SIGHUP (`Gateway::reload`) and the admin API's
+/// `POST /reload`; reloads are applied one at a time.
+pub struct Reloader {
+    /// The config in force.
+    config: std::sync::Mutex<Arc<Config>>,
+    proxy: Arc<Proxy>,
+    balancer: Arc<Balancer>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
     /// iota-rebased: each node's latest checkpoint, for the health checks' lag.
     checkpoints: Arc<health::Checkpoints>,
+    phase: watch::Receiver<Phase>,
+    /// The rate limiters in force, for the cluster sync.
+    limiters: watch::Sender<Vec<Arc<crate::pipeline::rate_limit::RateLimiter>>>,
+}
+
+/// What a reload did: the sections whose changes are in force, and the changed settings that
+/// take a restart, by name (`gateway.listen`, `admin`, ...).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Reloaded {
+    pub applied: Vec<&'static str>,
+    pub restart_needed: Vec<&'static str>,
 }
 
 impl Gateway {
@@ -51,7 +67,7 @@ impl Gateway {
         });
         let checkpoints = Arc::new(health::Checkpoints::default());
         let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone(), checkpoints.clone()));
-        let refusals = proxy.refusals().clone();
+        let refusals = proxy.refusals();
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {
             for node in balancer.nodes().iter() {
@@ -64,8 +80,8 @@ impl Gateway {
                 );
             }
         }
-        let cluster =
-            config.cluster.as_ref().map(|c| crate::cluster::spawn(c, proxy.limiters().all(), phase.subscribe()));
+        let (limiters, limiters_rx) = watch::channel(proxy.limiters());
+        let cluster = config.cluster.as_ref().map(|c| crate::cluster::spawn(c, limiters_rx, phase.subscribe()));
         // Every accept loop, connection and state-keeping task holds a sender; shutdown waits for
         // them all.
         let (alive_tx, alive) = mpsc::channel::<()>(1);
@@ -82,8 +98,7 @@ impl Gateway {
             b.ignore =
                 b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
             let rails = Arc::new(crate::bans::rails::Rails::new(b.ignore.clone(), b.ssh_ports.clone()));
-            ban_admin.jails =
-                crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), proxy.refusals(), &phase, &alive_tx);
+            ban_admin.jails = crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), &refusals, &phase, &alive_tx);
             if let Some(c) = &config.cluster {
                 crate::bans::share::spawn(&c.redis, &c.key_prefix, bans.clone(), rails.clone(), phase.subscribe());
             }
@@ -92,12 +107,6 @@ impl Gateway {
                 ban_admin.firewall = Some(crate::bans::nft::spawn(bans.clone(), b.verify_interval, phase.subscribe()));
             }
         }
-        let admin = match config.admin {
-            Some(addr) => {
-                Some(admin::start(addr, balancer.clone(), cluster.clone(), ban_admin, phase.subscribe()).await?)
-            }
-            None => None,
-        };
         let tls = match &config.tls {
             Some(t) => {
                 let server = crate::tls::TlsServer::new(t).map_err(io::Error::other)?;
@@ -109,28 +118,28 @@ impl Gateway {
             }
             None => None,
         };
-        let bound = listener::bind_all(&config, proxy, bans.clone(), tls.as_deref(), &phase, alive_tx).await?;
+        let bound = listener::bind_all(&config, proxy.clone(), bans.clone(), tls.as_deref(), &phase, alive_tx).await?;
         if let (Some(acme), Some(server)) = (config.tls.as_ref().and_then(|t| t.acme.clone()), &tls) {
             let responders = crate::tls::acme::Responders { tls: server.resolver.clone(), http: bound.http01.clone() };
             crate::tls::acme::spawn(acme, responders, phase.subscribe());
         }
         let (addrs, redirect_addrs) = (bound.addrs, bound.redirect_addrs);
-        let drain_timeout = config.gateway.drain_timeout;
-        Ok(Gateway {
-            upstream,
-            addrs,
-            redirect_addrs,
-            admin,
-            config,
-            balancer,
-            phase,
-            alive,
-            drain_timeout,
-            cluster,
+        let reloader = Arc::new(Reloader {
+            config: std::sync::Mutex::new(config.clone()),
+            proxy,
+            balancer: balancer.clone(),
             tls,
-            refusals,
             checkpoints,
-        })
+            phase: phase.subscribe(),
+            limiters,
+        });
+        let admin = match config.admin {
+            Some(addr) => Some(
+                admin::start(addr, balancer, cluster.clone(), ban_admin, reloader.clone(), phase.subscribe()).await?,
+            ),
+            None => None,
+        };
+        Ok(Gateway { addrs, redirect_addrs, admin, reloader, phase, alive, cluster, refusals })
     }
 
     /// The bound addresses: `[gateway] listen`, then `listen_proxy_protocol`, then
@@ -146,50 +155,22 @@ impl Gateway {
 
     /// Loads the TLS certificate files again now (as SIGHUP does); an error keeps the old ones.
     pub fn reload_certificates(&self) -> Result<(), String> {
-        match &self.tls {
-            Some(t) => t.reload(),
-            None => Ok(()),
-        }
+        self.reloader.reload_certificates()
     }
 
-    /// Applies a new config's `[[node]]` list without dropping anything in flight: nodes are added,
-    /// removed or re-weighted (see `Balancer::reload`). Other sections take a restart; a change to
-    /// them is reported as a warning and left alone.
-    pub fn reload(&self, new: &Config) {
-        if let Err(e) = self.reload_certificates() {
-            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
-        }
-        let upstream = match self.upstream.ready(https_nodes(&new.nodes)) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: the system's root certificates for https:// nodes did not load");
-                return;
-            }
-        };
-        let changes = self.balancer.reload(&new.nodes, &upstream);
-        if self.config.health.active {
-            for node in &changes.added {
-                health::spawn(
-                    node.clone(),
-                    self.config.gateway.profile,
-                    self.config.health.clone(),
-                    self.checkpoints.clone(),
-                    self.phase.subscribe(),
-                );
-            }
-        }
-        let added: Vec<&str> = changes.added.iter().map(|n| &*n.name).collect();
-        tracing::info!(?added, removed = ?changes.removed, kept = ?changes.kept, "nodes reloaded");
-        let old = &self.config;
-        if new.gateway.listen != old.gateway.listen
-            || new.gateway.profile != old.gateway.profile
-            || new.admin != old.admin
-            || new.cluster != old.cluster
-            || format!("{:?}{:?}{:?}{:?}", new.upstream, new.health, new.log, new.rate_limit)
-                != format!("{:?}{:?}{:?}{:?}", old.upstream, old.health, old.log, old.rate_limit)
-        {
-            tracing::warn!("reload applies [[node]] changes only; other changed settings take a restart");
-        }
+    /// Applies a new config (see `Reloader::apply`).
+    pub fn reload(&self, new: Config) -> Result<Reloaded, String> {
+        self.reloader.apply(new)
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.reloader.config()
+    }
+
+    /// What reloads go through (SIGHUP, the admin API).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Whether Redis answered the last limit sync: `"unknown"`, `"up"` or `"down"`; `None`
@@ -212,9 +193,10 @@ impl Gateway {
     /// whatever is left. Returns once every connection is gone.
     pub async fn shutdown(mut self) {
         self.phase.send_replace(Phase::Draining);
-        let drained = tokio::time::timeout(self.drain_timeout, self.alive.recv()).await.is_ok();
+        let timeout = self.reloader.config().gateway.drain_timeout;
+        let drained = tokio::time::timeout(timeout, self.alive.recv()).await.is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; closing remaining connections");
+            tracing::warn!(?timeout, "drain timeout passed; closing remaining connections");
             self.phase.send_replace(Phase::Stopped);
             self.alive.recv().await;
         }
@@ -224,4 +206,136 @@ impl Gateway {
 
 fn https_nodes(nodes: &[crate::balancer::NodeSettings]) -> bool {
     nodes.iter().any(|n| n.scheme == http::uri::Scheme::HTTPS)
+}
+
+impl Reloader {
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads the TLS certificate files again now; an error keeps the old ones.
+    pub fn reload_certificates(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the config file the running config came from again and applies it (the admin API's
+    /// `POST /reload`, SIGHUP). A file that does not load changes nothing; the error names its
+    /// file, line and column.
+    pub fn reload_file(&self) -> Result<Reloaded, String> {
+        let Some(path) = self.config().source.clone() else {
+            return Err("the running config was not read from a file: nothing to reload".into());
+        };
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        self.apply(new)
+    }
+
+    /// Puts a new config in force without dropping anything in flight: the request pipeline
+    /// (access lists, routes, methods, API keys, JWT issuers, rate limits, trusted proxies, body
+    /// and time limits, the access log switch) is swapped whole, so the next request on any
+    /// connection is judged by the new rules; nodes are added, removed or re-weighted (see
+    /// `Balancer::reload`); TLS certificate files are read again. Settings that need new
+    /// listeners or tasks are left as they are and named in `restart_needed`.
+    pub fn apply(&self, new: Config) -> Result<Reloaded, String> {
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let old = current.clone();
+        let upstream = new
+            .upstream
+            .ready(https_nodes(&new.nodes))
+            .map_err(|e| format!("the system's root certificates for https:// nodes did not load: {e}"))?;
+        let report = changes(&old, &new);
+        let mut new = new;
+        if new.source.is_none() {
+            new.source = old.source.clone();
+        }
+        let new = Arc::new(new);
+        if let Err(e) = self.reload_certificates() {
+            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
+        }
+        let nodes = self.balancer.reload(&new.nodes, &upstream);
+        if old.health.active {
+            for node in &nodes.added {
+                health::spawn(
+                    node.clone(),
+                    old.gateway.profile,
+                    old.health.clone(),
+                    self.checkpoints.clone(),
+                    self.phase.clone(),
+                );
+            }
+        }
+        self.proxy.reload(new.clone());
+        self.limiters.send_replace(self.proxy.limiters());
+        *current = new;
+        let added: Vec<&str> = nodes.added.iter().map(|n| &*n.name).collect();
+        tracing::info!(applied = ?report.applied, ?added, removed = ?nodes.removed, "config reloaded");
+        if !report.restart_needed.is_empty() {
+            tracing::warn!(settings = ?report.restart_needed, "changed settings that take a restart are left as they are");
+        }
+        Ok(report)
+    }
+}
+
+/// Which sections differ between `old` and `new`, split into what a reload applies and what
+/// takes a restart.
+fn changes(old: &Config, new: &Config) -> Reloaded {
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let (o, n) = (&old.gateway, &new.gateway);
+    let mut r = Reloaded::default();
+    let applied = [
+        ("node", differs(&old.nodes, &new.nodes)),
+        ("access", old.access != new.access),
+        ("route", differs(&old.routes, &new.routes)),
+        ("method", old.methods != new.methods),
+        ("api_key", differs(&old.api_keys, &new.api_keys)),
+        ("jwt", old.jwts != new.jwts),
+        ("rate_limit", old.rate_limit != new.rate_limit),
+        ("gateway.trusted_proxies", o.trusted_proxies != n.trusted_proxies),
+        ("gateway.client_ip_header", differs(&o.client_ip_header, &n.client_ip_header)),
+        (
+            "gateway (body, time and per-client limits)",
+            differs(
+                &(o.allow_encoded_percent, o.max_body, o.header_timeout, o.idle_timeout, o.drain_timeout),
+                &(n.allow_encoded_percent, n.max_body, n.header_timeout, n.idle_timeout, n.drain_timeout),
+            ) || differs(
+                &(o.max_in_flight_per_client, o.body_timeout, o.min_body_rate, o.request_buffer, o.send_timeout),
+                &(n.max_in_flight_per_client, n.body_timeout, n.min_body_rate, n.request_buffer, n.send_timeout),
+            ) || differs(
+                &(o.max_batch, o.max_logs_range, o.max_subscriptions_per_client, o.max_streams_per_client),
+                &(n.max_batch, n.max_logs_range, n.max_subscriptions_per_client, n.max_streams_per_client),
+            ),
+        ),
+        ("log.access", old.log.access != new.log.access),
+        ("upstream (timeouts)", differs(&old.upstream, &new.upstream)),
+    ];
+    r.applied = applied.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
+    // hyper's own cap on a request head is twice `max_header_size` as it was at start.
+    let head_cap = o.max_header_size.saturating_mul(2).max(8192);
+    let restart = [
+        ("gateway.listen", o.listen != n.listen),
+        ("gateway.listen_proxy_protocol", o.listen_proxy_protocol != n.listen_proxy_protocol),
+        ("gateway.listen_http", o.listen_http != n.listen_http),
+        ("gateway.workers", o.workers != n.workers),
+        ("gateway.profile", o.profile != n.profile),
+        ("gateway.max_connections", o.max_connections != n.max_connections),
+        ("gateway.max_connections_per_client", o.max_connections_per_client != n.max_connections_per_client),
+        ("gateway.max_header_size", n.max_header_size > head_cap),
+        ("gateway.h2_max_concurrent_streams", o.h2_max_concurrent_streams != n.h2_max_concurrent_streams),
+        ("admin", old.admin != new.admin),
+        ("cluster", old.cluster != new.cluster),
+        ("health", differs(&old.health, &new.health)),
+        ("tls", differs(&old.tls, &new.tls)),
+        ("log (level, format)", old.log.level != new.log.level || differs(&old.log.format, &new.log.format)),
+        ("bans", differs(&old.bans, &new.bans)),
+    ];
+    r.restart_needed = restart.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
+    if o.max_header_size != n.max_header_size && n.max_header_size <= head_cap {
+        r.applied.push("gateway.max_header_size");
+    }
+    r
 }

@@ -358,7 +358,7 @@ key = \"{}\"",
             };
             logging::init(&config.log);
             let workers = config.gateway.workers;
-            runtime(workers).block_on(run(config, path))
+            runtime(workers).block_on(run(config))
         }
         Command::Demo { listen, seconds, profile } => {
             logging::init(&nodegate::config::Log { format: Default::default(), access: true, level: "info".into() });
@@ -461,7 +461,7 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     b.enable_all().build().expect("cannot start the tokio runtime")
 }
 
-async fn run(config: Config, path: PathBuf) -> ExitCode {
+async fn run(config: Config) -> ExitCode {
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -480,10 +480,13 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            Some(()) = reloads.recv() => match Config::load(&path) {
-                Ok(new) => gateway.reload(&new),
-                Err(e) => tracing::error!("reload refused, keeping the running config: {e}"),
-            },
+            Some(()) = reloads.recv() => {
+                // The file read off the workers; success is logged by the reload itself.
+                let reloader = gateway.reloader();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reloader.reload_file()).await {
+                    tracing::error!("reload refused, keeping the running config: {e}");
+                }
+            }
         }
     }
     tracing::info!("shutting down: draining in-flight requests");

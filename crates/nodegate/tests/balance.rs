@@ -189,7 +189,7 @@ async fn nodes_are_added_removed_and_reweighted_on_reload_without_failed_request
     let g = addr(&gw);
     let running = tokio::spawn(async move { load(g, "/api/v1/info", 1500, 8).await });
     eventually(async || a.state().requests.load(Relaxed) > 100).await;
-    gw.reload(&config(&[(&b, "b", 3), (&c, "c", 1)]));
+    gw.reload(config(&[(&b, "b", 3), (&c, "c", 1)])).unwrap();
     assert_eq!(running.await.unwrap(), 0, "requests failed across the reload");
 
     let before_a = a.state().requests.load(Relaxed);

@@ -423,7 +423,7 @@ async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
     // Now node a is replaced by node b.
     write(&[b.url()]);
     hup();
-    assert!(gw.log_lines_until(|l| l.contains("nodes reloaded")).is_some());
+    assert!(gw.log_lines_until(|l| l.contains("config reloaded")).is_some());
     let before = a.state().requests.load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..20 {
         assert_eq!(get(gw.addr, "/api/v1/info").await.status, 200);

@@ -1,6 +1,8 @@
 //! The admin listener (`[admin] listen`; configure it on loopback): `GET /status` shows what the
 //! gateway knows of each node, whether Redis answers when limits are shared (`[cluster]`), the
-//! access log lines dropped and the bans in force; `/bans` manages bans (see `bans`).
+//! access log lines dropped and the bans in force; `/bans` manages bans (see `bans`);
+//! `POST /reload` reads the config file again and applies it, as SIGHUP does, and answers what
+//! it applied, what takes a restart, or why the file was refused (its file, line and column).
 
 use std::convert::Infallible;
 use std::io;
@@ -31,6 +33,7 @@ pub async fn start(
     balancer: Arc<Balancer>,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
     bans: BanAdmin,
+    reloader: Arc<crate::gateway::Reloader>,
     mut phase: watch::Receiver<Phase>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -38,7 +41,7 @@ pub async fn start(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "admin listening");
-    let admin = Arc::new(Admin { balancer, cluster, bans });
+    let admin = Arc::new(Admin { balancer, cluster, bans, reloader });
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -63,6 +66,7 @@ struct Admin {
     balancer: Arc<Balancer>,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
     bans: BanAdmin,
+    reloader: Arc<crate::gateway::Reloader>,
 }
 
 /// The largest request body the admin API reads.
@@ -94,7 +98,24 @@ impl Admin {
                 }
                 bans::json(StatusCode::OK, &body)
             }
-            _ => json_error(StatusCode::NOT_FOUND, "admin routes: GET /status, GET|POST /bans, GET|DELETE /bans/ADDR"),
+            (&Method::POST, "/reload") => {
+                if !peer.ip().to_canonical().is_loopback() {
+                    return json_error(StatusCode::FORBIDDEN, "reloads are accepted from loopback only");
+                }
+                let reloader = self.reloader.clone();
+                // File reads off the workers; one reload at a time (the reloader's lock).
+                match tokio::task::spawn_blocking(move || reloader.reload_file()).await {
+                    Ok(Ok(done)) => bans::json(StatusCode::OK, &serde_json::json!(done)),
+                    Ok(Err(why)) => {
+                        json_error(StatusCode::BAD_REQUEST, &format!("reload refused, the running config stays: {why}"))
+                    }
+                    Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
+                }
+            }
+            _ => json_error(
+                StatusCode::NOT_FOUND,
+                "admin routes: GET /status, POST /reload, GET|POST /bans, GET|DELETE /bans/ADDR",
+            ),
         }
     }
 }

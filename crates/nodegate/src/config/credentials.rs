@@ -13,13 +13,14 @@ pub(super) fn jwts(raw_jwts: &[raw::RawJwt], at: &Locator) -> Result<Vec<JwtKey>
                 at.error(j.algorithm.span(), key(field), format!("{} needs `{field}`", j.algorithm.get_ref()))
             })
         };
-        let (algorithm, decoding) = match j.algorithm.get_ref().as_str() {
+        let (algorithm, decoding, material) = match j.algorithm.get_ref().as_str() {
             "HS256" => {
                 let secret = need("secret", j.secret.as_ref())?;
                 if secret.get_ref().len() < 32 {
                     return Err(at.error(secret.span(), key("secret"), "an HS256 secret needs at least 32 bytes"));
                 }
-                (jsonwebtoken::Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(secret.get_ref().as_bytes()))
+                let bytes = secret.get_ref().as_bytes();
+                (jsonwebtoken::Algorithm::HS256, jsonwebtoken::DecodingKey::from_secret(bytes), bytes.to_vec())
             }
             "EdDSA" => {
                 let path = need("public_key", j.public_key.as_ref())?;
@@ -33,7 +34,7 @@ pub(super) fn jwts(raw_jwts: &[raw::RawJwt], at: &Locator) -> Result<Vec<JwtKey>
                         format!("`{}` is not an Ed25519 public key in PEM: {e}", path.get_ref()),
                     )
                 })?;
-                (jsonwebtoken::Algorithm::EdDSA, decoding)
+                (jsonwebtoken::Algorithm::EdDSA, decoding, pem)
             }
             other => {
                 return Err(at.error(
@@ -47,6 +48,7 @@ pub(super) fn jwts(raw_jwts: &[raw::RawJwt], at: &Locator) -> Result<Vec<JwtKey>
             j.name.get_ref().clone(),
             algorithm,
             decoding,
+            &material,
             j.issuer.as_deref(),
             j.audience.as_deref(),
         ));

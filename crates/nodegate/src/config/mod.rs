@@ -60,6 +60,8 @@ pub struct Config {
     pub firewall: FirewallSettings,
     /// `[bans]` with its `[[jail]]`s; none without a `[[jail]]`.
     pub bans: Option<crate::bans::engine::Bans>,
+    /// The file this was read from (`Config::load`), which a reload reads again.
+    pub source: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +174,9 @@ impl Config {
             key: None,
             message: format!("cannot read config file: {e}"),
         })?;
-        Config::parse(&src, &file)
+        let mut config = Config::parse(&src, &file)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text; `file` is only used in error messages.
@@ -398,6 +402,7 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
     let bans = bans::bans(raw.bans, raw.jail, at)?;
     let firewall = firewall::firewall(raw.firewall, at)?;
     let config = Config {
+        source: None,
         firewall,
         access,
         routes,

@@ -109,7 +109,7 @@ pub(super) async fn serve(
     let mut client_slot = None;
     if proxy_protocol {
         // Only a trusted balancer may say who the client is; anyone else is cut off.
-        if !proxy.trusted_proxies().contains(peer.ip()) {
+        if !proxy.trusts(peer.ip()) {
             tracing::debug!(%peer, "PROXY listener: connection from an untrusted peer closed");
             return;
         }

@@ -37,17 +37,22 @@ pub struct JwtKey {
     pub algorithm: jsonwebtoken::Algorithm,
     pub key: jsonwebtoken::DecodingKey,
     pub validation: jsonwebtoken::Validation,
+    /// SHA-256 over everything that decides which tokens pass (name, algorithm, key material,
+    /// issuer, audience): two issuers are the same only if this is, so a rotated secret is a
+    /// change a reload sees.
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JwtKey({}, {:?})", self.name, self.algorithm)
+        let short: String = self.fingerprint[..4].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "JwtKey({}, {:?}, {short})", self.name, self.algorithm)
     }
 }
 
 impl PartialEq for JwtKey {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.algorithm == other.algorithm
+        self.fingerprint == other.fingerprint
     }
 }
 
@@ -56,9 +61,20 @@ impl JwtKey {
         name: String,
         algorithm: jsonwebtoken::Algorithm,
         key: jsonwebtoken::DecodingKey,
+        material: &[u8],
         issuer: Option<&str>,
         audience: Option<&str>,
     ) -> JwtKey {
+        let mut h = Sha256::new();
+        for part in [name.as_bytes(), format!("{algorithm:?}").as_bytes(), material] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        for part in [issuer, audience] {
+            h.update(part.map_or([0].as_slice(), |p| p.as_bytes()));
+            h.update([0xff]);
+        }
+        let fingerprint = h.finalize().into();
         let mut validation = jsonwebtoken::Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.validate_nbf = true;
@@ -71,7 +87,7 @@ impl JwtKey {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        JwtKey { name, algorithm, key, validation }
+        JwtKey { name, algorithm, key, validation, fingerprint }
     }
 }
 

@@ -235,6 +235,11 @@ impl MethodPolicy {
         self.limiters
     }
 
+    /// The configured rules, then the profile's defaults.
+    pub fn all(&self) -> impl Iterator<Item = &MethodRule> {
+        self.rules.iter().chain(&self.defaults)
+    }
+
     pub fn rules(&self) -> &[MethodRule] {
         &self.rules
     }

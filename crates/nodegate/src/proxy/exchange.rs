@@ -8,7 +8,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Incoming};
 
-use super::{Ctx, Prepared, Proxy};
+use super::{Ctx, Pipeline, Prepared};
 use crate::balancer::{InFlight, Node};
 use crate::body::{ProxyBody, Stall};
 use crate::error::GatewayError;
@@ -23,7 +23,7 @@ enum Answer {
     Buffered(Response<bytes::Bytes>),
 }
 
-impl Proxy {
+impl Pipeline {
     /// Prepares the request (`prepare`, `read_first`), then exchanges it with a node.
     pub(super) async fn forward(
         &self,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Response;
 
-use super::{Ctx, Proxy};
+use super::{Ctx, Pipeline};
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -49,6 +49,46 @@ impl Limiters {
         }
     }
 
+    /// The limiters for `new`, a reloaded config: a limiter whose limit is the same as in `old`
+    /// is kept, with every client's state in it (a reload is no fresh allowance); one whose
+    /// limit changed starts afresh, as do new ones.
+    pub(super) fn renewed(&self, old: &Config, new: &Config) -> Limiters {
+        let mut fresh = Limiters::new(new);
+        // A table is kept only where it is made the same way (size, shared or not).
+        let table = |c: &Config| (c.rate_limit.map_or(100_000, |r| r.max_clients), c.cluster.is_some());
+        if table(old) != table(new) {
+            return fresh;
+        }
+        let rule_of =
+            |c: &Config, i: usize| c.methods.all().find(|r| r.limiter == Some(i)).map(|r| (r.pattern.clone(), r.limit));
+        for (i, made) in fresh.methods.iter_mut().enumerate() {
+            if let Some(kept) = self.methods.get(i)
+                && rule_of(old, i).is_some()
+                && rule_of(old, i) == rule_of(new, i)
+            {
+                *made = kept.clone();
+            }
+        }
+        let (Some(o), Some(n)) = (old.rate_limit, new.rate_limit) else { return fresh };
+        let keep = |same: bool, kept: &Option<Arc<RateLimiter>>, made: &mut Option<Arc<RateLimiter>>| {
+            if same && kept.is_some() && made.is_some() {
+                made.clone_from(kept);
+            }
+        };
+        keep(o.limit == n.limit, &self.client, &mut fresh.client);
+        keep(o.limit == n.limit, &self.refusals, &mut fresh.refusals);
+        keep(o.pow == n.pow, &self.pow, &mut fresh.pow);
+        let old_rules = old.routes.rules();
+        for (rule, made) in new.routes.rules().iter().zip(fresh.routes.iter_mut()) {
+            // The same route (same place, pattern and limit) keeps its limiter, under its name.
+            let same = old_rules.get(rule.id).is_some_and(|r| r.pattern == rule.pattern && r.limit == rule.limit);
+            if let Some(kept) = self.routes.get(rule.id) {
+                keep(same, kept, made);
+            }
+        }
+        fresh
+    }
+
     /// All of them, for the cluster sync.
     pub fn all(&self) -> Vec<Arc<RateLimiter>> {
         self.client
@@ -62,7 +102,7 @@ impl Limiters {
     }
 }
 
-impl Proxy {
+impl Pipeline {
     /// The route's own limit, then the client's (with the route's cost), then the in-flight cap.
     /// Keeps the tighter limit's state for the `RateLimit` headers.
     pub(super) fn limit(&self, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {

@@ -44,7 +44,65 @@ use crate::pipeline::rate_limit::{ClientKey, Limit, LimitPolicy};
 use crate::pipeline::route_policy::{Access, Rule};
 use crate::profile;
 
+/// The running proxy: the [`Pipeline`] built from the config in force, swapped whole by a reload.
+/// A request takes the pipeline in force when it starts and keeps it to its end; the next request,
+/// on any connection (those open before the reload too), gets the new one. A key revoked by a
+/// reload is refused from the next request on.
 pub struct Proxy {
+    current: arc_swap::ArcSwap<Pipeline>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: Arc<Config>,
+        balancer: Arc<Balancer>,
+        bans: Arc<crate::bans::list::BanList>,
+        heads: Arc<crate::health::Checkpoints>,
+    ) -> Proxy {
+        Proxy { current: arc_swap::ArcSwap::from_pointee(Pipeline::new(config, balancer, bans, heads)) }
+    }
+
+    /// Serves one request with the pipeline in force. Never fails: every problem becomes a JSON
+    /// answer. (No future of its own around the pipeline's: that would copy it once more.)
+    #[inline(always)]
+    pub fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        self.current.load_full().handle(req, conn)
+    }
+
+    /// Puts `config`'s pipeline in force, keeping what carries over (see `Pipeline::renewed`).
+    pub fn reload(&self, config: Arc<Config>) {
+        let renewed = self.current.load().renewed(config);
+        self.current.store(Arc::new(renewed));
+    }
+
+    /// Every rate limiter in force, for the cluster sync.
+    pub fn limiters(&self) -> Vec<Arc<crate::pipeline::rate_limit::RateLimiter>> {
+        self.current.load().limits.all()
+    }
+
+    /// Every refusal, as it happens (see `events`); the same channel across reloads.
+    pub fn refusals(&self) -> Refusals {
+        self.current.load().refusals.clone()
+    }
+
+    /// Whether `ip` is a trusted proxy (PROXY protocol headers are read from these only).
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.current.load().config.gateway.trusted_proxies.contains(ip)
+    }
+
+    pub fn timeouts(&self) -> crate::conn::Timeouts {
+        let current = self.current.load();
+        let g = &current.config.gateway;
+        crate::conn::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
+    }
+}
+
+/// Every phase of a request, for one config.
+pub struct Pipeline {
     config: Arc<Config>,
     balancer: Arc<Balancer>,
     passive: Passive,
@@ -103,13 +161,13 @@ struct Prepared {
     submission: bool,
 }
 
-impl Proxy {
+impl Pipeline {
     pub fn new(
         config: Arc<Config>,
         balancer: Arc<Balancer>,
         bans: Arc<crate::bans::list::BanList>,
         heads: Arc<crate::health::Checkpoints>,
-    ) -> Proxy {
+    ) -> Pipeline {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
         let limits = Limiters::new(&config);
         let max = config.gateway.max_in_flight_per_client;
@@ -117,7 +175,7 @@ impl Proxy {
         let client_policy = config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit));
         let judge = rpc::Judge::new(config.clone(), &limits, heads);
         let streams = InFlightCap::new(config.gateway.max_streams_per_client);
-        Proxy {
+        Pipeline {
             config,
             balancer,
             passive,
@@ -131,26 +189,37 @@ impl Proxy {
         }
     }
 
-    pub fn limiters(&self) -> &Limiters {
-        &self.limits
-    }
-
-    /// Every refusal, as it happens (see `events`).
-    pub fn refusals(&self) -> &Refusals {
-        &self.refusals
-    }
-
-    pub fn trusted_proxies(&self) -> &crate::pipeline::ip_set::IpSet {
-        &self.config.gateway.trusted_proxies
-    }
-
-    pub fn timeouts(&self) -> crate::conn::Timeouts {
-        let g = &self.config.gateway;
-        crate::conn::Timeouts { header: g.header_timeout, idle: g.idle_timeout, send: g.send_timeout }
+    /// The pipeline for a reloaded `config`: what is shared across reloads is kept (the nodes,
+    /// bans, the refusal channel, the checkpoints seen, live WebSocket subscriptions and gRPC
+    /// streams), rate limiters whose limit did not change keep every client's state, and caps whose
+    /// size did not change keep their places.
+    fn renewed(&self, config: Arc<Config>) -> Pipeline {
+        let limits = self.limits.renewed(&self.config, &config);
+        let max = config.gateway.max_in_flight_per_client;
+        let in_flight = match &self.in_flight {
+            Some(cap) if cap.max() == max => Some(cap.clone()),
+            _ => (max > 0).then(|| InFlightCap::new(max)),
+        };
+        let streams = match config.gateway.max_streams_per_client {
+            same if same == self.streams.max() => self.streams.clone(),
+            other => InFlightCap::new(other),
+        };
+        Pipeline {
+            passive: Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for },
+            client_policy: config.rate_limit.map(|r| crate::error::policy_header(LimitPolicy::PerClient, r.limit)),
+            judge: self.judge.renewed(config.clone(), &limits),
+            balancer: self.balancer.clone(),
+            refusals: self.refusals.clone(),
+            bans: self.bans.clone(),
+            limits,
+            in_flight,
+            streams,
+            config,
+        }
     }
 
     /// Serves one request. Never fails: every problem becomes a JSON answer.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnState>) -> Response<ProxyBody> {
         let guard = RequestGuard::new(conn.clone());
         let identified = self.identify(&req, &conn);
         let client = *identified.as_ref().unwrap_or_else(|(_, peer)| peer);

@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::{Ctx, Proxy};
+use super::{Ctx, Pipeline};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::Refusals;
@@ -95,6 +95,18 @@ impl Judge {
             methods: limits.methods.clone(),
             heads,
             subscriptions: Arc::default(),
+        }
+    }
+
+    /// The judge for a reloaded config: live subscriptions are kept (they are still open).
+    pub fn renewed(&self, config: Arc<Config>, limits: &super::Limiters) -> Judge {
+        Judge {
+            config,
+            client: limits.client.clone(),
+            refusals_limiter: limits.refusals.clone(),
+            methods: limits.methods.clone(),
+            heads: self.heads.clone(),
+            subscriptions: self.subscriptions.clone(),
         }
     }
 
@@ -282,7 +294,7 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
     hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-impl Proxy {
+impl Pipeline {
     /// Judges the call(s) in the body of an HTTP request, with its credential headers.
     pub(super) fn judge_rpc(&self, body: &[u8], headers: &HeaderMap, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         let key = ctx.client_key.take();

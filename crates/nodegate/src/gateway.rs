@@ -40,6 +40,8 @@ pub struct Reloader {
     phase: watch::Receiver<Phase>,
     /// The rate limiters in force, for the cluster sync.
     limiters: watch::Sender<Vec<Arc<crate::pipeline::rate_limit::RateLimiter>>>,
+    /// The listeners' connection caps.
+    caps: Arc<listener::caps::Caps>,
 }
 
 /// What a reload did: the sections whose changes are in force, and the changed settings that
@@ -132,6 +134,7 @@ impl Gateway {
             checkpoints,
             phase: phase.subscribe(),
             limiters,
+            caps: bound.caps,
         });
         let admin = match config.admin {
             Some(addr) => Some(
@@ -208,6 +211,12 @@ fn https_nodes(nodes: &[crate::balancer::NodeSettings]) -> bool {
     nodes.iter().any(|n| n.scheme == http::uri::Scheme::HTTPS)
 }
 
+impl admin::Reload for Reloader {
+    fn reload_file(&self) -> Result<serde_json::Value, String> {
+        Reloader::reload_file(self).map(|done| serde_json::json!(done))
+    }
+}
+
 impl Reloader {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
@@ -268,6 +277,8 @@ impl Reloader {
             }
         }
         self.proxy.reload(new.clone());
+        let g = &new.gateway;
+        self.caps.update(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
         self.limiters.send_replace(self.proxy.limiters());
         *current = new;
         let added: Vec<&str> = nodes.added.iter().map(|n| &*n.name).collect();
@@ -296,6 +307,8 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
         ("jwt", old.jwts != new.jwts),
         ("rate_limit", old.rate_limit != new.rate_limit),
         ("gateway.trusted_proxies", o.trusted_proxies != n.trusted_proxies),
+        ("gateway.max_connections", o.max_connections != n.max_connections),
+        ("gateway.max_connections_per_client", o.max_connections_per_client != n.max_connections_per_client),
         ("gateway.client_ip_header", differs(&o.client_ip_header, &n.client_ip_header)),
         (
             "gateway (body, time and per-client limits)",
@@ -322,8 +335,6 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
         ("gateway.listen_http", o.listen_http != n.listen_http),
         ("gateway.workers", o.workers != n.workers),
         ("gateway.profile", o.profile != n.profile),
-        ("gateway.max_connections", o.max_connections != n.max_connections),
-        ("gateway.max_connections_per_client", o.max_connections_per_client != n.max_connections_per_client),
         ("gateway.max_header_size", n.max_header_size > head_cap),
         ("gateway.h2_max_concurrent_streams", o.h2_max_concurrent_streams != n.h2_max_concurrent_streams),
         ("admin", old.admin != new.admin),

@@ -239,3 +239,31 @@ async fn reloading_every_100_ms_under_load_fails_no_request() {
     let served = |n: &testnode::TestNode| n.state().requests.load(std::sync::atomic::Ordering::Relaxed);
     assert!(served(&a) > 0 && served(&b) > 0, "both nodes served: {} {}", served(&a), served(&b));
 }
+
+#[tokio::test]
+async fn connection_caps_change_for_connections_accepted_after_a_reload() {
+    let n = node().await;
+    let path = dir("reload-caps");
+    let caps = |per_client: usize| {
+        let text = config_text(
+            &[n.url()],
+            &format!(
+                "max_connections_per_client = {per_client}\n\n[health]\nactive = false\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\naccess = false\n"
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    caps(10);
+    let gw = start(&path).await;
+    let g = addr(&gw);
+    let mut held = [http1(g).await, http1(g).await];
+    let request = b"GET /api/v1/info HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    assert!(raw(g, request, std::time::Duration::from_secs(2)).await.starts_with("HTTP/1.1 200"));
+    caps(2);
+    let (status, done) = reload(&gw).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["applied"], serde_json::json!(["gateway.max_connections_per_client"]), "{done}");
+    // Two are open from this address: a third is closed at accept, the two keep working.
+    assert_eq!(raw(g, request, std::time::Duration::from_secs(2)).await, "");
+    assert_eq!(held[0].send_request(peers(g, "none")).await.unwrap().status(), 401);
+}

@@ -33,7 +33,7 @@ pub async fn start(
     balancer: Arc<Balancer>,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
     bans: BanAdmin,
-    reloader: Arc<crate::gateway::Reloader>,
+    reloader: Arc<dyn Reload>,
     mut phase: watch::Receiver<Phase>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -66,7 +66,14 @@ struct Admin {
     balancer: Arc<Balancer>,
     cluster: Option<Arc<crate::cluster::ClusterState>>,
     bans: BanAdmin,
-    reloader: Arc<crate::gateway::Reloader>,
+    reloader: Arc<dyn Reload>,
+}
+
+/// What `POST /reload` calls: reads the config file again and applies it (the gateway's
+/// reloader; a trait so that this module does not reach back into the one that starts it).
+pub trait Reload: Send + Sync + 'static {
+    /// What was applied and what takes a restart, as JSON; or why the file was refused.
+    fn reload_file(&self) -> Result<serde_json::Value, String>;
 }
 
 /// The largest request body the admin API reads.
@@ -105,7 +112,7 @@ impl Admin {
                 let reloader = self.reloader.clone();
                 // File reads off the workers; one reload at a time (the reloader's lock).
                 match tokio::task::spawn_blocking(move || reloader.reload_file()).await {
-                    Ok(Ok(done)) => bans::json(StatusCode::OK, &serde_json::json!(done)),
+                    Ok(Ok(done)) => bans::json(StatusCode::OK, &done),
                     Ok(Err(why)) => {
                         json_error(StatusCode::BAD_REQUEST, &format!("reload refused, the running config stays: {why}"))
                     }

@@ -1,18 +1,20 @@
 //! Connection caps: at most `max_connections` open client connections in all, and at most
 //! `max_connections_per_client` from one address (trusted proxies exempt: a balancer carries many
 //! clients). A connection over either cap is closed at accept, before any HTTP work. The table
-//! only holds addresses with open connections, so the global cap bounds its size too.
+//! only holds addresses with open connections, so the global cap bounds its size too. A reload
+//! changes the caps and the exempt set for connections accepted from then on (`update`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::pipeline::ip_set::IpSet;
 
 pub struct Caps {
-    total_max: usize,
-    per_client_max: usize,
-    exempt: IpSet,
+    total_max: AtomicUsize,
+    per_client_max: AtomicUsize,
+    exempt: arc_swap::ArcSwap<IpSet>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -27,7 +29,19 @@ pub struct ConnSlot {
 
 impl Caps {
     pub fn new(total_max: usize, per_client_max: usize, exempt: IpSet) -> Arc<Caps> {
-        Arc::new(Caps { total_max, per_client_max, exempt, open: Mutex::new((0, HashMap::new())) })
+        Arc::new(Caps {
+            total_max: AtomicUsize::new(total_max),
+            per_client_max: AtomicUsize::new(per_client_max),
+            exempt: arc_swap::ArcSwap::from_pointee(exempt),
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// New caps from a reload; connections already open stay (a lower cap closes none).
+    pub fn update(&self, total_max: usize, per_client_max: usize, exempt: IpSet) {
+        self.total_max.store(total_max, Relaxed);
+        self.per_client_max.store(per_client_max, Relaxed);
+        self.exempt.store(Arc::new(exempt));
     }
 
     /// A slot for a new connection from `ip`, or `None` when a cap is reached.
@@ -44,11 +58,11 @@ impl Caps {
     fn enter(self: &Arc<Self>, ip: IpAddr, in_total: bool) -> Option<ConnSlot> {
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if in_total && open.0 >= self.total_max {
+        if in_total && open.0 >= self.total_max.load(Relaxed) {
             return None;
         }
         let mine = open.1.get(&ip).copied().unwrap_or(0);
-        if !self.exempt.contains(ip) && mine >= self.per_client_max {
+        if mine >= self.per_client_max.load(Relaxed) && !self.exempt.load().contains(ip) {
             return None;
         }
         if in_total {

@@ -1,7 +1,7 @@
 //! Listeners: bind, accept, serve each connection with HTTP/1.1 or HTTP/2 (h2c prior knowledge), and
 //! drain on shutdown. Connection guards (header-read and idle timeouts) live in [`conn`].
 
-mod caps;
+pub mod caps;
 mod conn;
 pub mod proxy_protocol;
 pub mod redirect;
@@ -26,6 +26,8 @@ pub struct Bound {
     pub addrs: Vec<SocketAddr>,
     pub redirect_addrs: Vec<SocketAddr>,
     pub http01: Arc<crate::tls::acme::Http01Tokens>,
+    /// The connection caps every listener shares, for reloads.
+    pub caps: Arc<caps::Caps>,
 }
 
 /// Binds every listener the config names and serves each with its own accept loop until the
@@ -79,7 +81,7 @@ pub async fn bind_all(
         let conns = Accepted { proxy, builder, proxy_protocol: false, caps, bans, front };
         tokio::spawn(accept_loop(listener, conns, phase.subscribe(), alive.clone()));
     }
-    Ok(Bound { addrs, redirect_addrs, http01: redirect.tokens.clone() })
+    Ok(Bound { addrs, redirect_addrs, http01: redirect.tokens.clone(), caps })
 }
 
 /// Binds and listens. "Address in use" is retried four times, 500 ms apart, as nginx does: right

@@ -2,10 +2,10 @@
 //! only. The body is crossed once by `jsonscan` (structure and depth checked, `params` never
 //! built), each top-level member handed over as it is found, so a request costs no allocation,
 //! however large or deep its params (past 64 levels: a parse error). `parse_reference` reads the
-//! same with serde_json's deserializer; tests hold the two to one answer. The method name is judged as the node will read it:
-//! escapes decoded (`"iota\u005fview"` is `iota_view`), case kept (JSON-RPC names are
-//! case-sensitive). Anything a node could read two ways is refused: duplicate keys, a method that
-//! is not a string, trailing bytes.
+//! same with serde_json's deserializer; tests hold the two to one answer. The method name is
+//! judged as the node will read it: escapes decoded (`"iota\u005fview"` is `iota_view`), case kept
+//! (JSON-RPC names are case-sensitive). Anything a node could read two ways is refused: duplicate
+//! keys, a method that is not a string, trailing bytes.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -104,9 +104,8 @@ impl<'de> Visitor<'de> for Bounded {
 
 const WHY_DEEP: &str = "nested too deep";
 
-/// Reads `body`; batches up to `max_batch` calls (0: batches refused).
-///
-/// Depth: params are walked level by level (`Bounded`), refused past `MAX_DEPTH` levels.
+/// Reads `body`; batches up to `max_batch` calls (0: batches refused). Params nested deeper than
+/// `MAX_DEPTH` levels are a parse error (the scanner counts them as it goes).
 pub fn parse(body: &[u8], max_batch: usize) -> Result<Envelope<'_>, (Invalid, Option<&str>)> {
     use super::jsonscan::{at_end, skip_ws, value};
     let start = skip_ws(body, 0);
@@ -246,55 +245,45 @@ impl<'a> Parts<'a> {
 /// or string serde_json would not read).
 fn envelope(body: &[u8], i: usize) -> Option<(usize, CallResult<'_>)> {
     let mut parts = Parts::new();
-    let end = super::jsonscan::object(body, i, MAX_DEPTH + 1, |key, value| member(body, key, value, &mut parts))?;
+    let end =
+        super::jsonscan::object(body, i, MAX_DEPTH + 1, |key, value| member(body, key, value, &mut parts).is_some())?;
     Some((end, parts.finish()))
 }
 
-/// One member of a call's object into `parts`; false when it is not JSON serde_json would read.
+/// One member of a call's object into `parts`; `None` when it is not JSON serde_json would read.
 fn member<'a>(
     body: &'a [u8],
     key: std::ops::Range<usize>,
     value: std::ops::Range<usize>,
     parts: &mut Parts<'a>,
-) -> bool {
+) -> Option<()> {
     let literal = &body[key];
     // A key without an escape is compared as it is: only the three that matter are read, and
     // whatever else a key holds the node judges (a key serde_json refuses fails there).
     let key: Cow<'_, str> = if literal.contains(&b'\\') {
-        match text(literal) {
-            Some(k) => k,
-            None => return false,
-        }
+        text(literal)?
     } else {
         match &literal[1..literal.len() - 1] {
             b"method" => Cow::Borrowed("method"),
             b"id" => Cow::Borrowed("id"),
             b"jsonrpc" => Cow::Borrowed("jsonrpc"),
-            _ => return true,
+            _ => return Some(()),
         }
     };
     let raw = &body[value];
+    // A string's text, or `None` inside for a value of another type.
     let string = |raw: &'a [u8]| -> Option<Option<Cow<'a, str>>> {
         if raw.first() == Some(&b'"') { text(raw).map(Some) } else { Some(None) }
     };
     match &*key {
-        "method" => match string(raw) {
-            Some(m) => parts.method(m),
-            None => return false,
-        },
-        "id" => match id_text(raw) {
-            Some(id) => parts.id(id),
-            None => return false,
-        },
-        "jsonrpc" => match string(raw) {
-            Some(v) => parts.version(v.is_some_and(|v| v == "2.0")),
-            None => return false,
-        },
+        "method" => parts.method(string(raw)?),
+        "id" => parts.id(id_text(raw)?),
+        "jsonrpc" => parts.version(string(raw)?.is_some_and(|v| v == "2.0")),
         // Strings in other members may hold what serde_json refuses (a control character): the
         // node then refuses the body, which is no second reading of the envelope.
         _ => {}
     }
-    true
+    Some(())
 }
 
 /// An id's JSON text, where serde_json would read it: a number or literal as the scanner checked

@@ -127,26 +127,24 @@ impl Pipeline {
         } else {
             hdr::strip_hop_by_hop(resp.headers_mut());
         }
-        // A gRPC status in the headers is a trailers-only answer; else it comes in the trailers.
-        let trailers_only = ctx.grpc && self.node_refused(resp.headers(), ctx);
+        // A gRPC call's status: in the headers of a trailers-only answer (how gRPC servers answer
+        // a call that fails before any message), judged at once; else in the trailers.
+        let mut tally = None;
+        if ctx.grpc {
+            let t = self.grpc_tally(ctx);
+            if resp.headers().contains_key("grpc-status") {
+                t.judge(resp.headers());
+            } else {
+                tally = Some(t);
+            }
+        }
         let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
         let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
-        if ctx.grpc && !trailers_only {
-            let tally = self.grpc_tally(ctx);
+        if let Some(tally) = tally {
             resp = resp.map(|b| b.on_trailers(Box::new(move |trailers| tally.judge(trailers))));
         }
         self.rate_limit_headers(&mut resp, ctx.rate_state);
         Ok(resp)
-    }
-
-    /// A trailers-only gRPC answer (how gRPC servers answer a call that fails before any
-    /// message) is judged at once; true when the answer is one.
-    fn node_refused(&self, headers: &http::HeaderMap, ctx: &Ctx<'_>) -> bool {
-        if !headers.contains_key("grpc-status") {
-            return false;
-        }
-        self.grpc_tally(ctx).judge(headers);
-        true
     }
 
     /// What judging a gRPC call's final status needs, owned so it can wait for a stream's end.
@@ -203,19 +201,26 @@ impl Pipeline {
                 }
                 Ok(Answer::Stream(resp, Some(lease), in_flight))
             }
-            Ok(Err((e, unsent))) => {
-                tracing::debug!(node = %node.name, error = ?e, "upstream request failed");
-                let err = upstream::classify(&e, &node.name, &self.config.upstream);
-                if err.is_node_fault() {
-                    node.failure(&self.passive);
-                }
-                Err((err, unsent))
-            }
-            Err(_) => {
-                node.failure(&self.passive);
-                Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
-            }
+            Ok(Err((e, unsent))) => Err((self.failed(node, &e), unsent)),
+            Err(_) => Err((self.timed_out(node, timeout), None)),
         }
+    }
+
+    /// An exchange that failed, as the client is told, and counted against the node when it was
+    /// the node's fault.
+    fn failed(&self, node: &Node, e: &upstream::SendError) -> GatewayError {
+        tracing::debug!(node = %node.name, error = ?e, "upstream request failed");
+        let err = upstream::classify(e, &node.name, &self.config.upstream);
+        if err.is_node_fault() {
+            node.failure(&self.passive);
+        }
+        err
+    }
+
+    /// A node that did not answer within `timeout`: its failure, and the client's 504.
+    fn timed_out(&self, node: &Node, timeout: std::time::Duration) -> GatewayError {
+        node.failure(&self.passive);
+        GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }
     }
 
     /// A gRPC call on the node's shared HTTP/2 connection. Never retried: a call may have run.
@@ -242,17 +247,8 @@ impl Pipeline {
                 node.success();
                 Ok(Answer::Stream(resp, None, in_flight))
             }
-            Ok(Err(e)) => {
-                let err = upstream::classify(&e, &node.name, &self.config.upstream);
-                if err.is_node_fault() {
-                    node.failure(&self.passive);
-                }
-                Err((err, None))
-            }
-            Err(_) => {
-                node.failure(&self.passive);
-                Err((GatewayError::NodeResponseTimeout { node: node.name.to_string(), timeout }, None))
-            }
+            Ok(Err(e)) => Err((self.failed(node, &e), None)),
+            Err(_) => Err((self.timed_out(node, timeout), None)),
         }
     }
 

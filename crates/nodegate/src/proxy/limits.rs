@@ -62,9 +62,10 @@ impl Limiters {
         let rule_of =
             |c: &Config, i: usize| c.methods.all().find(|r| r.limiter == Some(i)).map(|r| (r.pattern.clone(), r.limit));
         for (i, made) in fresh.methods.iter_mut().enumerate() {
+            let before = rule_of(old, i);
             if let Some(kept) = self.methods.get(i)
-                && rule_of(old, i).is_some()
-                && rule_of(old, i) == rule_of(new, i)
+                && before.is_some()
+                && before == rule_of(new, i)
             {
                 *made = kept.clone();
             }

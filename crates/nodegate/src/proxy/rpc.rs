@@ -100,14 +100,7 @@ impl Judge {
 
     /// The judge for a reloaded config: live subscriptions are kept (they are still open).
     pub fn renewed(&self, config: Arc<Config>, limits: &super::Limiters) -> Judge {
-        Judge {
-            config,
-            client: limits.client.clone(),
-            refusals_limiter: limits.refusals.clone(),
-            methods: limits.methods.clone(),
-            heads: self.heads.clone(),
-            subscriptions: self.subscriptions.clone(),
-        }
+        Judge { subscriptions: self.subscriptions.clone(), ..Judge::new(config, limits, self.heads.clone()) }
     }
 
     /// Judges the call(s) in `body` for `caller`; the refusal carries the call's id. `ws`: count

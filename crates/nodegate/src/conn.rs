@@ -37,9 +37,50 @@ impl Scheme {
 }
 
 /// Who a verified client certificate says the client is.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub name: String,
+    /// The chain verified at the handshake.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The listener's CA, and the generation of it the chain was verified under.
+    pub trust: std::sync::Arc<crate::tls::Acceptor>,
+    pub generation: u64,
+    /// The later CA generation the chain was verified under again, plus one, shifted left by
+    /// one, with whether it passed in the low bit; 0 = not verified again.
+    rechecked: AtomicU64,
+}
+
+impl ClientIdentity {
+    pub fn new(
+        name: String,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        trust: std::sync::Arc<crate::tls::Acceptor>,
+    ) -> ClientIdentity {
+        let generation = trust.trust.as_ref().map_or(0, |t| t.generation());
+        ClientIdentity { name, chain, trust, generation, rechecked: AtomicU64::new(0) }
+    }
+
+    /// Whether the certificate passes the client CA in force: at once when the CA has not changed
+    /// since the handshake, else verified again (once per CA change).
+    pub fn trusted(&self) -> bool {
+        let Some(trust) = &self.trust.trust else { return true };
+        let now = trust.generation();
+        if now == self.generation {
+            return true;
+        }
+        let seen = self.rechecked.load(Relaxed);
+        if seen >> 1 == now + 1 {
+            return seen & 1 == 1;
+        }
+        let ok = trust.verifies(&self.chain);
+        self.rechecked.store(((now + 1) << 1) | u64::from(ok), Relaxed);
+        ok
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("name", &self.name).field("generation", &self.generation).finish()
+    }
 }
 
 /// What the connection's watchdog and its requests share.
@@ -53,8 +94,8 @@ pub struct ConnState {
     /// On a PROXY protocol listener the PROXY header alone names the client (`peer`): no
     /// forwarding header is read, whoever the balancer names.
     pub proxy_protocol: bool,
-    /// The client certificate's holder, on a `[tls.client_auth]` listener.
-    pub client_cert: std::sync::OnceLock<ClientIdentity>,
+    /// The client certificate's holder, on a `[tls.client_auth]` listener (see `client_cert`).
+    pub(crate) cert: std::sync::OnceLock<ClientIdentity>,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch`, plus one, when an unanswered request head began; 0 = none.
@@ -94,7 +135,7 @@ impl ConnState {
             forwarding: Forwarding::new(peer.ip(), scheme.as_str()),
             scheme,
             proxy_protocol,
-            client_cert: std::sync::OnceLock::new(),
+            cert: std::sync::OnceLock::new(),
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             // A new connection must send its first request head within the header timeout.
@@ -105,6 +146,11 @@ impl ConnState {
             phase,
             alive,
         }
+    }
+
+    /// The verified client certificate's holder, while the client CA in force trusts it.
+    pub fn client_cert(&self) -> Option<&ClientIdentity> {
+        self.cert.get().filter(|id| id.trusted())
     }
 
     fn now_ms(&self) -> u64 {

@@ -256,14 +256,15 @@ impl Reloader {
             .ready(https_nodes(&new.nodes))
             .map_err(|e| format!("the system's root certificates for https:// nodes did not load: {e}"))?;
         let report = changes(&old, &new);
+        // The one part that can still fail goes first, so a failure changes nothing.
+        if let (Some(server), Some(tls)) = (&self.tls, &new.tls) {
+            server.update(tls).map_err(|e| format!("tls: {e}"))?;
+        }
         let mut new = new;
         if new.source.is_none() {
             new.source = old.source.clone();
         }
         let new = Arc::new(new);
-        if let Err(e) = self.reload_certificates() {
-            tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
-        }
         let nodes = self.balancer.reload(&new.nodes, &upstream);
         if old.health.active {
             for node in &nodes.added {
@@ -298,6 +299,13 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
     }
     let (o, n) = (&old.gateway, &new.gateway);
     let mut r = Reloaded::default();
+    // A `[tls]` setting that differs between two configs that both have `[tls]`.
+    fn tls_differs<T: PartialEq>(old: &Config, new: &Config, f: impl Fn(&crate::tls::Tls) -> T) -> bool {
+        match (&old.tls, &new.tls) {
+            (Some(a), Some(b)) => f(a) != f(b),
+            _ => false,
+        }
+    }
     let applied = [
         ("node", differs(&old.nodes, &new.nodes)),
         ("access", old.access != new.access),
@@ -324,6 +332,10 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
             ),
         ),
         ("log.access", old.log.access != new.log.access),
+        (
+            "tls (certificates, client CA, hsts)",
+            tls_differs(old, new, |t| (t.certs.clone(), t.hsts.clone(), t.client_auth.clone())),
+        ),
         ("upstream (timeouts)", differs(&old.upstream, &new.upstream)),
     ];
     r.applied = applied.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
@@ -340,7 +352,10 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
         ("admin", old.admin != new.admin),
         ("cluster", old.cluster != new.cluster),
         ("health", differs(&old.health, &new.health)),
-        ("tls", differs(&old.tls, &new.tls)),
+        ("tls", old.tls.is_some() != new.tls.is_some()),
+        ("tls.acme", old.tls.as_ref().map(|t| &t.acme) != new.tls.as_ref().map(|t| &t.acme)),
+        ("tls.reload_interval", tls_differs(old, new, |t| t.reload_interval)),
+        ("tls.client_auth.listen", tls_differs(old, new, |t| t.client_auth.as_ref().map(|c| c.listen.clone()))),
         ("log (level, format)", old.log.level != new.log.level || differs(&old.log.format, &new.log.format)),
         ("bans", differs(&old.bans, &new.bans)),
     ];

@@ -294,6 +294,66 @@ async fn client_certificates_are_required_verified_and_open_key_routes() {
     assert_eq!(get_over(tls, "/api/v1/tips").await.0, 401);
 }
 
+/// The gateway's config text with `extra`, as `gateway()` builds it (for reloads).
+fn reloaded(urls: &[String], extra: &str) -> nodegate::Config {
+    let text = config_text(urls, &format!("{extra}\n[log]\naccess = false\n"));
+    nodegate::Config::parse(&text, "test.toml").unwrap()
+}
+
+#[tokio::test]
+async fn a_client_ca_and_certificates_changed_by_reload_apply_to_new_handshakes_and_open_connections() {
+    let n = node().await;
+    let server_ca = Ca::new("server CA");
+    let (old_ca, new_ca) = (Ca::new("old client CA"), Ca::new("new client CA"));
+    let dir = temp_dir("tls-reload-ca");
+    let ca_file = write(&dir, "clients.pem", &old_ca.pem());
+    let extra = format!("\n[tls.client_auth]\nca = \"{ca_file}\"\nlisten = [\"127.0.0.1:0\"]\nroles = [\"key\"]\n");
+    let mut text = tls_config(&dir, &server_ca, &[&["a.test"]], &extra);
+    text.push_str("\n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n");
+    let gw = gateway(&[n.url()], &text).await;
+    let mtls = gw.local_addrs()[1];
+    let old_wallet = old_ca.leaf(&["old-wallet"], true);
+    let new_wallet = new_ca.leaf(&["new-wallet"], true);
+    let old_config = client_config(&server_ca.pem(), &[b"h2"], Some(&old_wallet));
+    let new_config = client_config(&server_ca.pem(), &[b"h2"], Some(&new_wallet));
+
+    // An h2 connection with the old CA's certificate, opened before the reload and kept.
+    let tls = connect(mtls, "a.test", old_config.clone()).await.unwrap();
+    let (mut open, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let tips = || Request::get("https://gw/api/v1/tips").header("host", "gw").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(open.send_request(tips()).await.unwrap().status(), 200);
+    assert!(refused(connect(mtls, "a.test", new_config.clone()).await).await, "the new CA is not trusted yet");
+
+    // The CA file now holds the new CA only; the server certificate is replaced by one for b.test.
+    let (ca2, cert_dir) = (write(&dir, "clients2.pem", &new_ca.pem()), temp_dir("tls-reload-ca-certs"));
+    let extra = format!("\n[tls.client_auth]\nca = \"{ca2}\"\nlisten = [\"127.0.0.1:0\"]\nroles = [\"key\"]\n");
+    let mut text = tls_config(&cert_dir, &server_ca, &[&["b.test"]], &extra);
+    text.push_str("\n[[route]]\npath = \"/api/v1/tips\"\naccess = \"key\"\n");
+    let done = gw.reload(reloaded(&[n.url()], &text)).unwrap();
+    assert!(done.applied.contains(&"tls (certificates, client CA, hsts)"), "{done:?}");
+    assert!(done.restart_needed.is_empty(), "{done:?}");
+
+    // New handshakes: the new CA's clients are served, the old CA's are refused.
+    let tls = connect(mtls, "b.test", new_config).await.unwrap();
+    assert_eq!(served_names(&tls), ["b.test"]);
+    assert_eq!(get_over(tls, "/api/v1/tips").await.0, 200);
+    assert!(refused(connect(mtls, "b.test", old_config).await).await, "the removed CA's client was served");
+    // The open connection's certificate no longer counts: its next request wants a credential.
+    assert_eq!(open.send_request(tips()).await.unwrap().status(), 401);
+    // A public route on it still answers: the connection is not dropped.
+    let info = Request::get("https://gw/api/v1/info").header("host", "gw").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(open.send_request(info).await.unwrap().status(), 200);
+
+    // A CA file that does not load refuses the whole reload: nothing changes.
+    let broken = write(&dir, "broken.pem", "not a certificate");
+    let extra = format!("\n[tls.client_auth]\nca = \"{broken}\"\nlisten = [\"127.0.0.1:0\"]\nroles = [\"key\"]\n");
+    let text = tls_config(&cert_dir, &server_ca, &[&["b.test"]], &extra);
+    let err = nodegate::Config::parse(&config_text(&[n.url()], &text), "test.toml").unwrap_err().to_string();
+    assert!(err.contains("tls.client_auth.ca"), "{err}");
+}
+
 #[tokio::test]
 async fn plain_http_redirects_to_https_and_a_silent_client_is_cut_off_at_the_handshake() {
     let n = node().await;

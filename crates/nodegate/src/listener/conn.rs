@@ -150,7 +150,8 @@ pub(super) async fn serve(
         }
         Front::Tls(acceptor) => {
             // The handshake is part of the head: it must be done within the header timeout.
-            let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(io)).await {
+            let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config()).accept(io);
+            let tls = match tokio::time::timeout(timeouts.header, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -169,8 +170,8 @@ pub(super) async fn serve(
             if session.alpn_protocol() == Some(crate::tls::ALPN_H2) {
                 state.h2.store(true, Relaxed);
             }
-            if let Some(id) = session.peer_certificates().and_then(crate::tls::client_identity) {
-                let _ = state.client_cert.set(id);
+            if let Some(id) = session.peer_certificates().and_then(|c| crate::tls::client_identity(c, &acceptor)) {
+                let _ = state.cert.set(id);
             }
             let service = proxied(proxy, svc_state);
             drive(TokioIo::new(tls), &builder, service, &state, timeouts, phase).await;

@@ -44,16 +44,16 @@ pub async fn bind_all(
     let g = &config.gateway;
     let caps = caps::Caps::new(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
     let front = match tls {
-        Some(s) => Front::Tls(tokio_rustls::TlsAcceptor::from(s.config.clone())),
+        Some(s) => Front::Tls(s.main.clone()),
         None => Front::Plain,
     };
     let mut listeners: Vec<(SocketAddr, bool, Front)> = Vec::new();
     listeners.extend(g.listen.iter().map(|a| (*a, false, front.clone())));
     listeners.extend(g.listen_proxy_protocol.iter().map(|a| (*a, true, front.clone())));
     if let (Some(t), Some(s)) = (&config.tls, tls)
-        && let (Some(ca), Some(ca_config)) = (&t.client_auth, &s.client_auth_config)
+        && let (Some(ca), Some(acceptor)) = (&t.client_auth, &s.client_auth)
     {
-        let front = Front::Tls(tokio_rustls::TlsAcceptor::from(ca_config.clone()));
+        let front = Front::Tls(acceptor.clone());
         listeners.extend(ca.listen.iter().map(|a| (*a, false, front.clone())));
     }
     let every: Vec<SocketAddr> = listeners.iter().map(|l| l.0).chain(g.listen_http.iter().copied()).collect();
@@ -237,7 +237,7 @@ pub(crate) enum Front {
     /// HTTP/1.1 and h2c, proxied.
     Plain,
     /// HTTPS, proxied.
-    Tls(tokio_rustls::TlsAcceptor),
+    Tls(Arc<crate::tls::Acceptor>),
     /// `listen_http` with `[tls]`: redirects to HTTPS, answers ACME HTTP-01 challenges.
     Redirect(Arc<redirect::Redirect>),
 }

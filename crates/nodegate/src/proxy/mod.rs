@@ -335,7 +335,7 @@ impl Pipeline {
     /// certificate); sets whose budget the request spends.
     fn authorize(&self, req: &Request<Incoming>, ctx: &mut Ctx<'_>) -> Result<(), GatewayError> {
         // A verified client certificate (`[tls.client_auth]`) is a credential too, with its roles.
-        let cert = ctx.conn.client_cert.get();
+        let cert = ctx.conn.client_cert();
         match ctx.rule.map_or(Access::Deny, |r| r.access) {
             Access::Public => {}
             needed @ (Access::Key | Access::Admin) => {

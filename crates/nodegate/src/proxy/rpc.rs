@@ -72,7 +72,7 @@ pub(super) struct Caller<'h> {
 impl<'h> Caller<'h> {
     /// The request's client and certificate, with the credential headers and budget given.
     fn of(ctx: &Ctx<'h>, credentials: &'h HeaderMap, key: Option<(ClientKey, Option<Limit>)>) -> Caller<'h> {
-        Caller { client: ctx.client, credentials, cert: ctx.conn.client_cert.get().map(|c| c.name.as_str()), key }
+        Caller { client: ctx.client, credentials, cert: ctx.conn.client_cert().map(|c| c.name.as_str()), key }
     }
 }
 
@@ -349,7 +349,7 @@ impl Pipeline {
             refusals: self.refusals.clone(),
             client: ctx.client,
             credentials,
-            cert: ctx.conn.client_cert.get().map(|c| c.name.clone()),
+            cert: ctx.conn.client_cert().map(|c| c.name.clone()),
             key: ctx.client_key.clone(),
             idle: self.config.gateway.idle_timeout,
             max_message: self.config.gateway.max_body as usize,

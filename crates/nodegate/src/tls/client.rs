@@ -2,6 +2,7 @@
 //! certificate gives its holder (its subject's common name, else its first DNS name).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
@@ -25,12 +26,13 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The identity in a verified client certificate chain (rustls has checked it before this).
-pub fn client_identity(chain: &[CertificateDer<'_>]) -> Option<ClientIdentity> {
+/// The identity in a verified client certificate chain (rustls has checked it before this),
+/// accepted by `trust`.
+pub fn client_identity(chain: &[CertificateDer<'static>], trust: &Arc<super::Acceptor>) -> Option<ClientIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
     let name = cn.or_else(|| super::cert_facts(chain.first()?).and_then(|(names, _)| names.into_iter().next()))?;
     // Printable, bounded: it ends up in logs, rate-limit keys and Redis.
     let name: String = name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(128).collect();
-    (!name.is_empty()).then_some(ClientIdentity { name })
+    (!name.is_empty()).then(|| ClientIdentity::new(name, chain.to_vec(), trust.clone()))
 }

@@ -188,41 +188,137 @@ impl Resolver {
 }
 
 /// The server side of `[tls]`: the resolver, the configs the listeners use, and the files to watch.
+/// A reload (`update`) swaps certificates and the client CA in place: handshakes after it use the
+/// new ones, connections already open keep theirs.
 pub struct TlsServer {
     pub resolver: Arc<Resolver>,
     /// For `[gateway] listen`.
-    pub config: Arc<ServerConfig>,
+    pub main: Arc<Acceptor>,
     /// For `[tls.client_auth] listen`, when configured.
-    pub client_auth_config: Option<Arc<ServerConfig>>,
-    files: Vec<CertFiles>,
+    pub client_auth: Option<Arc<Acceptor>>,
+    files: Mutex<Vec<CertFiles>>,
     seen: Mutex<Vec<Option<SystemTime>>>,
+}
+
+/// What a TLS listener accepts with: its rustls config, swapped whole when the client CA changes.
+pub struct Acceptor {
+    config: ArcSwap<ServerConfig>,
+    /// On the client-certificate listener: the CA in force.
+    pub trust: Option<ClientTrust>,
+}
+
+impl Acceptor {
+    /// The config for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+}
+
+/// The client CA in force and its generation (one more at each change). A certificate verified
+/// under an earlier CA is verified again under the current one before it counts on a connection
+/// that outlived the change, so removing a CA by reload shuts out its clients at their next request.
+pub struct ClientTrust {
+    current: ArcSwap<TrustGeneration>,
+    /// The CA file, whether a certificate is required, and the file's change time, as loaded.
+    loaded: Mutex<(PathBuf, bool, Option<SystemTime>)>,
+}
+
+pub struct TrustGeneration {
+    pub generation: u64,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl ClientTrust {
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    /// Whether `chain` passes the CA in force now.
+    pub fn verifies(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((end, intermediates)) = chain.split_first() else { return false };
+        let now = rustls::pki_types::UnixTime::now();
+        self.current.load().verifier.verify_client_cert(end, intermediates, now).is_ok()
+    }
 }
 
 impl TlsServer {
     pub fn new(tls: &Tls) -> Result<Arc<TlsServer>, String> {
         let resolver = Arc::new(Resolver::default());
+        let main = Acceptor { config: ArcSwap::new(server_config(&resolver, None, tls.acme.is_some())?), trust: None };
+        let client_auth = match &tls.client_auth {
+            Some(ca) => {
+                let verifier = client_verifier(&ca.ca, ca.required)?;
+                let config = server_config(&resolver, Some(verifier.clone()), false)?;
+                let trust = ClientTrust {
+                    current: ArcSwap::from_pointee(TrustGeneration { generation: 0, verifier }),
+                    loaded: Mutex::new((ca.ca.clone(), ca.required, modified(&ca.ca))),
+                };
+                Some(Arc::new(Acceptor { config: ArcSwap::new(config), trust: Some(trust) }))
+            }
+            None => None,
+        };
         let server = TlsServer {
-            config: server_config(&resolver, None, tls.acme.is_some())?,
-            client_auth_config: match &tls.client_auth {
-                Some(ca) => Some(server_config(&resolver, Some((&ca.ca, ca.required)), false)?),
-                None => None,
-            },
+            main: Arc::new(main),
+            client_auth,
             resolver,
             seen: Mutex::new(vec![None; tls.certs.len()]),
-            files: tls.certs.clone(),
+            files: Mutex::new(tls.certs.clone()),
         };
         server.reload()?;
         Ok(Arc::new(server))
     }
 
+    /// Puts a reloaded `[tls]` in force: its certificate files (all must load, or nothing
+    /// changes) and its client CA (read again when the file, its path or `required` changed).
+    /// ACME, the listeners and `reload_interval` stay as they started (a restart applies them).
+    pub fn update(&self, tls: &Tls) -> Result<(), String> {
+        let renewed_trust = match (&self.client_auth, &tls.client_auth) {
+            (Some(acceptor), Some(ca)) => {
+                let trust = acceptor.trust.as_ref().expect("the client-certificate listener has a trust");
+                let now = (ca.ca.clone(), ca.required, modified(&ca.ca));
+                let changed = *trust.loaded.lock().unwrap_or_else(|e| e.into_inner()) != now;
+                if changed {
+                    let verifier = client_verifier(&ca.ca, ca.required)?;
+                    let config = server_config(&self.resolver, Some(verifier.clone()), false)?;
+                    Some((acceptor, trust, verifier, config, now))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let files_changed = *self.files.lock().unwrap_or_else(|e| e.into_inner()) != tls.certs;
+        if files_changed {
+            self.load(&tls.certs)?;
+            *self.files.lock().unwrap_or_else(|e| e.into_inner()) = tls.certs.clone();
+        } else {
+            self.reload()?;
+        }
+        if let Some((acceptor, trust, verifier, config, now)) = renewed_trust {
+            // A fresh config has fresh session tickets: a session resumed from before the change
+            // cannot skip the new CA.
+            acceptor.config.store(config);
+            let generation = trust.generation() + 1;
+            trust.current.store(Arc::new(TrustGeneration { generation, verifier }));
+            *trust.loaded.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            tracing::info!(ca = %tls.client_auth.as_ref().map_or_else(String::new, |c| c.ca.display().to_string()), generation, "client CA loaded");
+        }
+        Ok(())
+    }
+
     /// Loads every certificate file again; swaps them in only if all load.
     pub fn reload(&self) -> Result<(), String> {
-        if self.files.is_empty() {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.load(&files)
+    }
+
+    fn load(&self, files: &[CertFiles]) -> Result<(), String> {
+        if files.is_empty() {
             return Ok(());
         }
-        let stamps = self.stamps();
-        let mut loaded = Vec::with_capacity(self.files.len());
-        for f in &self.files {
+        let stamps = stamps(files);
+        let mut loaded = Vec::with_capacity(files.len());
+        for f in files {
             loaded.push((load_pair(&f.cert, &f.key)?, f.names.clone()));
         }
         let count = loaded.len();
@@ -234,7 +330,7 @@ impl TlsServer {
 
     /// Reloads if any file changed since the last load; a failure keeps the old certificates.
     fn reload_if_changed(&self) {
-        let now = self.stamps();
+        let now = stamps(&self.files.lock().unwrap_or_else(|e| e.into_inner()));
         if *self.seen.lock().unwrap_or_else(|e| e.into_inner()) == now {
             return;
         }
@@ -243,11 +339,6 @@ impl TlsServer {
             *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
             tracing::warn!(error = %e, "TLS certificates not reloaded: keeping the ones in use");
         }
-    }
-
-    /// When each certificate's files last changed (the later of cert and key).
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        self.files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect()
     }
 
     /// Checks the files every `every` until the gateway stops.
@@ -269,6 +360,19 @@ impl TlsServer {
     }
 }
 
+/// When each certificate's files last changed (the later of cert and key).
+fn stamps(files: &[CertFiles]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| modified(&f.cert).max(modified(&f.key))).collect()
+}
+
+/// Verifies client certificates against the CAs in `ca`; with `required`, a client must send one.
+fn client_verifier(ca: &Path, required: bool) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let roots = Arc::new(load_roots(ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
+    verifier.build().map_err(|e| format!("`{}`: {e}", ca.display()))
+}
+
 /// Runs file I/O on tokio's blocking pool, so a slow disk never holds up a worker's requests.
 pub(crate) async fn off_worker<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
@@ -281,23 +385,18 @@ fn modified(p: &Path) -> Option<SystemTime> {
 }
 
 /// The listener config: TLS 1.3 and 1.2, h2 then http/1.1, 4,096 TLS 1.2 sessions cached and
-/// tickets for both versions; with `client_ca`, client certificates are verified against it.
+/// tickets for both versions; with a client verifier, client certificates are verified by it.
 fn server_config(
     resolver: &Arc<Resolver>,
-    client_ca: Option<(&PathBuf, bool)>,
+    client: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     acme: bool,
 ) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
-    let builder = match client_ca {
+    let builder = match client {
         None => builder.with_no_client_auth(),
-        Some((ca, required)) => {
-            let roots = Arc::new(load_roots(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
-            let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("`{}`: {e}", ca.display()))?)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];

@@ -277,6 +277,9 @@ impl Reloader {
                 );
             }
         }
+        if let Err(e) = crate::logging::reload(&new.log) {
+            tracing::warn!(error = %e, "log level and format not reloaded");
+        }
         self.proxy.reload(new.clone());
         let g = &new.gateway;
         self.caps.update(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
@@ -332,6 +335,7 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
             ),
         ),
         ("log.access", old.log.access != new.log.access),
+        ("log (level, format)", old.log.level != new.log.level || old.log.format != new.log.format),
         (
             "tls (certificates, client CA, hsts)",
             tls_differs(old, new, |t| (t.certs.clone(), t.hsts.clone(), t.client_auth.clone())),
@@ -356,7 +360,6 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
         ("tls.acme", old.tls.as_ref().map(|t| &t.acme) != new.tls.as_ref().map(|t| &t.acme)),
         ("tls.reload_interval", tls_differs(old, new, |t| t.reload_interval)),
         ("tls.client_auth.listen", tls_differs(old, new, |t| t.client_auth.as_ref().map(|c| c.listen.clone()))),
-        ("log (level, format)", old.log.level != new.log.level || differs(&old.log.format, &new.log.format)),
         ("bans", differs(&old.bans, &new.bans)),
     ];
     r.restart_needed = restart.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();

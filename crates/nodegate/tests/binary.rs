@@ -57,6 +57,12 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
         ),
         ("bad-size", format!("[gateway]\nmax_body = \"1 lb\"\n\n{NODE}"), ":2:12: gateway.max_body: ", "bad size"),
         (
+            "bad-log-level",
+            format!("{NODE}\n[log]\nlevel = \"nodegate=loud\"\n"),
+            ":6:1: log.level: ",
+            "not a log level",
+        ),
+        (
             "zero-timeout",
             format!("[gateway]\nheader_timeout = \"0s\"\n\n{NODE}"),
             ":2:1: gateway.header_timeout: ",
@@ -219,7 +225,7 @@ impl Running {
         kb * 1024
     }
 
-    fn log_lines_until(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+    fn log_lines_until(&self, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.stderr.recv_timeout(left) {
@@ -430,6 +436,41 @@ async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
     }
     assert_eq!(a.state().requests.load(std::sync::atomic::Ordering::Relaxed), before);
     assert_eq!(b.state().requests.load(std::sync::atomic::Ordering::Relaxed), 20);
+}
+
+#[tokio::test]
+async fn sighup_changes_the_log_level_and_format() {
+    let n = node().await;
+    let path = temp_file("sighup-log.toml", "");
+    let write =
+        |log: &str| std::fs::write(&path, config_text(&[n.url()], &format!("\n[log]\naccess = false\n{log}"))).unwrap();
+    write("level = \"warn\"\nformat = \"text\"");
+    let gw = Running::start_path(&path);
+    let pid = gw.child.id().to_string();
+    let hup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+
+    // info and JSON: the reload's own info line comes out, as JSON.
+    write("level = \"info\"\nformat = \"json\"");
+    hup();
+    let line =
+        gw.log_lines_until(|l| l.contains("config reloaded")).expect("no info line after the level went to info");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(json["level"], "INFO", "{line}");
+
+    // Back to warn and text: a reload is silent again, and an error comes out as text.
+    write("level = \"warn\"\nformat = \"text\"");
+    hup();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&path, "[[node]]\nname = \"x\"\n").unwrap();
+    hup();
+    let mut seen = Vec::new();
+    let refusal = gw.log_lines_until(|l| {
+        seen.push(l.to_owned());
+        l.contains("reload refused")
+    });
+    let refusal = refusal.expect("no refusal logged");
+    assert!(!seen.iter().any(|l| l.contains("config reloaded")), "info logged at warn: {seen:?}");
+    assert!(serde_json::from_str::<serde_json::Value>(&refusal).is_err() && refusal.contains("ERROR"), "{refusal}");
 }
 
 #[test]

@@ -446,6 +446,14 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
         bans,
     };
+    // A directive tracing would skip in silence (and log nothing it was meant to) is an error here.
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(at.error(
+            at.place("log.level"),
+            Some("log.level".into()),
+            format!("not a log level or filter: {e}"),
+        ));
+    }
     check_bounds(&config, at)?;
     Ok(config)
 }

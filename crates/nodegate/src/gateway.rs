@@ -42,6 +42,8 @@ pub struct Reloader {
     limiters: watch::Sender<Vec<Arc<crate::pipeline::rate_limit::RateLimiter>>>,
     /// The listeners' connection caps.
     caps: Arc<listener::caps::Caps>,
+    /// The jails running, with `[bans]`.
+    jails: Option<Arc<crate::bans::engine::Jails>>,
 }
 
 /// What a reload did: the sections whose changes are in force, and the changed settings that
@@ -87,7 +89,7 @@ impl Gateway {
         // Every accept loop, connection and state-keeping task holds a sender; shutdown waits for
         // them all.
         let (alive_tx, alive) = mpsc::channel::<()>(1);
-        let mut ban_admin = admin::BanAdmin { list: bans.clone(), rails: None, jails: Vec::new(), firewall: None };
+        let mut ban_admin = admin::BanAdmin { list: bans.clone(), rails: None, jails: None, firewall: None };
         if let Some(b) = &config.bans {
             // Trusted proxies and the nodes themselves are never banned, whatever a jail says.
             let mut b = b.clone();
@@ -100,7 +102,8 @@ impl Gateway {
             b.ignore =
                 b.ignore.union(&config.gateway.trusted_proxies).union(&crate::pipeline::ip_set::IpSet::new(&nodes));
             let rails = Arc::new(crate::bans::rails::Rails::new(b.ignore.clone(), b.ssh_ports.clone()));
-            ban_admin.jails = crate::bans::engine::spawn(&b, bans.clone(), rails.clone(), &refusals, &phase, &alive_tx);
+            ban_admin.jails =
+                Some(crate::bans::engine::Jails::start(&b, bans.clone(), rails.clone(), &refusals, &phase, &alive_tx));
             if let Some(c) = &config.cluster {
                 crate::bans::share::spawn(&c.redis, &c.key_prefix, bans.clone(), rails.clone(), phase.subscribe());
             }
@@ -135,6 +138,7 @@ impl Gateway {
             phase: phase.subscribe(),
             limiters,
             caps: bound.caps,
+            jails: ban_admin.jails.clone(),
         });
         let admin = match config.admin {
             Some(addr) => Some(
@@ -281,6 +285,12 @@ impl Reloader {
             tracing::warn!(error = %e, "log level and format not reloaded");
         }
         self.proxy.reload(new.clone());
+        if let (Some(jails), Some(bans)) = (&self.jails, &new.bans) {
+            let (started, stopped) = jails.reload(&bans.jails);
+            if !started.is_empty() || !stopped.is_empty() {
+                tracing::info!(?started, ?stopped, "jails reloaded");
+            }
+        }
         let g = &new.gateway;
         self.caps.update(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
         self.limiters.send_replace(self.proxy.limiters());
@@ -334,6 +344,12 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
                 &(n.max_batch, n.max_logs_range, n.max_subscriptions_per_client, n.max_streams_per_client),
             ),
         ),
+        (
+            "jail",
+            old.bans.is_some()
+                && new.bans.is_some()
+                && differs(&old.bans.as_ref().map(|b| &b.jails), &new.bans.as_ref().map(|b| &b.jails)),
+        ),
         ("log.access", old.log.access != new.log.access),
         ("log (level, format)", old.log.level != new.log.level || old.log.format != new.log.format),
         (
@@ -360,7 +376,16 @@ fn changes(old: &Config, new: &Config) -> Reloaded {
         ("tls.acme", old.tls.as_ref().map(|t| &t.acme) != new.tls.as_ref().map(|t| &t.acme)),
         ("tls.reload_interval", tls_differs(old, new, |t| t.reload_interval)),
         ("tls.client_auth.listen", tls_differs(old, new, |t| t.client_auth.as_ref().map(|c| c.listen.clone()))),
-        ("bans", differs(&old.bans, &new.bans)),
+        (
+            "bans",
+            match (&old.bans, &new.bans) {
+                (Some(a), Some(b)) => differs(
+                    &(&a.state_dir, &a.ignore, a.firewall, a.verify_interval, &a.ssh_ports),
+                    &(&b.state_dir, &b.ignore, b.firewall, b.verify_interval, &b.ssh_ports),
+                ),
+                (a, b) => a.is_some() != b.is_some(),
+            },
+        ),
     ];
     r.restart_needed = restart.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
     if o.max_header_size != n.max_header_size && n.max_header_size <= head_cap {

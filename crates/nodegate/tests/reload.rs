@@ -267,3 +267,56 @@ async fn connection_caps_change_for_connections_accepted_after_a_reload() {
     assert_eq!(raw(g, request, std::time::Duration::from_secs(2)).await, "");
     assert_eq!(held[0].send_request(peers(g, "none")).await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+async fn jails_follow_a_reload_and_an_unchanged_jail_keeps_its_counts() {
+    let n = node().await;
+    let path = dir("reload-jails");
+    let jail = |name: &str, reason: &str, maxretry: u32| {
+        format!(
+            "\n[[jail]]\nname = \"{name}\"\nsource = \"gateway\"\nreasons = [\"{reason}\"]\nmaxretry = {maxretry}\n"
+        )
+    };
+    let probes = |maxretry| jail("probes", "not-exposed", maxretry);
+    let keys = jail("keys", "credential-missing", 50);
+    write_config(&path, &n.url(), &format!("\n[bans]\n{}{keys}", probes(5)));
+    let gw = start(&path).await;
+    let g = addr(&gw);
+    let admin = gw.admin_addr().unwrap();
+    let failures = async |name: &str| {
+        let status = get(admin, "/status").await.json();
+        let jails = status["bans"]["jails"].as_array().unwrap().clone();
+        jails.iter().find(|j| j["name"] == name).map(|j| j["failures"].as_u64().unwrap())
+    };
+    for _ in 0..2 {
+        assert_eq!(status_from_addr("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
+        assert_eq!(status_from_addr("127.0.0.6", g, "/api/v1/peers", "").await, "401");
+    }
+    eventually(async || failures("keys").await == Some(2) && failures("probes").await == Some(2)).await;
+
+    // `probes` now bans at the second probe; `keys` is unchanged.
+    write_config(&path, &n.url(), &format!("\n[bans]\n{}{keys}", probes(2)));
+    let (status, done) = reload(&gw).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["applied"], serde_json::json!(["jail"]), "{done}");
+    assert_eq!(done["restart_needed"], serde_json::json!([]), "{done}");
+    assert_eq!(failures("keys").await, Some(2), "the unchanged jail lost its counts");
+    assert_eq!(failures("probes").await, Some(0), "the changed jail starts afresh");
+    for _ in 0..2 {
+        assert_eq!(status_from_addr("127.0.0.5", g, "/api/v1/not-here", "").await, "404");
+    }
+    eventually(async || status_from_addr("127.0.0.5", g, "/api/v1/info", "").await.is_empty()).await;
+
+    // `probes` removed: its probes ban nobody any more; `keys` still counts.
+    write_config(&path, &n.url(), &format!("\n[bans]\n{keys}"));
+    let (status, done) = reload(&gw).await;
+    assert_eq!(status, 200, "{done}");
+    for _ in 0..4 {
+        assert_eq!(status_from_addr("127.0.0.7", g, "/api/v1/not-here", "").await, "404");
+    }
+    assert_eq!(status_from_addr("127.0.0.6", g, "/api/v1/peers", "").await, "401");
+    eventually(async || failures("keys").await == Some(3)).await;
+    assert_eq!(failures("probes").await, None);
+    assert_eq!(status_from_addr("127.0.0.7", g, "/api/v1/info", "").await, "200", "a removed jail banned");
+    assert_eq!(status_from_addr("127.0.0.5", g, "/api/v1/info", "").await, "", "its ban runs its course");
+}

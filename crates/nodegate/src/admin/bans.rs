@@ -19,7 +19,7 @@ use http::{Method, Response, StatusCode};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::bans::engine::JailStats;
+use crate::bans::engine::Jails;
 use crate::bans::list::{BanList, Decision, unix_now};
 use crate::bans::rails::Rails;
 use crate::body::{ProxyBody, json_error};
@@ -30,7 +30,8 @@ pub struct BanAdmin {
     pub list: Arc<BanList>,
     /// `None` without `[bans]`: nothing is refused but what is malformed.
     pub rails: Option<Arc<Rails>>,
-    pub jails: Vec<Arc<JailStats>>,
+    /// `None` without `[bans]`.
+    pub jails: Option<Arc<Jails>>,
     pub firewall: Option<Arc<crate::bans::nft::FirewallState>>,
 }
 
@@ -270,7 +271,7 @@ impl BanAdmin {
     pub fn status(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "active": self.list.len(),
-            "jails": self.jails.iter().map(|j| j.json()).collect::<Vec<_>>(),
+            "jails": self.jails.iter().flat_map(|j| j.stats()).map(|j| j.json()).collect::<Vec<_>>(),
         });
         if let Some(fw) = &self.firewall {
             v["firewall"] = fw.json();

@@ -22,6 +22,7 @@ use super::sshd::{Filter, Mode};
 use crate::events::{Refusal, RefusalReason};
 use crate::pipeline::ip_set::IpSet;
 use crate::shutdown::Phase;
+use ipnet::IpNet;
 
 /// `[bans]` and its `[[jail]]`s.
 #[derive(Debug, Clone)]
@@ -107,27 +108,99 @@ impl JailStats {
     }
 }
 
-/// Starts one task per jail; each ends when the gateway stops. A jail's history starts from the
-/// bans the list restored.
-pub fn spawn(
-    bans: &Bans,
+/// The jails running, one task each; a reload stops the jails it changed or removed and starts
+/// the changed and new ones, and leaves the others (and their counts of failures) running.
+pub struct Jails {
+    running: std::sync::Mutex<Vec<Running>>,
     list: Arc<BanList>,
     rails: Arc<Rails>,
-    refusals: &crate::events::Refusals,
-    phase: &watch::Sender<Phase>,
-    alive: &tokio::sync::mpsc::Sender<()>,
-) -> Vec<Arc<JailStats>> {
-    let mut all = Vec::new();
-    for config in &bans.jails {
+    refusals: crate::events::Refusals,
+    state_dir: Option<PathBuf>,
+    phase: watch::Receiver<Phase>,
+    /// Weak: held for good it would keep the gateway's shutdown waiting for ever.
+    alive: tokio::sync::mpsc::WeakSender<()>,
+}
+
+struct Running {
+    config: JailConfig,
+    stats: Arc<JailStats>,
+    /// The jail's own phase: `Draining` stops it, as the gateway's stop does.
+    stop: watch::Sender<Phase>,
+}
+
+impl Jails {
+    /// Starts one task per jail; each ends when the gateway stops or a reload removes it. A jail's
+    /// history starts from the bans the list restored.
+    pub fn start(
+        bans: &Bans,
+        list: Arc<BanList>,
+        rails: Arc<Rails>,
+        refusals: &crate::events::Refusals,
+        phase: &watch::Sender<Phase>,
+        alive: &tokio::sync::mpsc::Sender<()>,
+    ) -> Arc<Jails> {
+        let jails = Jails {
+            running: std::sync::Mutex::new(Vec::new()),
+            list,
+            rails,
+            refusals: refusals.clone(),
+            state_dir: bans.state_dir.clone(),
+            phase: phase.subscribe(),
+            alive: alive.downgrade(),
+        };
+        let restored: Vec<(IpNet, String, u32, u64)> =
+            jails.list.restored().iter().map(|d| (d.net, d.jail.clone(), d.step, d.until)).collect();
+        let started = bans.jails.iter().map(|c| jails.spawn(c, &restored)).collect();
+        *jails.running.lock().unwrap_or_else(|e| e.into_inner()) = started;
+        Arc::new(jails)
+    }
+
+    /// Each jail's counts.
+    pub fn stats(&self) -> Vec<Arc<JailStats>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|r| r.stats.clone()).collect()
+    }
+
+    /// Puts reloaded `[[jail]]`s in force: an unchanged jail keeps running with its counts; a
+    /// changed one starts again from the bans it has in force (so its next ban still escalates);
+    /// a removed one stops (its bans run their course). Returns the names started and stopped.
+    pub fn reload(&self, jails: &[JailConfig]) -> (Vec<String>, Vec<String>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let active: Vec<(IpNet, String, u32, u64)> =
+            self.list.active().iter().map(|(d, _)| (d.net, d.jail.clone(), d.step, d.until)).collect();
+        let same = |a: &JailConfig, b: &JailConfig| format!("{a:?}") == format!("{b:?}");
+        let mut next = Vec::with_capacity(jails.len());
+        let (mut started, mut stopped) = (Vec::new(), Vec::new());
+        let mut old: Vec<Running> = std::mem::take(&mut *running);
+        for config in jails {
+            match old.iter().position(|r| same(&r.config, config)) {
+                Some(i) => next.push(old.swap_remove(i)),
+                None => {
+                    started.push(config.name.clone());
+                    next.push(self.spawn(config, &active));
+                }
+            }
+        }
+        for r in old {
+            r.stop.send_replace(Phase::Draining);
+            if !started.contains(&r.config.name) {
+                stopped.push(r.config.name.clone());
+            }
+        }
+        *running = next;
+        (started, stopped)
+    }
+
+    /// Starts one jail's task. `history`: bans by net, jail, step and end (unix seconds).
+    fn spawn(&self, config: &JailConfig, history: &[(IpNet, String, u32, u64)]) -> Running {
         let mut jail = Jail::new(config.settings.clone());
         let (now, unix) = (Instant::now(), unix_now());
-        for d in list.restored().iter().filter(|d| d.jail == config.name) {
-            let until = if d.until > unix {
-                now + Duration::from_secs(d.until - unix)
+        for (net, _, step, until) in history.iter().filter(|h| h.1 == config.name) {
+            let until = if *until > unix {
+                now + Duration::from_secs(until - unix)
             } else {
-                now.checked_sub(Duration::from_secs(unix - d.until)).unwrap_or(now)
+                now.checked_sub(Duration::from_secs(unix - until)).unwrap_or(now)
             };
-            jail.restore(d.net, d.step + 1, until);
+            jail.restore(*net, step + 1, until);
         }
         let stats = Arc::new(JailStats {
             name: config.name.clone(),
@@ -135,42 +208,53 @@ pub fn spawn(
             dry_run: config.dry_run,
             ..JailStats::default()
         });
-        all.push(stats.clone());
         let run = JailTask {
             config: config.clone(),
             jail,
-            list: list.clone(),
-            rails: rails.clone(),
-            stats,
+            list: self.list.clone(),
+            rails: self.rails.clone(),
+            stats: stats.clone(),
             recent: VecDeque::new(),
         };
+        // The jail stops when the gateway does or when a reload stops it, whichever comes first.
+        let (stop, phase) = watch::channel(Phase::Running);
+        let mut gateway = self.phase.clone();
+        let forward = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                Ok(p) = gateway.wait_for(|p| *p != Phase::Running) => { forward.send_replace(*p); }
+                _ = forward.closed() => {}
+            }
+        });
         match &config.source {
             Source::Sshd { log, mode } => {
-                // The end is taken now: what is written once the gateway has started is news.
+                // The end is taken now: what is written once the jail has started is news.
                 let follower = Follower::from_end(log);
                 if !log.exists() {
                     tracing::warn!(jail = %config.name, log = %log.display(), "the log does not exist (yet): it is read once it appears; on Debian 12 and later sshd logs to the journal only (journal = \"ssh.service\")");
                 }
-                tokio::spawn(run.follow_sshd(follower, log.clone(), *mode, phase.subscribe()));
+                tokio::spawn(run.follow_sshd(follower, log.clone(), *mode, phase));
             }
             Source::SshdJournal { unit, directory, mode } => {
                 let journal = super::journal::Journal {
                     unit: unit.clone(),
                     directory: directory.clone(),
-                    cursor_file: bans.state_dir.as_ref().map(|d| d.join(format!("journal-{}.cursor", config.name))),
+                    cursor_file: self.state_dir.as_ref().map(|d| d.join(format!("journal-{}.cursor", config.name))),
                 };
                 // Where to start is taken now, as for a log file: later entries are news.
                 let start = journal.start();
-                // Held until the cursor is saved on stop: the gateway's shutdown waits for it.
-                let alive = alive.clone();
-                tokio::spawn(run.follow_journal(journal, start, *mode, phase.subscribe(), alive));
+                // Held until the cursor is saved on stop: the gateway's shutdown waits for it. None
+                // when the gateway is already gone.
+                if let Some(alive) = self.alive.upgrade() {
+                    tokio::spawn(run.follow_journal(journal, start, *mode, phase, alive));
+                }
             }
             Source::Gateway { reasons } => {
-                tokio::spawn(run.watch_refusals(refusals.subscribe(), reasons.clone(), phase.subscribe()));
+                tokio::spawn(run.watch_refusals(self.refusals.subscribe(), reasons.clone(), phase));
             }
         }
+        Running { config: config.clone(), stats, stop }
     }
-    all
 }
 
 /// Failures kept per jail as evidence for the next ban (the newest).

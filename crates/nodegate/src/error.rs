@@ -121,6 +121,17 @@ impl GatewayError {
         format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{message}}}}}"#, self.rpc_code())
     }
 
+    /// The limit a refusal for being over one names (`/metrics`' `limit` label).
+    pub fn limit_name(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::RateLimited { policy, .. } => Some(policy.as_str()),
+            GatewayError::TooManyInFlight { .. } => Some("in-flight"),
+            GatewayError::TooManyStreams { .. } => Some("streams"),
+            GatewayError::TooManySubscriptions { .. } => Some("subscriptions"),
+            _ => None,
+        }
+    }
+
     /// The gRPC status of this answer on a gRPC route (grpc/grpc's status codes).
     pub fn grpc_status(&self) -> u16 {
         use GatewayError::*;

@@ -70,7 +70,9 @@ impl Gateway {
             _ => crate::bans::list::BanList::default(),
         });
         let checkpoints = Arc::new(health::Checkpoints::default());
-        let proxy = Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone(), checkpoints.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let proxy =
+            Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone(), checkpoints.clone(), metrics.clone()));
         let refusals = proxy.refusals();
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {
@@ -141,9 +143,17 @@ impl Gateway {
             jails: ban_admin.jails.clone(),
         });
         let admin = match config.admin {
-            Some(addr) => Some(
-                admin::start(addr, balancer, cluster.clone(), ban_admin, reloader.clone(), phase.subscribe()).await?,
-            ),
+            Some(addr) => {
+                let parts = admin::Parts {
+                    balancer,
+                    cluster: cluster.clone(),
+                    bans: ban_admin,
+                    reloader: reloader.clone(),
+                    metrics,
+                    tls: reloader.tls.clone(),
+                };
+                Some(admin::start(addr, parts, phase.subscribe()).await?)
+            }
             None => None,
         };
         Ok(Gateway { addrs, redirect_addrs, admin, reloader, phase, alive, cluster, refusals })
@@ -242,8 +252,11 @@ impl Reloader {
         let Some(path) = self.config().source.clone() else {
             return Err("the running config was not read from a file: nothing to reload".into());
         };
-        let new = Config::load(&path).map_err(|e| e.to_string())?;
-        self.apply(new)
+        let done = Config::load(&path).map_err(|e| e.to_string()).and_then(|new| self.apply(new));
+        if done.is_err() {
+            self.proxy.metrics().reloaded(false);
+        }
+        done
     }
 
     /// Puts a new config in force without dropping anything in flight: the request pipeline
@@ -295,6 +308,7 @@ impl Reloader {
         self.caps.update(g.max_connections, g.max_connections_per_client, g.trusted_proxies.clone());
         self.limiters.send_replace(self.proxy.limiters());
         *current = new;
+        self.proxy.metrics().reloaded(true);
         let added: Vec<&str> = nodes.added.iter().map(|n| &*n.name).collect();
         tracing::info!(applied = ?report.applied, ?added, removed = ?nodes.removed, "config reloaded");
         if !report.restart_needed.is_empty() {

@@ -19,6 +19,7 @@ pub mod host;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod procnet;
 pub mod profile;

@@ -294,6 +294,35 @@ async fn client_certificates_are_required_verified_and_open_key_routes() {
     assert_eq!(get_over(tls, "/api/v1/tips").await.0, 401);
 }
 
+#[tokio::test]
+async fn metrics_count_handshakes_and_show_each_certificates_expiry() {
+    use tokio::io::AsyncWriteExt;
+    let n = node().await;
+    let ca = Ca::new("test CA");
+    let dir = temp_dir("tls-metrics");
+    let mut text = tls_config(&dir, &ca, &[&["a.test"], &["b.test"]], "");
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let gw = gateway(&[n.url()], &text).await;
+    let tls = connect(addr(&gw), "a.test", client_config(&ca.pem(), &[b"h2"], None)).await.unwrap();
+    assert_eq!(get_over(tls, "/api/v1/info").await.0, 200);
+    // Not TLS at all: a failed handshake.
+    let mut junk = TcpStream::connect(addr(&gw)).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let admin = gw.admin_addr().unwrap();
+    let line = async |prefix: &str| {
+        let text = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+        text.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    eventually(async || line("nodegate_tls_handshakes_total{result=\"failed\"}").await == Some(1.0)).await;
+    assert_eq!(line("nodegate_tls_handshakes_total{result=\"done\"}").await, Some(1.0));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for name in ["a.test", "b.test"] {
+        let prefix = format!("nodegate_tls_certificate_expiry_timestamp_seconds{{name=\"{name}\"}}");
+        let expiry = line(&prefix).await.unwrap_or_else(|| panic!("no expiry for {name}"));
+        assert!(expiry > now + 86_400.0, "{name} expires at {expiry}");
+    }
+}
+
 /// The gateway's config text with `extra`, as `gateway()` builds it (for reloads).
 fn reloaded(urls: &[String], extra: &str) -> nodegate::Config {
     let text = config_text(urls, &format!("{extra}\n[log]\naccess = false\n"));

@@ -27,21 +27,24 @@ use crate::body::ProxyBody;
 use crate::body::json_error;
 use crate::shutdown::Phase;
 
+/// What the admin API reads and drives.
+pub struct Parts {
+    pub balancer: Arc<Balancer>,
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    pub bans: BanAdmin,
+    pub reloader: Arc<dyn Reload>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
+}
+
 /// Binds the admin listener and serves it until the gateway stops; returns the bound address.
-pub async fn start(
-    addr: SocketAddr,
-    balancer: Arc<Balancer>,
-    cluster: Option<Arc<crate::cluster::ClusterState>>,
-    bans: BanAdmin,
-    reloader: Arc<dyn Reload>,
-    mut phase: watch::Receiver<Phase>,
-) -> io::Result<SocketAddr> {
+pub async fn start(addr: SocketAddr, parts: Parts, mut phase: watch::Receiver<Phase>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}")))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "admin listening");
-    let admin = Arc::new(Admin { balancer, cluster, bans, reloader });
+    let admin = Arc::new(Admin { parts });
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -63,10 +66,7 @@ pub async fn start(
 }
 
 struct Admin {
-    balancer: Arc<Balancer>,
-    cluster: Option<Arc<crate::cluster::ClusterState>>,
-    bans: BanAdmin,
-    reloader: Arc<dyn Reload>,
+    parts: Parts,
 }
 
 /// What `POST /reload` calls: reads the config file again and applies it (the gateway's
@@ -87,29 +87,50 @@ impl Admin {
             Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "the admin API reads bodies up to 1 MiB"),
         };
         let path = parts.uri.path();
-        if let Some(resp) = self.bans.handle(&parts.method, path, peer, &body).await {
+        let Parts { balancer, cluster, bans, reloader, metrics, tls } = &self.parts;
+        if let Some(resp) = bans.handle(&parts.method, path, peer, &body).await {
             return resp;
         }
         match (&parts.method, path) {
             (&Method::GET, "/status") => {
-                let nodes: Vec<_> = self.balancer.nodes().iter().map(|n| n.status()).collect();
+                let nodes: Vec<_> = balancer.nodes().iter().map(|n| n.status()).collect();
                 let healthy = nodes.iter().filter(|n| n.healthy && !n.ejected).count();
                 let mut body = serde_json::json!({
                     "nodes": nodes,
                     "available": healthy,
                     "access_log": {"dropped": crate::access_log::dropped_lines()},
-                    "bans": self.bans.status(),
+                    "bans": bans.status(),
                 });
-                if let Some(c) = &self.cluster {
+                if let Some(c) = cluster {
                     body["cluster"] = serde_json::json!({"redis": c.redis()});
                 }
                 bans::json(StatusCode::OK, &body)
+            }
+            (&Method::GET, "/metrics") => {
+                let scrape = crate::metrics::Scrape {
+                    metrics: metrics.clone(),
+                    balancer: balancer.clone(),
+                    bans: bans.clone(),
+                    cluster: cluster.clone(),
+                    tls: tls.clone(),
+                };
+                match crate::metrics::render(scrape) {
+                    Ok(text) => {
+                        let mut resp = Response::new(ProxyBody::full(text));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                        );
+                        resp
+                    }
+                    Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "the metrics could not be written"),
+                }
             }
             (&Method::POST, "/reload") => {
                 if !peer.ip().to_canonical().is_loopback() {
                     return json_error(StatusCode::FORBIDDEN, "reloads are accepted from loopback only");
                 }
-                let reloader = self.reloader.clone();
+                let reloader = reloader.clone();
                 // File reads off the workers; one reload at a time (the reloader's lock).
                 match tokio::task::spawn_blocking(move || reloader.reload_file()).await {
                     Ok(Ok(done)) => bans::json(StatusCode::OK, &done),
@@ -121,7 +142,7 @@ impl Admin {
             }
             _ => json_error(
                 StatusCode::NOT_FOUND,
-                "admin routes: GET /status, POST /reload, GET|POST /bans, GET|DELETE /bans/ADDR",
+                "admin routes: GET /status, GET /metrics, POST /reload, GET|POST /bans, GET|DELETE /bans/ADDR",
             ),
         }
     }

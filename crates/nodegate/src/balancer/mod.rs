@@ -67,6 +67,10 @@ pub struct Node {
     ejections_in_row: AtomicU32,
     ejections: AtomicU64,
     ejected_until: Mutex<Option<Instant>>,
+    /// Requests this node answered, by route class, method and status (`/metrics`).
+    pub counts: crate::metrics::RequestCounts,
+    /// Its response times, to the response head.
+    pub latency_hist: crate::metrics::Histogram,
 }
 
 struct Ewma {
@@ -126,12 +130,19 @@ impl Node {
             ejections_in_row: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             ejected_until: Mutex::new(None),
+            counts: Default::default(),
+            latency_hist: Default::default(),
         })
     }
 
     fn cost(&self, now: Instant) -> f64 {
         let latency = self.latency.lock().unwrap_or_else(|e| e.into_inner()).decayed(now).max(LATENCY_FLOOR_NS);
         latency * (f64::from(self.in_flight.load(Relaxed)) / f64::from(self.weight()) + 1.0)
+    }
+
+    /// The balancer's cost for this node now, in seconds (`/metrics`).
+    pub fn load_estimate(&self) -> f64 {
+        self.cost(Instant::now()) / 1e9
     }
 
     fn available(&self, now: Instant, need_pow: bool) -> bool {
@@ -161,6 +172,7 @@ impl Node {
 
     /// A latency sample: peak-sensitive, decaying towards lower samples.
     fn observe(&self, sample: Duration, now: Instant) {
+        self.latency_hist.observe(sample);
         let sample = sample.as_nanos() as f64;
         let mut e = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let current = e.decayed(now);

@@ -151,13 +151,19 @@ pub(super) async fn serve(
         Front::Tls(acceptor) => {
             // The handshake is part of the head: it must be done within the header timeout.
             let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config()).accept(io);
+            let metrics = proxy.metrics();
             let tls = match tokio::time::timeout(timeouts.header, handshake).await {
-                Ok(Ok(tls)) => tls,
+                Ok(Ok(tls)) => {
+                    metrics.handshake(crate::metrics::Handshake::Done);
+                    tls
+                }
                 Ok(Err(e)) => {
+                    metrics.handshake(crate::metrics::Handshake::Failed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.handshake(crate::metrics::Handshake::TimedOut);
                     tracing::debug!(%peer, "TLS handshake not done within the header timeout");
                     return;
                 }

@@ -73,19 +73,19 @@ impl Pipeline {
                         match Box::pin(self.send(&other, req, &target, buffer)).await {
                             Ok(answer) => (answer, other),
                             Err((err, _)) => {
-                                ctx.node = Some(other.name.clone());
+                                ctx.node = Some(other.clone());
                                 return Err(err);
                             }
                         }
                     }
                     _ => {
-                        ctx.node = Some(node.name.clone());
+                        ctx.node = Some(node.clone());
                         return Err(err);
                     }
                 }
             }
         };
-        ctx.node = Some(node.name.clone());
+        ctx.node = Some(node.clone());
 
         let (mut resp, lease, in_flight) = match answer {
             Answer::Stream(resp, lease, in_flight) => (resp, lease, in_flight),
@@ -155,7 +155,7 @@ impl Pipeline {
             }
             _ => None,
         };
-        GrpcTally { refusals: self.refusals.clone(), client: ctx.client, budget }
+        GrpcTally { refusals: self.refusals.clone(), metrics: self.metrics.clone(), client: ctx.client, budget }
     }
 
     /// One exchange with one node, reported to the balancer: `target` under the node's base path.
@@ -307,6 +307,7 @@ async fn read_body(mut body: Incoming) -> Option<bytes::Bytes> {
 /// or after a stream's messages.
 struct GrpcTally {
     refusals: crate::events::Refusals,
+    metrics: Arc<crate::metrics::Metrics>,
     client: std::net::IpAddr,
     budget: Option<(
         Arc<crate::pipeline::rate_limit::RateLimiter>,
@@ -324,6 +325,7 @@ impl GrpcTally {
             return;
         }
         self.refusals.send(self.client, crate::events::RefusalReason::NodeRefused, "(grpc)");
+        self.metrics.refused(crate::events::RefusalReason::NodeRefused);
         if let Some((limiter, key, limit)) = &self.budget {
             let _ = limiter.check(key, *limit, 1);
         }

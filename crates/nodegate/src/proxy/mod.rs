@@ -58,8 +58,9 @@ impl Proxy {
         balancer: Arc<Balancer>,
         bans: Arc<crate::bans::list::BanList>,
         heads: Arc<crate::health::Checkpoints>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Proxy {
-        Proxy { current: arc_swap::ArcSwap::from_pointee(Pipeline::new(config, balancer, bans, heads)) }
+        Proxy { current: arc_swap::ArcSwap::from_pointee(Pipeline::new(config, balancer, bans, heads, metrics)) }
     }
 
     /// Serves one request with the pipeline in force. Never fails: every problem becomes a JSON
@@ -89,6 +90,11 @@ impl Proxy {
         self.current.load().refusals.clone()
     }
 
+    /// The gateway's counts (`/metrics`).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.current.load().metrics.clone()
+    }
+
     /// Whether `ip` is a trusted proxy (PROXY protocol headers are read from these only).
     pub fn trusts(&self, ip: IpAddr) -> bool {
         self.current.load().config.gateway.trusted_proxies.contains(ip)
@@ -116,6 +122,7 @@ pub struct Pipeline {
     judge: rpc::Judge,
     /// gRPC server streams per client.
     streams: Arc<InFlightCap>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one request carries from phase to phase.
@@ -134,8 +141,10 @@ struct Ctx<'a> {
     rate_state: Option<(LimitPolicy, Limit, u32)>,
     /// The client's place under `max_in_flight_per_client`, freed with the response.
     slot: Option<InFlightSlot>,
-    /// The node that answered or failed, for the access log.
-    node: Option<Arc<str>>,
+    /// The node that answered or failed, for the access log and the metrics.
+    node: Option<Arc<crate::balancer::Node>>,
+    /// When the request began, for the latency metrics.
+    start: std::time::Instant,
     /// A JSON-RPC route's request, judged once its body is read (or message by message, a
     /// WebSocket).
     jsonrpc: bool,
@@ -167,6 +176,7 @@ impl Pipeline {
         balancer: Arc<Balancer>,
         bans: Arc<crate::bans::list::BanList>,
         heads: Arc<crate::health::Checkpoints>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Pipeline {
         let passive = Passive { eject_after: config.health.eject_after, eject_for: config.health.eject_for };
         let limits = Limiters::new(&config);
@@ -186,6 +196,7 @@ impl Pipeline {
             bans,
             judge,
             streams,
+            metrics,
         }
     }
 
@@ -211,6 +222,7 @@ impl Pipeline {
             balancer: self.balancer.clone(),
             refusals: self.refusals.clone(),
             bans: self.bans.clone(),
+            metrics: self.metrics.clone(),
             limits,
             in_flight,
             streams,
@@ -233,21 +245,23 @@ impl Pipeline {
             rate_state: None,
             slot: None,
             node: None,
+            start: std::time::Instant::now(),
             jsonrpc: false,
             rpc: None,
             grpc: false,
             stream_slot: None,
         };
         let record = self.config.log.access.then(|| self.access_record(&req, &ctx));
-        // Kept for the refusal event (a reference count, not a copy).
+        // Kept for the refusal event (a reference count, not a copy) and the metrics.
         let uri = req.uri().clone();
+        let method = crate::metrics::method_index(req.method());
         // The request moves once, into `forward`: a future of its own around the phases would
         // copy it once more (bench/callgrind).
         let result = match identified.map_err(|(err, _)| err).and_then(|_| self.admit(&req, &mut ctx)) {
             Ok(target) => self.forward(req, target, &mut ctx).await,
             Err(err) => Err(err),
         };
-        self.respond(result, ctx, uri.path(), guard, record)
+        self.respond(result, ctx, (uri.path(), method), guard, record)
     }
 
     /// The phases that decide without waiting, in order; returns the target the nodes are sent.
@@ -476,7 +490,7 @@ impl Pipeline {
         &self,
         result: Result<Response<ProxyBody>, GatewayError>,
         ctx: Ctx<'_>,
-        path: &str,
+        (path, method): (&str, usize),
         mut guard: RequestGuard,
         mut record: Option<Box<AccessRecord>>,
     ) -> Response<ProxyBody> {
@@ -484,9 +498,15 @@ impl Pipeline {
             Ok(resp) => resp,
             Err(err) => {
                 let err = match err.refusal_reason() {
-                    Some(reason) => self.refused(err, reason, ctx.client, path),
+                    Some(reason) => {
+                        self.metrics.refused(reason);
+                        self.refused(err, reason, ctx.client, path)
+                    }
                     None => err,
                 };
+                if let Some(limit) = err.limit_name() {
+                    self.metrics.limited(limit);
+                }
                 if ctx.jsonrpc {
                     crate::body::answer_rpc(&err, ctx.rpc.as_ref().and_then(|r| r.id.as_deref()))
                 } else if ctx.grpc {
@@ -507,8 +527,13 @@ impl Pipeline {
         resp.headers_mut().insert(&X_REQUEST_ID, request_id);
         if let Some(r) = &mut record {
             r.status = resp.status().as_u16();
-            r.node = ctx.node;
+            r.node = ctx.node.as_ref().map(|n| n.name.clone());
         }
+        // Counted as the client gets it (hyper sends the head next): by class, method, status and node.
+        let class = crate::metrics::class_index(ctx.rule.map(|r| r.access));
+        let counts = ctx.node.as_ref().map_or(&self.metrics.unanswered, |n| &n.counts);
+        counts.count(class, method, resp.status().as_u16());
+        self.metrics.latency[class].observe(ctx.start.elapsed());
         guard.record = record;
         guard.slot = ctx.slot;
         guard.stream_slot = ctx.stream_slot;

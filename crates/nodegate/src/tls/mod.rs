@@ -95,6 +95,8 @@ pub fn cert_facts(der: &CertificateDer<'_>) -> Option<(Vec<String>, SystemTime)>
 #[derive(Default)]
 pub struct Certs {
     first: Option<Arc<CertifiedKey>>,
+    /// Each certificate's first name and its expiry (`/metrics`, the status page).
+    expiries: Vec<(String, SystemTime)>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` is stored under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -109,6 +111,7 @@ impl Certs {
                 certs.insert(name, &l.key, false);
             }
             certs.first.get_or_insert_with(|| l.key.clone());
+            certs.expiries.push((names.first().cloned().unwrap_or_default(), l.not_after));
         }
         certs
     }
@@ -168,6 +171,11 @@ impl ResolvesServerCert for Resolver {
 }
 
 impl Resolver {
+    /// Each certificate in force: its first name and when it expires.
+    pub fn expiries(&self) -> Vec<(String, SystemTime)> {
+        self.certs.load().expiries.clone()
+    }
+
     pub fn set(&self, certs: Certs) {
         self.certs.store(Arc::new(certs));
     }
@@ -175,7 +183,12 @@ impl Resolver {
     /// Adds (or replaces) certificates without touching the others: ACME's, as they are issued.
     pub fn add(&self, loaded: Loaded) {
         let current = self.certs.load();
+        let mut expiries = current.expiries.clone();
+        let name = loaded.names.first().cloned().unwrap_or_default();
+        expiries.retain(|(n, _)| *n != name);
+        expiries.push((name, loaded.not_after));
         let mut next = Certs {
+            expiries,
             first: current.first.clone().or_else(|| Some(loaded.key.clone())),
             exact: current.exact.clone(),
             wildcard: current.wildcard.clone(),

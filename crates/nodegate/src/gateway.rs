@@ -151,6 +151,7 @@ impl Gateway {
                     reloader: reloader.clone(),
                     metrics,
                     tls: reloader.tls.clone(),
+                    refusals: refusals.clone(),
                 };
                 Some(admin::start(addr, parts, phase.subscribe()).await?)
             }
@@ -228,6 +229,10 @@ fn https_nodes(nodes: &[crate::balancer::NodeSettings]) -> bool {
 impl admin::Reload for Reloader {
     fn reload_file(&self) -> Result<serde_json::Value, String> {
         Reloader::reload_file(self).map(|done| serde_json::json!(done))
+    }
+
+    fn config(&self) -> Arc<Config> {
+        Reloader::config(self)
     }
 }
 

@@ -107,3 +107,111 @@ async fn metrics_count_what_clients_saw_and_parse_with_the_prometheus_parser() {
     assert!(labels.iter().all(|l| allowed.contains(l)), "unexpected labels: {labels:?}");
     assert!(!text.contains("127.0.0.1") && !text.contains("/api/"), "an address or a path is in the metrics");
 }
+
+/// Runs headless chromium on `url` with `args`; its standard output.
+async fn chromium(url: &str, args: &[&str]) -> String {
+    let profile = temp_dir("chromium-profile");
+    let out = tokio::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("chromium runs (scripts/test installs it)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_status_page_renders_a_running_gateways_nodes_in_a_real_browser() {
+    let n = node().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dir = temp_dir("status-page");
+    let path = dir.join("nodegate.toml");
+    let extra = "\n[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\naccess = false\n\n[bans]\n";
+    std::fs::write(&path, config_text(&[n.url(), dead], extra)).unwrap();
+    let gw = nodegate::Gateway::start(nodegate::Config::load(&path).unwrap()).await.unwrap();
+    let (g, admin) = (addr(&gw), gw.admin_addr().unwrap());
+    eventually(async || get(admin, "/status").await.json()["available"] == 1).await;
+    for _ in 0..5 {
+        assert_eq!(get(g, "/api/v1/info").await.status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(status_from_addr("127.0.0.9", g, "/api/v1/not-here", "").await, "404");
+    }
+    // A ban whose reason is markup: the page must show it as text, never run it.
+    let attack = r#"<img src=x onerror="document.title='pwned'">"#;
+    let ban = serde_json::json!({"address": "198.51.100.7", "for": "1h", "reason": attack}).to_string();
+    let r = send(&client(), http::Method::POST, format!("http://{admin}/bans"), &[], ban).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    eventually(async || !get(admin, "/status").await.json()["top_refused"].as_array().unwrap().is_empty()).await;
+
+    let page = get(admin, "/").await;
+    assert_eq!(page.status, 200);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+
+    let url = format!("http://{admin}/");
+    let dom = chromium(&url, &["--virtual-time-budget=3000", "--dump-dom"]).await;
+    assert!(
+        dom.contains("data-rendered=\"1\"") || dom.contains("data-rendered=\"2\""),
+        "the script did not render (CSP?):\n{dom}"
+    );
+    for expected in ["n0", "n1", "healthy", "down", "127.0.0.9", "not-exposed", "198.51.100.7/32", "1 of 2"] {
+        assert!(dom.contains(expected), "`{expected}` is not on the page:\n{dom}");
+    }
+    assert!(dom.contains(&path.display().to_string()), "the config's source is not on the page");
+    assert!(dom.contains("&lt;img src=x"), "the ban's reason is not shown as text:\n{dom}");
+    assert!(!dom.contains("<img"), "markup from a ban's reason became an element");
+    assert!(dom.contains("<title>nodegate status</title>"), "script from a ban's reason ran in the page");
+
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    chromium(&url, &["--virtual-time-budget=3000", "--window-size=1280,1100", "--hide-scrollbars", &arg]).await;
+    let png = std::fs::read(&shot).expect("no screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "not a screenshot: {} bytes", png.len());
+    println!("screenshot: {}", shot.display());
+}
+
+#[tokio::test]
+async fn off_loopback_the_admin_api_wants_an_admin_credential() {
+    use base64::Engine as _;
+    let n = node().await;
+    let key = |name: &str, key: &str, role: &str| {
+        format!(
+            "\n[[api_key]]\nname = \"{name}\"\nhash = \"{}\"\nroles = [\"{role}\"]\n",
+            nodegate::pipeline::auth::hash(key)
+        )
+    };
+    let extra = format!(
+        "\n[health]\nactive = false\n\n[admin]\nlisten = \"0.0.0.0:0\"\n{}{}",
+        key("ops", "ng_admin-key", "admin"),
+        key("wallet", "ng_wallet-key", "key")
+    );
+    let gw = gateway(&[n.url()], &extra).await;
+    let port = gw.admin_addr().unwrap().port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let basic = |password: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anyone:{password}")))
+    };
+    for path in ["/", "/status", "/metrics", "/bans"] {
+        let none = get(admin, path).await;
+        assert_eq!(none.status, 401, "{path} without a credential");
+        assert!(none.headers["www-authenticate"].to_str().unwrap().starts_with("Basic realm="));
+        assert_eq!(get_with(admin, path, &[("x-api-key", "ng_wallet-key")]).await.status, 403, "{path}, key role");
+        assert_eq!(get_with(admin, path, &[("x-api-key", "ng_wrong")]).await.status, 401, "{path}, wrong key");
+        assert_eq!(get_with(admin, path, &[("x-api-key", "ng_admin-key")]).await.status, 200, "{path}");
+        let bearer = "Bearer ng_admin-key";
+        assert_eq!(get_with(admin, path, &[("authorization", bearer)]).await.status, 200, "{path}");
+        assert_eq!(get_with(admin, path, &[("authorization", &basic("ng_admin-key"))]).await.status, 200, "{path}");
+        assert_eq!(get_with(admin, path, &[("authorization", &basic("ng_wallet-key"))]).await.status, 403, "{path}");
+    }
+    // A change with the credential is accepted.
+    let ban = serde_json::json!({"address": "198.51.100.9", "for": "1m"}).to_string();
+    let r = send(&client(), http::Method::POST, format!("http://{admin}/bans"), &[("x-api-key", "ng_admin-key")], ban)
+        .await;
+    assert_eq!(r.status, 201);
+}

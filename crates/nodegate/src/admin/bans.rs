@@ -9,7 +9,7 @@
 //!   `GET /list_addresses`: iota-node's format (ttl in seconds). A node behind the gateway sees
 //!   the gateway's own loopback address as a client: loopback is never banned this way.
 //!
-//! Changes are accepted from a loopback peer only: the admin API has no credentials yet.
+//! Changes are accepted from a loopback peer, or with an `admin` credential.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -82,21 +82,18 @@ const NOT_A_BAN: &str = "is not an address, an IPv6 /64 or an IPv6 /48 (what a b
 
 impl BanAdmin {
     /// Answers the ban routes; `None` for any other path.
-    pub async fn handle(
-        &self,
-        method: &Method,
-        path: &str,
-        peer: SocketAddr,
-        body: &[u8],
-    ) -> Option<Response<ProxyBody>> {
+    pub async fn handle(&self, method: &Method, path: &str, trusted: bool, body: &[u8]) -> Option<Response<ProxyBody>> {
         let changes = matches!(*method, Method::POST | Method::DELETE);
         let ours =
             path == "/bans" || path.starts_with("/bans/") || path == "/block_addresses" || path == "/list_addresses";
         if !ours {
             return None;
         }
-        if changes && !peer.ip().to_canonical().is_loopback() {
-            return Some(json_error(StatusCode::FORBIDDEN, "ban changes are accepted from loopback only"));
+        if changes && !trusted {
+            return Some(json_error(
+                StatusCode::FORBIDDEN,
+                "ban changes are accepted from loopback or with an admin credential only",
+            ));
         }
         Some(match (method, path) {
             (&Method::GET, "/bans") => {
@@ -265,6 +262,11 @@ impl BanAdmin {
             StatusCode::OK,
             &serde_json::json!({"address": net.to_string(), "banned": !bans.is_empty(), "bans": bans, "past": past}),
         )
+    }
+
+    /// The first `n` bans in force, as `GET /bans` shows them.
+    pub fn listed(&self, n: usize) -> serde_json::Value {
+        self.list.active().iter().take(n).map(|(d, left)| shown(d, Some(*left))).collect()
     }
 
     /// `/status`'s `bans` section.

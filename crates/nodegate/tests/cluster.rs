@@ -134,9 +134,18 @@ async fn a_gateway_started_while_redis_is_down_serves_and_finds_redis_later() {
     // No Redis yet, and no traffic: the gateway finds out by itself and still serves.
     eventually(async || gw.redis_status() == Some("down")).await;
     assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
+    assert!(redis_metric(&gw).await.ends_with(" 0.0"));
     let _redis = Redis::start(port).await;
     eventually(async || gw.redis_status() == Some("up")).await;
     assert_eq!(redis_status(&gw).await, "up");
+    assert!(redis_metric(&gw).await.ends_with(" 1.0"));
+}
+
+/// `/metrics`' line for Redis.
+async fn redis_metric(gw: &nodegate::Gateway) -> String {
+    let text = get(gw.admin_addr().unwrap(), "/metrics").await.body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    text.lines().find(|l| l.starts_with("nodegate_cluster_redis_up ")).unwrap_or("missing").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,35 @@ async fn metrics_count_what_clients_saw_and_parse_with_the_prometheus_parser() {
     let allowed = ["class", "method", "status", "node", "le", "reason", "limit", "version", "result", "jail", "name"];
     assert!(labels.iter().all(|l| allowed.contains(l)), "unexpected labels: {labels:?}");
     assert!(!text.contains("127.0.0.1") && !text.contains("/api/"), "an address or a path is in the metrics");
+
+    // The Grafana dashboard in the repository asks only for metrics that exist (those of TLS and
+    // [cluster] are absent here; tests/tls.rs and tests/cluster.rs see them).
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dashboards/grafana-nodegate.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let elsewhere = [
+        "nodegate_tls_handshakes_total",
+        "nodegate_tls_certificate_expiry_timestamp_seconds",
+        "nodegate_cluster_redis_up",
+    ];
+    for expr in &exprs {
+        for (i, _) in expr.match_indices("nodegate_") {
+            let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let known = samples.iter().any(|s| s.name == name) || text.contains(&format!("# TYPE {name} "));
+            assert!(
+                known || elsewhere.contains(&name.as_str()),
+                "the dashboard asks for `{name}`, which /metrics lacks"
+            );
+        }
+    }
 }
 
 /// Runs headless chromium on `url` with `args`; its standard output.

@@ -57,6 +57,12 @@ fn check_names_file_line_column_and_key_for_each_kind_of_mistake() {
         ),
         ("bad-size", format!("[gateway]\nmax_body = \"1 lb\"\n\n{NODE}"), ":2:12: gateway.max_body: ", "bad size"),
         (
+            "admin-off-loopback",
+            format!("{NODE}\n[admin]\nlisten = \"0.0.0.0:9090\"\n"),
+            ":6:1: admin.listen: ",
+            "is not loopback",
+        ),
+        (
             "bad-log-level",
             format!("{NODE}\n[log]\nlevel = \"nodegate=loud\"\n"),
             ":6:1: log.level: ",

@@ -72,7 +72,8 @@ fn audit_inside() {
         &dir,
         "nodegate.toml",
         "[gateway]\nlisten = [\"0.0.0.0:8443\"]\ntrusted_proxies = [\"0.0.0.0/0\"]\n\n[[node]]\nname = \"hornet\"\n\
-         url = \"http://127.0.0.1:14265\"\n\n[admin]\nlisten = \"0.0.0.0:9090\"\n",
+         url = \"http://127.0.0.1:14265\"\n\n[admin]\nlisten = \"0.0.0.0:9090\"\n\n[[api_key]]\nname = \"ops\"\n\
+         hash = \"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881\"\nroles = [\"admin\"]\n",
     );
     let (code, out, err) = nodegate(&["audit", "--config", &config, "--sshd-config", &sshd, "--json"]);
     assert_eq!(code, 2, "critical findings: exit 2\n{out}{err}");

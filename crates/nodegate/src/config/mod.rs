@@ -446,6 +446,18 @@ fn validate(raw: raw::RawConfig, at: &Locator) -> Result<Config, ConfigError> {
         log: Log { format: raw.log.format, access: raw.log.access, level: raw.log.level },
         bans,
     };
+    // Off loopback the admin API takes admin credentials only: without any it could never be used.
+    if let Some(a) = config.admin
+        && !a.ip().to_canonical().is_loopback()
+        && config.jwts.is_empty()
+        && !config.api_keys.iter().any(|k| k.roles.contains(&crate::pipeline::auth::Role::Admin))
+    {
+        return Err(at.error(
+            at.place("admin.listen"),
+            Some("admin.listen".into()),
+            format!("{a} is not loopback, so the admin API needs an `admin` credential: add an [[api_key]] with roles = [\"admin\"] (or a [[jwt]] issuer), or listen on 127.0.0.1"),
+        ));
+    }
     // A directive tracing would skip in silence (and log nothing it was meant to) is an error here.
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(at.error(

@@ -264,7 +264,9 @@ fn trust_findings(c: &Config, out: &mut Vec<Finding>) {
         out.push(Finding::new(
             "gateway.admin.exposed",
             Severity::Warning,
-            format!("the admin API listens on {admin}: /status shows every node and client to whoever reaches it"),
+            format!(
+                "the admin API listens on {admin}: its credential is all that stands between the internet and your bans, reloads and clients' addresses"
+            ),
             "[admin] listen = \"127.0.0.1:9090\"".into(),
         ));
     }

@@ -36,53 +36,6 @@ impl Scheme {
     }
 }
 
-/// Who a verified client certificate says the client is.
-pub struct ClientIdentity {
-    pub name: String,
-    /// The chain verified at the handshake.
-    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// The listener's CA, and the generation of it the chain was verified under.
-    pub trust: std::sync::Arc<crate::tls::Acceptor>,
-    pub generation: u64,
-    /// The later CA generation the chain was verified under again, plus one, shifted left by
-    /// one, with whether it passed in the low bit; 0 = not verified again.
-    rechecked: AtomicU64,
-}
-
-impl ClientIdentity {
-    pub fn new(
-        name: String,
-        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-        trust: std::sync::Arc<crate::tls::Acceptor>,
-    ) -> ClientIdentity {
-        let generation = trust.trust.as_ref().map_or(0, |t| t.generation());
-        ClientIdentity { name, chain, trust, generation, rechecked: AtomicU64::new(0) }
-    }
-
-    /// Whether the certificate passes the client CA in force: at once when the CA has not changed
-    /// since the handshake, else verified again (once per CA change).
-    pub fn trusted(&self) -> bool {
-        let Some(trust) = &self.trust.trust else { return true };
-        let now = trust.generation();
-        if now == self.generation {
-            return true;
-        }
-        let seen = self.rechecked.load(Relaxed);
-        if seen >> 1 == now + 1 {
-            return seen & 1 == 1;
-        }
-        let ok = trust.verifies(&self.chain);
-        self.rechecked.store(((now + 1) << 1) | u64::from(ok), Relaxed);
-        ok
-    }
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity").field("name", &self.name).field("generation", &self.generation).finish()
-    }
-}
-
 /// What the connection's watchdog and its requests share.
 pub struct ConnState {
     pub peer: SocketAddr,
@@ -95,7 +48,7 @@ pub struct ConnState {
     /// forwarding header is read, whoever the balancer names.
     pub proxy_protocol: bool,
     /// The client certificate's holder, on a `[tls.client_auth]` listener (see `client_cert`).
-    pub(crate) cert: std::sync::OnceLock<ClientIdentity>,
+    pub(crate) cert: std::sync::OnceLock<crate::tls::ClientIdentity>,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch`, plus one, when an unanswered request head began; 0 = none.
@@ -149,7 +102,7 @@ impl ConnState {
     }
 
     /// The verified client certificate's holder, while the client CA in force trusts it.
-    pub fn client_cert(&self) -> Option<&ClientIdentity> {
+    pub fn client_cert(&self) -> Option<&crate::tls::ClientIdentity> {
         self.cert.get().filter(|id| id.trusted())
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 pub mod bans;
 pub mod client;
+pub mod scrape;
 pub mod status;
 
 pub use bans::BanAdmin;
@@ -128,14 +129,14 @@ impl Admin {
             (&Method::GET, "/") => page(),
             (&Method::GET, "/status") => bans::json(StatusCode::OK, &self.status()),
             (&Method::GET, "/metrics") => {
-                let scrape = crate::metrics::Scrape {
+                let scrape = scrape::Scrape {
                     metrics: metrics.clone(),
                     balancer: balancer.clone(),
                     bans: bans.clone(),
                     cluster: cluster.clone(),
                     tls: tls.clone(),
                 };
-                match crate::metrics::render(scrape) {
+                match scrape::render(scrape) {
                     Ok(text) => {
                         let mut resp = Response::new(ProxyBody::full(text));
                         resp.headers_mut().insert(

@@ -8,7 +8,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-pub use crate::conn::ClientIdentity;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Reads PEM CA certificates into a root store.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
@@ -35,4 +35,51 @@ pub fn client_identity(chain: &[CertificateDer<'static>], trust: &Arc<super::Acc
     // Printable, bounded: it ends up in logs, rate-limit keys and Redis.
     let name: String = name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(128).collect();
     (!name.is_empty()).then(|| ClientIdentity::new(name, chain.to_vec(), trust.clone()))
+}
+
+/// Who a verified client certificate says the client is.
+pub struct ClientIdentity {
+    pub name: String,
+    /// The chain verified at the handshake.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The listener's CA, and the generation of it the chain was verified under.
+    pub trust: Arc<super::Acceptor>,
+    pub generation: u64,
+    /// The later CA generation the chain was verified under again, plus one, shifted left by
+    /// one, with whether it passed in the low bit; 0 = not verified again.
+    rechecked: AtomicU64,
+}
+
+impl ClientIdentity {
+    pub fn new(
+        name: String,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        trust: Arc<super::Acceptor>,
+    ) -> ClientIdentity {
+        let generation = trust.trust.as_ref().map_or(0, |t| t.generation());
+        ClientIdentity { name, chain, trust, generation, rechecked: AtomicU64::new(0) }
+    }
+
+    /// Whether the certificate passes the client CA in force: at once when the CA has not changed
+    /// since the handshake, else verified again (once per CA change).
+    pub fn trusted(&self) -> bool {
+        let Some(trust) = &self.trust.trust else { return true };
+        let now = trust.generation();
+        if now == self.generation {
+            return true;
+        }
+        let seen = self.rechecked.load(Relaxed);
+        if seen >> 1 == now + 1 {
+            return seen & 1 == 1;
+        }
+        let ok = trust.verifies(&self.chain);
+        self.rechecked.store(((now + 1) << 1) | u64::from(ok), Relaxed);
+        ok
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("name", &self.name).field("generation", &self.generation).finish()
+    }
 }

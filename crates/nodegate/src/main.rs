@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The man page (roff), for packaging: `nodegate manpage | gzip > nodegate.1.gz`.
+    #[command(hide = true)]
+    Manpage,
     /// Run the gateway.
     Run {
         #[arg(long, short)]
@@ -338,6 +341,17 @@ key = \"{}\"",
             );
             ExitCode::SUCCESS
         }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout().lock();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodegate manpage: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} node(s), listening on {:?})", config.display(), c.nodes.len(), c.gateway.listen);
@@ -446,6 +460,13 @@ async fn bans_command(admin: SocketAddr, command: BansCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Tells systemd (`NOTIFY_SOCKET`, Type=notify) how the service is; nothing without systemd.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
 /// One worker means a current-thread runtime: no work-stealing queues or cross-thread wake-ups to
 /// pay for when there is nobody to steal from.
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
@@ -473,6 +494,8 @@ async fn run(config: Config) -> ExitCode {
     for addr in gateway.local_addrs() {
         println!("nodegate listening on {addr}");
     }
+    // Under systemd (Type=notify): started once every listener is bound.
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
     // SIGHUP reloads the config file; a broken file keeps the running config and says why.
     let mut reloads = reload_signals();
     let stop = wait_for_stop_signal();
@@ -481,15 +504,25 @@ async fn run(config: Config) -> ExitCode {
         tokio::select! {
             _ = &mut stop => break,
             Some(()) = reloads.recv() => {
+                // systemd shows the reload while it lasts (MONOTONIC_USEC: systemd 253's notify-reload).
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
                 // The file read off the workers; success is logged by the reload itself.
                 let reloader = gateway.reloader();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reloader.reload_file()).await {
-                    tracing::error!("reload refused, keeping the running config: {e}");
-                }
+                let status = match tokio::task::spawn_blocking(move || reloader.reload_file()).await {
+                    Ok(Err(e)) => {
+                        tracing::error!("reload refused, keeping the running config: {e}");
+                        "serving; the last reload was refused (see the log)"
+                    }
+                    _ => "serving",
+                };
+                notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)]);
             }
         }
     }
     tracing::info!("shutting down: draining in-flight requests");
+    notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
     let code = tokio::select! {
         _ = gateway.shutdown() => ExitCode::SUCCESS,
         _ = wait_for_stop_signal() => {

@@ -445,6 +445,52 @@ async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
 }
 
 #[tokio::test]
+async fn under_systemd_it_notifies_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let n = node().await;
+    let path = temp_file("notify.toml", &config_text(&[n.url()], ""));
+    let dir = path.parent().unwrap();
+    // systemd's side: a datagram socket named by NOTIFY_SOCKET.
+    let socket_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let len = systemd.recv(&mut buf).expect("no notification");
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+    let mut child = nodegate()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("nodegate listening on ").unwrap().parse().unwrap();
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    // Ready means serving: a request right after it is answered.
+    assert_eq!(get(addr, "/api/v1/info").await.status, 200);
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let reloading = next();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{reloading}");
+    let again = next();
+    assert!(again.lines().any(|l| l == "READY=1") && again.contains("STATUS=serving"), "{again}");
+
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
 async fn sighup_changes_the_log_level_and_format() {
     let n = node().await;
     let path = temp_file("sighup-log.toml", "");

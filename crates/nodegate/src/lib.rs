@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod init;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

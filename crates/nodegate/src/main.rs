@@ -102,6 +102,29 @@ enum Command {
         #[arg(long)]
         sshd_config: Option<PathBuf>,
     },
+    /// A first config from what this host has: the nodes on their usual local ports (iota-node 9000,
+    /// Hornet 14265, Wasp 9090), sshd's log or journal for a bans jail, the admin listener on loopback
+    /// with a fresh admin key (printed once). Asks nothing it can find itself.
+    Init {
+        /// Where to write it.
+        #[arg(long, short, default_value = "/etc/nodegate/nodegate.toml")]
+        output: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Ask these node URLs (repeatable) instead of the usual local ports.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Where the gateway listens (repeatable).
+        #[arg(long, default_values_t = ["0.0.0.0:8080".to_string(), "[::]:8080".to_string()])]
+        listen: Vec<String>,
+        /// sshd's log file; when it is absent, the journal is used if there is one.
+        #[arg(long, default_value = "/var/log/auth.log")]
+        sshd_log: PathBuf,
+        /// Where bans are kept across restarts.
+        #[arg(long, default_value = "/var/lib/nodegate")]
+        state_dir: PathBuf,
+    },
     /// A gateway and three simulated nodes on localhost, for a first look with no node installed.
     Demo {
         /// Where the demo gateway listens (port 0 picks a free one).
@@ -352,6 +375,9 @@ key = \"{}\"",
                 }
             }
         }
+        Command::Init { output, force, nodes, listen, sshd_log, state_dir } => {
+            runtime(1).block_on(init(output, force, nodes, listen, sshd_log, state_dir))
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} node(s), listening on {:?})", config.display(), c.nodes.len(), c.gateway.listen);
@@ -457,6 +483,87 @@ async fn bans_command(admin: SocketAddr, command: BansCommand) -> ExitCode {
             }
         }
     }
+    ExitCode::SUCCESS
+}
+
+async fn init(
+    output: PathBuf,
+    force: bool,
+    nodes: Vec<String>,
+    listen: Vec<String>,
+    sshd_log: PathBuf,
+    state_dir: PathBuf,
+) -> ExitCode {
+    use nodegate::init;
+    if output.exists() && !force {
+        eprintln!("nodegate init: {} exists; --force overwrites it", output.display());
+        return ExitCode::FAILURE;
+    }
+    let candidates: Vec<String> = if nodes.is_empty() {
+        init::KNOWN.iter().map(|(_, port)| format!("http://127.0.0.1:{port}")).collect()
+    } else {
+        nodes
+    };
+    let mut found = Vec::new();
+    for url in &candidates {
+        match init::probe(url).await {
+            Some(f) => {
+                println!("found: {} at {}", f.about, f.url);
+                found.push(f);
+            }
+            None => println!("nothing that answers like a node at {url}"),
+        }
+    }
+    let key = match auth::new_key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("nodegate init: no randomness for the admin key: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (log, journal) = init::sshd_source(&sshd_log);
+    let setup = init::Setup {
+        listen,
+        admin: std::net::SocketAddr::from(([127, 0, 0, 1], init::free_admin_port(&[9090, 9191, 9292]))),
+        state_dir,
+        sshd_log: log,
+        sshd_journal: journal,
+        admin_hash: auth::hash(&key),
+        written: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let text = init::config_text(&found, &setup);
+    // What it writes must pass `nodegate check`; a failure here is nodegate's bug, not the host's.
+    if let Err(e) = Config::parse(&text, &output.display().to_string()) {
+        eprintln!("nodegate init: the config it made does not load ({e}); please report this\n{text}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("nodegate init: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // It holds the admin key's hash: readable by its owner and group only.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&output)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+    };
+    if let Err(e) = written {
+        eprintln!("nodegate init: cannot write {}: {e}", output.display());
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {}", output.display());
+    println!("admin key (shown once, only its hash is in the file): {key}");
+    println!("status page: http://{}/   check: nodegate check --config {}", setup.admin, output.display());
     ExitCode::SUCCESS
 }
 

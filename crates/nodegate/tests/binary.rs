@@ -444,6 +444,60 @@ async fn sighup_reloads_the_nodes_and_a_broken_file_is_refused() {
     assert_eq!(b.state().requests.load(std::sync::atomic::Ordering::Relaxed), 20);
 }
 
+// Multi-threaded: the test nodes answer init's probes while this thread waits for init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_finds_the_nodes_writes_a_config_that_check_accepts_and_prints_the_admin_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let (a, b) = (node().await, node().await);
+    let dir = temp_file("init-auth.log", "").parent().unwrap().join("init");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("auth.log");
+    std::fs::write(&log, "").unwrap();
+    let output = dir.join("nodegate.toml");
+    let nothing = format!("http://127.0.0.1:{}", free_port());
+    let init = |extra: &[&str]| {
+        let mut cmd = nodegate();
+        cmd.args(["init", "--listen", "127.0.0.1:0", "--output"]).arg(&output).arg("--sshd-log").arg(&log);
+        cmd.arg("--state-dir").arg(dir.join("state"));
+        for url in [a.url(), b.url(), nothing.clone()] {
+            cmd.args(["--node", &url]);
+        }
+        cmd.args(extra).output().unwrap()
+    };
+    let out = init(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("found: iota-node, chain 6364aad5").count(), 2, "{stdout}");
+    assert!(stdout.contains(&format!("nothing that answers like a node at {nothing}")), "{stdout}");
+    let key = stdout.lines().find_map(|l| l.split("hash is in the file): ").nth(1)).expect("no key printed").trim();
+    assert!(key.starts_with("ng_") && key.len() > 60);
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(!text.contains(key), "the key itself was written");
+    assert!(text.contains(&nodegate::pipeline::auth::hash(key)), "{text}");
+    assert!(
+        text.contains("profile = \"iota-rebased\"") && text.contains(&a.url()) && text.contains(&b.url()),
+        "{text}"
+    );
+    assert!(text.contains(&format!("log = \"{}\"", log.display())), "the sshd jail: {text}");
+    assert_eq!(std::fs::metadata(&output).unwrap().permissions().mode() & 0o777, 0o640);
+    let check = nodegate().args(["check", "--config"]).arg(&output).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    // A second init does not overwrite what the operator may have edited, unless told to.
+    let again = init(&[]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(init(&["--force"]).status.success());
+
+    // It runs: a JSON-RPC call through it reaches a node.
+    let gw = Running::start_path(&output);
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"iota_getChainIdentifier","params":[]}"#;
+    let url = format!("http://{}/", gw.addr);
+    let r = send(&client(), http::Method::POST, url, &[("content-type", "application/json")], call).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["result"], "6364aad5");
+}
+
 #[tokio::test]
 async fn under_systemd_it_notifies_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;

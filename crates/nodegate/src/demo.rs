@@ -9,6 +9,9 @@ use testnode::{Options, TestNode};
 use crate::config::Config;
 use crate::gateway::Gateway;
 
+/// The demo's API key (role `key`): printed by the demo, so only for the demo.
+pub const DEMO_KEY: &str = "ng_demo-key-printed-by-nodegate-demo";
+
 /// The demo's nodes and gateway, running.
 pub struct Demo {
     pub profile: crate::profile::Profile,
@@ -37,7 +40,20 @@ pub fn config_text(
     for (i, url) in nodes.iter().enumerate() {
         toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{url}\"\npow = {}\n", i + 1, i == 0));
     }
-    // The simulated nodes' debug routes are part of the demo: /debug/headers shows what a node receives.
+    // A key for `key` routes, and routes that show each kind of rule (first match wins): the tips
+    // with a tight limit of their own, /debug/headers (what a node receives) behind a key, and
+    // /debug/count behind the admin role (the REST profiles' own admin routes are their peers).
+    toml.push_str(&format!(
+        "\n[[api_key]]\nname = \"demo\"\nhash = \"{}\"\nroles = [\"key\"]\n",
+        crate::pipeline::auth::hash(DEMO_KEY)
+    ));
+    toml.push_str("\n[rate_limit]\nper_client = \"100/s\"\nburst = 200\n");
+    for tips in ["/api/v1/tips", "/api/core/v2/tips"] {
+        toml.push_str(&format!("\n[[route]]\npath = \"{tips}\"\naccess = \"public\"\nrate = \"1/s\"\nburst = 3\n"));
+    }
+    toml.push_str("\n[[route]]\npath = \"/debug/headers\"\naccess = \"key\"\n");
+    toml.push_str("\n[[route]]\npath = \"/debug/count\"\naccess = \"admin\"\n");
+    // The rest of the simulated nodes' debug routes are part of the demo (/debug/echo for 413).
     toml.push_str("\n[[route]]\npath = \"/debug/*\"\naccess = \"public\"\n");
     // The demo's user (127.0.0.1) is never banned; other loopback addresses (127.0.0.66, ...) play
     // the attackers.
@@ -113,48 +129,78 @@ impl Demo {
         )
     }
 
+    /// What the demo prints: the nodes, then commands to paste, each with what it shows
+    /// (`# -> ...`); tests/binary.rs pastes every one of them.
     pub fn banner(&self) -> String {
+        use crate::profile::Profile;
         let gw = format!("http://{}", self.gateway.local_addrs()[0]);
         let mut s = format!("nodegate demo: a gateway on {gw} in front of {} simulated IOTA nodes\n", self.nodes.len());
+        let remote_pow = self.profile != Profile::IotaRebased;
         for (i, n) in self.nodes.iter().enumerate() {
-            let offers = i == 0 && self.profile != crate::profile::Profile::IotaRebased;
-            let pow = if offers { "  (offers remote PoW)" } else { "" };
+            let pow = if i == 0 && remote_pow { "  (offers remote PoW)" } else { "" };
             s.push_str(&format!("  {:<7} {}{pow}\n", n.state().name, n.url()));
         }
-        if self.profile == crate::profile::Profile::IotaRebased {
+        let key = format!("-H 'x-api-key: {DEMO_KEY}'");
+        let code = "-s -o /dev/null -w '%{http_code}\\n'";
+        let codes = "-s -o /dev/null -w '%{http_code} '";
+        if self.profile == Profile::IotaRebased {
             let rpc = |method: &str| {
                 format!(
-                    "curl -s -X POST {gw}/ -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{method}\",\"params\":[]}}'"
+                    "-X POST {gw}/ -H 'content-type: application/json' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{method}\",\"params\":[]}}'"
                 )
             };
             s.push_str(&format!(
-                "\nTry (iota-node's JSON-RPC, judged by method):\n  {}\n  {}   # cost 10, its own rate\n  \
-                 {}   # internal: 404, -32601\n  {}   # transaction builders need a key: 401\n  \
-                 curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n",
+                "\nJSON-RPC, judged call by call before any node sees it (iota-node's API):\n  \
+                 curl -s {}   # -> \"result\"\n  \
+                 curl -s {}   # -> -32601 (internal: not exposed)\n  \
+                 for i in 1 2 3 4 5 6 7 8; do curl {codes} {}; done; echo   # -> 200 429 (cost 10, 2/s, burst 4)\n  \
+                 curl -s {}   # -> -32001 (transaction builders need a key)\n  \
+                 curl -s {key} {}   # -> txBytes (the demo key opens it)\n",
                 rpc("iota_getLatestCheckpointSequenceNumber"),
-                rpc("iota_dryRunTransactionBlock"),
                 rpc("iota_tryGetObjectBeforeVersion"),
+                rpc("iota_dryRunTransactionBlock"),
+                rpc("unsafe_moveCall"),
                 rpc("unsafe_moveCall"),
             ));
         } else {
+            let (api, submit, body) = match self.profile {
+                Profile::IotaStardust => {
+                    ("/api/core/v2", "/api/core/v2/blocks", r#"{"protocolVersion":2,"parents":[],"payload":null}"#)
+                }
+                _ => ("/api/v1", "/api/v1/messages", r#"{"parents":[],"payload":null}"#),
+            };
             s.push_str(&format!(
-                "\nTry:\n  curl -s {gw}/api/v1/info\n  curl -s {gw}/api/v1/tips\n  \
-                 curl -s -X POST {gw}/api/v1/messages -H 'content-type: application/json' -d '{{\"payload\":null,\"nonce\":\"1\"}}'\n  \
-                 curl -s {gw}/debug/headers     # what a node receives: forwarded headers, request id\n  \
-                 curl -si -X POST {gw}/debug/echo -H 'content-length: 2000000' --data-binary @/dev/zero   # 413 over max_body\n"
+                "\nREST, judged by route:\n  \
+                 curl -s {gw}{api}/info   # -> HORNET\n  \
+                 for i in 1 2 3 4 5 6; do curl {codes} {gw}{api}/tips; done; echo   # -> 200 429 (a route limit: 1/s, burst 3)\n  \
+                 curl {code} {gw}{api}/peers   # -> 401 (the node's admin route)\n  \
+                 curl {code} {key} {gw}{api}/peers   # -> 403 (the demo key has the key role, not admin)\n  \
+                 curl -s -X POST {gw}{submit} -H 'content-type: application/json' -d '{body}'   # -> {id} (no nonce: node-1 did the PoW)\n  \
+                 curl -s {}/control/state   # -> \"pow_jobs\":1 (only node-1 offers PoW)\n  \
+                 head -c 2000000 /dev/zero | curl {code} -X POST {gw}/debug/echo --data-binary @-   # -> 413 (over max_body, 1 MiB)\n",
+                self.nodes[0].url(),
+                id = if self.profile == Profile::IotaStardust { "blockId" } else { "messageId" },
             ));
         }
+        s.push_str(&format!(
+            "\nKeys (the demo's key: {DEMO_KEY}):\n  \
+             curl {code} {gw}/debug/headers   # -> 401\n  \
+             curl -s {key} {gw}/debug/headers   # -> x-forwarded-for (what the node receives: no key)\n  \
+             curl {code} {key} {gw}/debug/count   # -> 403 (an admin route)\n"
+        ));
         if let Some(admin) = self.gateway.admin_addr() {
             let exe = std::env::current_exe().map_or("nodegate".into(), |p| p.display().to_string());
             let log = self.auth_log.display();
             s.push_str(&format!(
                 "\nBans (admin API on http://{admin}):\n  \
-                 {exe} bans --admin {admin} list\n  \
-                 {exe} bans --admin {admin} why 127.0.0.66\n  \
+                 {exe} bans --admin {admin} list   # -> 127.0.0.66\n  \
+                 {exe} bans --admin {admin} why 127.0.0.66   # -> probes\n  \
                  for i in 1 2 3; do echo \"$(date '+%b %e %T') host sshd[$i]: Failed password for root from 127.0.0.88 port 4711 ssh2\" >> {log}; done\n  \
-                 curl -s --interface 127.0.0.88 {gw}/api/v1/info   # banned by jail sshd: the connection is closed\n  \
-                 {exe} bans --admin {admin} remove 127.0.0.88\n  \
-                 curl -s http://{admin}/status\n"
+                 sleep 1; curl -s --interface 127.0.0.88 {gw}/debug/bytes?n=2 || echo closed   # -> closed (banned by jail sshd)\n  \
+                 {exe} bans --admin {admin} remove 127.0.0.88   # -> 127.0.0.88\n\n\
+                 The status page: http://{admin}/ (open it in a browser: nodes, rates, refused clients, bans; it\n\
+                 refreshes every 5 s, so the commands above show up on it). Metrics for Prometheus:\n  \
+                 curl -s http://{admin}/metrics | grep 'nodegate_requests_total{{'   # -> nodegate_requests_total\n",
             ));
         }
         s.push_str("\nPress Ctrl-C to stop.\n");

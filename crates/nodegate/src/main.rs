@@ -133,16 +133,20 @@ enum Command {
         /// Stop by itself after this many seconds (0 = run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
-        /// The simulated nodes' API: iota-chrysalis (Hornet) or iota-rebased (iota-node JSON-RPC).
-        #[arg(long, value_enum, default_value = "iota-chrysalis")]
+        /// The simulated nodes' API: iota-rebased (iota-node's JSON-RPC), iota-stardust or
+        /// iota-chrysalis (Hornet's REST, with remote PoW).
+        #[arg(long, value_enum, default_value = "iota-rebased")]
         profile: DemoProfile,
     },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+// The variants are the command line's values (iota-rebased, ...): the prefix is part of the name.
+#[allow(clippy::enum_variant_names)]
 enum DemoProfile {
-    IotaChrysalis,
     IotaRebased,
+    IotaStardust,
+    IotaChrysalis,
 }
 
 #[derive(Subcommand)]
@@ -405,6 +409,7 @@ key = \"{}\"",
             let profile = match profile {
                 DemoProfile::IotaChrysalis => nodegate::profile::Profile::IotaChrysalis,
                 DemoProfile::IotaRebased => nodegate::profile::Profile::IotaRebased,
+                DemoProfile::IotaStardust => nodegate::profile::Profile::IotaStardust,
             };
             runtime(0).block_on(run_demo(listen, seconds, profile))
         }
@@ -650,8 +655,13 @@ async fn run_demo(listen: SocketAddr, seconds: u64, profile: nodegate::profile::
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", d.show_a_ban().await);
-    println!("{}", d.banner());
+    // Written, not println!: a reader that goes away (`nodegate demo | head`) must not stop the demo.
+    {
+        use std::io::Write;
+        let text = format!("{}\n{}\n", d.show_a_ban().await, d.banner());
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        let _ = std::io::stdout().lock().flush();
+    }
     if seconds > 0 {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}

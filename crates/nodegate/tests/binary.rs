@@ -351,14 +351,16 @@ fn demo(args: &[&str]) -> (Child, Vec<String>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let banner = stdout.lines().map_while(Result::ok).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let banner = lines.by_ref().take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+    // Whatever follows is read too, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, banner)
 }
 
 #[tokio::test]
 async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
-    let (mut child, banner) = demo(&[]);
+    let (mut child, banner) = demo(&["--profile", "iota-chrysalis"]);
     // It shows a ban happening: five probes of routes that are not exposed, then closed at accept.
     let ban = banner.iter().position(|l| l.starts_with("A ban, as it happened")).expect("a ban shown");
     assert!(banner[ban + 1].contains("/admin 404") && banner[ban + 1].contains("/phpmyadmin/ 404"), "{banner:?}");
@@ -379,15 +381,57 @@ async fn demo_starts_three_nodes_and_a_gateway_that_answers() {
         assert_eq!(get(node, "/api/v1/info").await.status, 200, "{line}");
     }
     // The printed sshd commands, pasted into a shell, ban 127.0.0.88; the printed `why` explains.
-    let pasted = |prefix: &str| banner.iter().find(|l| l.trim_start().starts_with(prefix)).unwrap().trim().to_owned();
     let sh = |cmd: &str| Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(sh(&pasted("for i in 1 2 3")).status.success());
+    let sshd = banner.iter().find(|l| l.contains("Failed password")).unwrap().trim().to_owned();
+    assert!(sh(&sshd).status.success());
     eventually(async || status_from_addr("127.0.0.88", gw, "/api/v1/info", "").await.is_empty()).await;
     let why = sh(banner.iter().find(|l| l.contains("bans --admin") && l.contains("why")).unwrap().trim());
     let why = String::from_utf8_lossy(&why.stdout).into_owned();
     assert!(why.contains("banned: 127.0.0.66/32 by jail probes") && why.contains("not-exposed /phpmyadmin/"), "{why}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Pastes every command a demo printed, in order, into a shell: each must succeed and show
+/// what its `# -> ...` says (each word before the parenthesis).
+fn paste_every_command(profile: &str) {
+    let (mut child, banner) = demo(&["--profile", profile]);
+    let exe = env!("CARGO_BIN_EXE_nodegate");
+    let commands: Vec<&str> = banner
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| ["curl ", "for ", "head ", "sleep ", exe].iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert!(commands.len() >= 12, "{profile}: {banner:#?}");
+    for line in commands {
+        let (cmd, expect) = line.split_once("   # -> ").unwrap_or((line, ""));
+        let out = Command::new("timeout").args(["20", "sh", "-c", cmd]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{profile}: `{cmd}` failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        for word in expect.split(" (").next().unwrap().split_whitespace() {
+            assert!(stdout.contains(word), "{profile}: `{cmd}` shows no `{word}`:\n{stdout}");
+        }
+        if cmd.contains("x-api-key") && cmd.ends_with("/debug/headers") {
+            assert!(!stdout.contains(nodegate::demo::DEMO_KEY), "the node received the key: {stdout}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn every_command_the_demo_prints_works_when_pasted_iota_rebased() {
+    paste_every_command("iota-rebased");
+}
+
+#[test]
+fn every_command_the_demo_prints_works_when_pasted_iota_stardust() {
+    paste_every_command("iota-stardust");
+}
+
+#[test]
+fn every_command_the_demo_prints_works_when_pasted_iota_chrysalis() {
+    paste_every_command("iota-chrysalis");
 }
 
 #[test]
@@ -812,26 +856,4 @@ async fn bans_survive_kill_9_and_a_damaged_ban_file_is_kept_aside() {
         .collect();
     assert_eq!(aside.len(), 1, "the damaged file was not kept aside");
     assert!(gw.log_lines_until(|l| l.contains("ban file damaged")).is_some());
-}
-
-#[tokio::test]
-async fn demo_with_the_iota_rebased_profile_prints_json_rpc_calls_that_work_when_pasted() {
-    let (mut child, banner) = demo(&["--profile", "iota-rebased"]);
-    let pasted = |method: &str| {
-        let line = banner
-            .iter()
-            .find(|l| l.contains(&format!("\"method\":\"{method}\"")))
-            .unwrap_or_else(|| panic!("{banner:?}"));
-        let cmd = line.split("   #").next().unwrap().trim().to_owned();
-        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: {e}"))
-    };
-    let checkpoint = pasted("iota_getLatestCheckpointSequenceNumber");
-    assert!(checkpoint["result"].as_str().unwrap().parse::<u64>().is_ok(), "{checkpoint}");
-    assert_eq!(pasted("iota_tryGetObjectBeforeVersion")["error"]["code"], -32601);
-    assert_eq!(pasted("unsafe_moveCall")["error"]["code"], -32001);
-    assert!(pasted("iota_dryRunTransactionBlock")["result"].is_object());
-    assert!(!banner.iter().any(|l| l.contains("remote PoW")), "iota-node has no remote PoW: {banner:?}");
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -580,8 +580,15 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// One worker means a current-thread runtime: no work-stealing queues or cross-thread wake-ups to
-/// pay for when there is nobody to steal from.
+/// pay for when there is nobody to steal from. `workers = 0` (the default) is one worker per CPU
+/// this process may run on (its affinity, so a gateway pinned to one CPU, or given one by its
+/// container, runs one worker: the multi-thread scheduler there cost 64% more CPU a request than
+/// the current-thread one, bench/RESULTS.md).
 fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(0, |n| if n.get() == 1 { 1 } else { 0 }),
+        n => n,
+    };
     let mut b = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),

@@ -434,6 +434,43 @@ fn every_command_the_demo_prints_works_when_pasted_iota_chrysalis() {
     paste_every_command("iota-chrysalis");
 }
 
+#[tokio::test]
+async fn the_default_workers_follow_the_cpus_the_process_may_use() {
+    let n = node().await;
+    let path = temp_file("workers.toml", &config_text(&[n.url()], "\n[log]\naccess = false\n"));
+    // Threads by name, once a request has been served.
+    let threads = |cpus: &str| {
+        let mut child = Command::new("taskset")
+            .args(["-c", cpus])
+            .arg(env!("CARGO_BIN_EXE_nodegate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let dir = format!("/proc/{}/task", child.id());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        names
+    };
+    // Pinned to one CPU: one current-thread runtime, no worker threads to hand work between.
+    let one = threads("0");
+    assert_eq!(one.iter().filter(|t| *t == "tokio-rt-worker").count(), 0, "{one:?}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    if cpus > 1 {
+        let all = threads(&format!("0-{}", cpus - 1));
+        assert_eq!(all.iter().filter(|t| *t == "tokio-rt-worker").count(), cpus, "{all:?}");
+    }
+}
+
 #[test]
 fn run_fails_clearly_when_the_listen_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -29,13 +29,7 @@ pub fn config_text(
     auth_log: &std::path::Path,
     profile: crate::profile::Profile,
 ) -> String {
-    let name = match profile {
-        crate::profile::Profile::IotaRebased => "iota-rebased",
-        crate::profile::Profile::Evm => "evm",
-        crate::profile::Profile::IotaStardust => "iota-stardust",
-        crate::profile::Profile::Generic => "generic",
-        crate::profile::Profile::IotaChrysalis => "iota-chrysalis",
-    };
+    let name = profile.as_str();
     let mut toml = format!("[gateway]\nlisten = [\"{listen}\"]\ndrain_timeout = \"2s\"\nprofile = \"{name}\"\n");
     for (i, url) in nodes.iter().enumerate() {
         toml.push_str(&format!("\n[[node]]\nname = \"node-{}\"\nurl = \"{url}\"\npow = {}\n", i + 1, i == 0));

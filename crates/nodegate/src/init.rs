@@ -129,16 +129,6 @@ pub struct Setup {
     pub written: String,
 }
 
-fn profile_name(p: Profile) -> &'static str {
-    match p {
-        Profile::IotaRebased => "iota-rebased",
-        Profile::Evm => "evm",
-        Profile::IotaStardust => "iota-stardust",
-        Profile::IotaChrysalis => "iota-chrysalis",
-        Profile::Generic => "generic",
-    }
-}
-
 /// The config text: the profile of the most current kind of node found (iota-rebased, then
 /// evm, stardust, chrysalis) with every node of that kind; others are named in comments, since
 /// one gateway serves one profile.
@@ -160,7 +150,7 @@ pub fn config_text(found: &[Found], setup: &Setup) -> String {
     t.push_str("[gateway]\n");
     let listen: Vec<String> = setup.listen.iter().map(|l| q(l)).collect();
     t.push_str(&format!("listen = [{}]\n", listen.join(", ")));
-    t.push_str(&format!("profile = {}\n\n", q(profile_name(profile))));
+    t.push_str(&format!("profile = {}\n\n", q(profile.as_str())));
     let ours: Vec<&Found> = found.iter().filter(|f| f.profile == profile).collect();
     if ours.is_empty() {
         t.push_str("# No node answered on this host's usual ports: this is where iota-node listens by default.\n");
@@ -169,12 +159,8 @@ pub fn config_text(found: &[Found], setup: &Setup) -> String {
     for (i, f) in ours.iter().enumerate() {
         let port = f.url.rsplit(':').next().unwrap_or("node").trim_matches('/');
         let name = match ours.len() {
-            1 => profile_name(profile).to_owned(),
-            _ => format!(
-                "{}-{}-{i}",
-                profile_name(profile),
-                port.chars().filter(char::is_ascii_digit).collect::<String>()
-            ),
+            1 => profile.as_str().to_owned(),
+            _ => format!("{}-{}-{i}", profile.as_str(), port.chars().filter(char::is_ascii_digit).collect::<String>()),
         };
         t.push_str(&format!("# {}\n[[node]]\nname = {}\nurl = {}\n\n", f.about, q(&name), q(&f.url)));
     }
@@ -183,7 +169,7 @@ pub fn config_text(found: &[Found], setup: &Setup) -> String {
             "# Also found: {} at {} (profile {}); one gateway serves one profile: run another for it.\n\n",
             f.about,
             f.url,
-            profile_name(f.profile)
+            f.profile.as_str()
         ));
     }
     t.push_str("[rate_limit]\nper_client = \"20/s\"\nburst = 100\n\n");

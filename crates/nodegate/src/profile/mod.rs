@@ -12,7 +12,6 @@ pub mod pow_score;
 use http::Method;
 use serde_json::Value;
 
-/// Whether this route submits messages or blocks (its body decides whether PoW is asked for).
 /// Which node API the gateway knows how to protect and health-check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -26,6 +25,20 @@ pub enum Profile {
     Generic,
 }
 
+impl Profile {
+    /// As `[gateway] profile` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::IotaChrysalis => "iota-chrysalis",
+            Profile::IotaStardust => "iota-stardust",
+            Profile::IotaRebased => "iota-rebased",
+            Profile::Evm => "evm",
+            Profile::Generic => "generic",
+        }
+    }
+}
+
+/// Whether this route submits messages or blocks (its body decides whether PoW is asked for).
 pub fn is_submission(profile: Profile, method: &Method, path: &str) -> bool {
     if method != Method::POST {
         return false;

@@ -285,9 +285,10 @@ impl TlsServer {
     /// changes) and its client CA (read again when the file, its path or `required` changed).
     /// ACME, the listeners and `reload_interval` stay as they started (a restart applies them).
     pub fn update(&self, tls: &Tls) -> Result<(), String> {
-        let renewed_trust = match (&self.client_auth, &tls.client_auth) {
-            (Some(acceptor), Some(ca)) => {
-                let trust = acceptor.trust.as_ref().expect("the client-certificate listener has a trust");
+        // (The client-certificate listener's acceptor always has a trust: `new` makes it so.)
+        let listener = self.client_auth.as_ref().and_then(|a| a.trust.as_ref().map(|t| (a, t)));
+        let renewed_trust = match (listener, &tls.client_auth) {
+            (Some((acceptor, trust)), Some(ca)) => {
                 let now = (ca.ca.clone(), ca.required, modified(&ca.ca));
                 let changed = *trust.loaded.lock().unwrap_or_else(|e| e.into_inner()) != now;
                 if changed {

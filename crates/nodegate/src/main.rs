@@ -602,6 +602,12 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // The signal handlers first: a SIGHUP or SIGTERM that arrives before they are in place takes
+    // its default action, which ends the process. systemd may send SIGHUP (a reload) the moment
+    // READY is out, and scripts may signal as soon as the listening line is printed.
+    let mut reloads = reload_signals();
+    let stop = stop_signal();
+    tokio::pin!(stop);
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -616,9 +622,6 @@ async fn run(config: Config) -> ExitCode {
     // Under systemd (Type=notify): started once every listener is bound.
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
     // SIGHUP reloads the config file; a broken file keeps the running config and says why.
-    let mut reloads = reload_signals();
-    let stop = wait_for_stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -644,7 +647,7 @@ async fn run(config: Config) -> ExitCode {
     notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("draining")]);
     let code = tokio::select! {
         _ = gateway.shutdown() => ExitCode::SUCCESS,
-        _ = wait_for_stop_signal() => {
+        _ = stop_signal() => {
             tracing::warn!("second stop signal: exiting now");
             ExitCode::FAILURE
         }
@@ -672,31 +675,36 @@ async fn run_demo(listen: SocketAddr, seconds: u64, profile: nodegate::profile::
     if seconds > 0 {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-            _ = wait_for_stop_signal() => {}
+            _ = stop_signal() => {}
         }
     } else {
-        wait_for_stop_signal().await;
+        stop_signal().await;
     }
     d.stop(Duration::from_secs(3)).await;
     ExitCode::SUCCESS
 }
 
-/// SIGTERM or SIGINT.
-async fn wait_for_stop_signal() {
+/// SIGTERM or SIGINT, with the handlers registered now (not when the future is first polled).
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let streams = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            let (Ok(mut term), Ok(mut int)) = streams else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// SIGHUPs, as a channel. Registered once at start, so a SIGHUP never falls to its default

@@ -26,6 +26,16 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Starts a `nodegate run` command (with whatever wraps it: taskset, a shell, an environment)
+/// and reads its first line: the child, and the address it says it listens on.
+fn started(cmd: &mut Command) -> (Child, std::net::SocketAddr) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("nodegate listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
+    (child, addr.parse().unwrap())
+}
+
 const NODE: &str = "[[node]]\nname = \"a\"\nurl = \"http://127.0.0.1:14265\"\n";
 const RATE: &str = "[rate_limit]\nper_client = \"1/s\"\nburst = 1\n";
 
@@ -203,13 +213,7 @@ impl Running {
     }
 
     fn start_path(p: &std::path::Path) -> Running {
-        let mut child =
-            nodegate().args(["run", "--config"]).arg(p).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("nodegate listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
-        let addr = addr.parse().unwrap();
+        let (mut child, addr) = started(nodegate().args(["run", "--config"]).arg(p).stderr(Stdio::piped()));
         let (tx, stderr) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -440,17 +444,14 @@ async fn the_default_workers_follow_the_cpus_the_process_may_use() {
     let path = temp_file("workers.toml", &config_text(&[n.url()], "\n[log]\naccess = false\n"));
     // Threads by name, once a request has been served.
     let threads = |cpus: &str| {
-        let mut child = Command::new("taskset")
-            .args(["-c", cpus])
-            .arg(env!("CARGO_BIN_EXE_nodegate"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let (mut child, _) = started(
+            Command::new("taskset")
+                .args(["-c", cpus])
+                .arg(env!("CARGO_BIN_EXE_nodegate"))
+                .args(["run", "--config"])
+                .arg(&path)
+                .stderr(Stdio::null()),
+        );
         let dir = format!("/proc/{}/task", child.id());
         let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -595,17 +596,9 @@ async fn under_systemd_it_notifies_ready_reloading_and_stopping() {
         let len = systemd.recv(&mut buf).expect("no notification");
         String::from_utf8_lossy(&buf[..len]).into_owned()
     };
-    let mut child = nodegate()
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("nodegate listening on ").unwrap().parse().unwrap();
+    let (mut child, addr) = started(
+        nodegate().args(["run", "--config"]).arg(&path).env("NOTIFY_SOCKET", &socket_path).stderr(Stdio::null()),
+    );
     // A reload asked at once (systemd may send it the moment READY is out): the handler is in place
     // before the listening line, so the signal is a reload, not the end of the process.
     let pid = child.id().to_string();
@@ -742,16 +735,12 @@ async fn the_admin_listener_keeps_accepting_after_running_out_of_file_descriptor
         ),
     );
     // A small descriptor table, so that a few dozen connections fill it.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n 48 && exec {} run --config {}", env!("CARGO_BIN_EXE_nodegate"), config.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("nodegate listening on"), "{line}");
+    let (mut child, _) = started(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n 48 && exec {} run --config {}", env!("CARGO_BIN_EXE_nodegate"), config.display()))
+            .stderr(Stdio::null()),
+    );
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
     assert_eq!(get(admin, "/status").await.status, 200);
     // Fill the table: past ~40 connections, accept() fails with EMFILE.
@@ -781,16 +770,7 @@ async fn a_log_reader_that_never_reads_does_not_stall_traffic() {
         ),
     );
     // stderr is a pipe nobody reads: once its 64 KiB are full, every write to it blocks.
-    let mut child = nodegate()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let gw: std::net::SocketAddr = line.trim().strip_prefix("nodegate listening on ").unwrap().parse().unwrap();
+    let (mut child, gw) = started(nodegate().args(["run", "--config"]).arg(&config).stderr(Stdio::piped()));
     let long_path = format!("/api/v1/info?{}", "q".repeat(400));
     // 9,000 lines of about 600 bytes: past the pipe and the writer's queue of 8,192 lines.
     let served = tokio::time::timeout(Duration::from_secs(30), async {

@@ -71,8 +71,14 @@ impl Gateway {
         });
         let checkpoints = Arc::new(health::Checkpoints::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let proxy =
-            Arc::new(Proxy::new(config.clone(), balancer.clone(), bans.clone(), checkpoints.clone(), metrics.clone()));
+        let pipeline = crate::proxy::Pipeline::new(
+            config.clone(),
+            balancer.clone(),
+            bans.clone(),
+            checkpoints.clone(),
+            metrics.clone(),
+        );
+        let proxy = Arc::new(Proxy::new(pipeline));
         let refusals = proxy.refusals();
         let (phase, _) = watch::channel(Phase::Running);
         if config.health.active {

@@ -53,14 +53,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
-        config: Arc<Config>,
-        balancer: Arc<Balancer>,
-        bans: Arc<crate::bans::list::BanList>,
-        heads: Arc<crate::health::Checkpoints>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Proxy {
-        Proxy { current: arc_swap::ArcSwap::from_pointee(Pipeline::new(config, balancer, bans, heads, metrics)) }
+    /// Serves with `pipeline` until a reload renews it.
+    pub fn new(pipeline: Pipeline) -> Proxy {
+        Proxy { current: arc_swap::ArcSwap::from_pointee(pipeline) }
     }
 
     /// Serves one request with the pipeline in force. Never fails: every problem becomes a JSON

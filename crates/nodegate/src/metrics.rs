@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Method;
 
@@ -179,13 +179,9 @@ impl Default for Metrics {
             limits: Default::default(),
             tls: Default::default(),
             reloads: Default::default(),
-            config_loaded: AtomicU64::new(unix_now()),
+            config_loaded: AtomicU64::new(crate::bans::list::unix_now()),
         }
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Clone, Copy)]
@@ -216,13 +212,18 @@ impl Metrics {
     pub fn reloaded(&self, applied: bool) {
         self.reloads[usize::from(!applied)].fetch_add(1, Relaxed);
         if applied {
-            self.config_loaded.store(unix_now(), Relaxed);
+            self.config_loaded.store(crate::bans::list::unix_now(), Relaxed);
         }
     }
 
     /// The refusals so far, by reason (for the status page).
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
         RefusalReason::ALL.iter().zip(&self.refusals).map(|(r, n)| (r.name(), n.load(Relaxed))).collect()
+    }
+
+    /// Every refusal so far, whatever the reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refusals.iter().map(|n| n.load(Relaxed)).sum()
     }
 
     /// Every request answered so far, by anyone.

@@ -45,10 +45,9 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 impl Rates {
     fn sample(&self, metrics: &Metrics) {
-        let refused = metrics.refusals().iter().map(|(_, n)| n).sum();
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        s.push_back((now, metrics.requests(), refused));
+        s.push_back((now, metrics.requests(), metrics.refused_total()));
         while s.front().is_some_and(|(t, ..)| now.duration_since(*t) > WINDOW + SAMPLE_EVERY) {
             s.pop_front();
         }
@@ -56,8 +55,7 @@ impl Rates {
 
     /// Requests and refusals a second over the last minute (or as much of it as was seen).
     pub fn per_second(&self, metrics: &Metrics) -> (f64, f64) {
-        let refused: u64 = metrics.refusals().iter().map(|(_, n)| n).sum();
-        let (now, requests) = (Instant::now(), metrics.requests());
+        let (now, requests, refused) = (Instant::now(), metrics.requests(), metrics.refused_total());
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let Some((t, r0, f0)) = s.iter().find(|(t, ..)| now.duration_since(*t) <= WINDOW).copied() else {
             return (0.0, 0.0);

@@ -6,13 +6,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
 use crate::access_log::RequestGuard;
 use crate::balancer::InFlight;
-use crate::upstream::Lease;
+use crate::upstream::NodeBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 pub use crate::http::request_body::BoxError;
 
@@ -39,8 +37,8 @@ fn watch(f: impl FnOnce(&StreamWatch)) {
 
 enum BodyKind {
     Full(Option<Bytes>),
-    /// The node's body, and the connection it came on, returned to the pool at the body's end.
-    Stream(Incoming, Option<Lease>, Stall, Option<Box<OnTrailers>>),
+    /// The node's body (its connection goes back to the pool at the body's end).
+    Stream(NodeBody, Stall, Option<Box<OnTrailers>>),
 }
 
 /// Called once with the trailers of a node's answer as they pass to the client (gRPC sends a
@@ -96,8 +94,8 @@ impl ProxyBody {
         ProxyBody { kind: BodyKind::Full((!data.is_empty()).then_some(data)), guard: None, _node: None }
     }
 
-    pub fn stream(body: Incoming, lease: Option<Lease>, node: InFlight, stall: Stall) -> Self {
-        ProxyBody { kind: BodyKind::Stream(body, lease, stall, None), guard: None, _node: Some(node) }
+    pub fn stream(body: NodeBody, node: InFlight, stall: Stall) -> Self {
+        ProxyBody { kind: BodyKind::Stream(body, stall, None), guard: None, _node: Some(node) }
     }
 
     /// `f` sees the node's trailers, if it sends any.
@@ -147,7 +145,7 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
-            BodyKind::Stream(body, lease, stall, on_trailers) => match Pin::new(body).poll_frame(cx) {
+            BodyKind::Stream(body, stall, on_trailers) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => {
                     if !stall.waiting {
                         watch(|w| w.waiting_on_node.store(true, std::sync::atomic::Ordering::Relaxed));
@@ -155,9 +153,9 @@ impl Body for ProxyBody {
                     if !stall.poll_waited_out(cx) {
                         return Poll::Pending;
                     }
-                    // The connection is mid-body: never reused. The client's stream ends with an
-                    // error (a reset, or a short body), and the node counts a failure.
-                    lease.take();
+                    // The connection is mid-body: never reused (a body dropped before its end
+                    // closes it). The client's stream ends with an error (a reset, or a short
+                    // body), and the node counts a failure.
                     if let Some(node) = &this._node {
                         node.failed(&stall.passive);
                     }
@@ -188,14 +186,9 @@ impl Body for ProxyBody {
                             if let Some(g) = &mut this.guard {
                                 g.upstream_body_error = true;
                             }
-                            Poll::Ready(Some(Err(e.into())))
+                            Poll::Ready(Some(Err(e)))
                         }
-                        None => {
-                            if let Some(lease) = lease.take() {
-                                lease.release();
-                            }
-                            Poll::Ready(None)
-                        }
+                        None => Poll::Ready(None),
                     }
                 }
             },
@@ -222,14 +215,6 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         if self.guard.is_some() {
             watch(|w| w.armed.store(false, std::sync::atomic::Ordering::Relaxed));
-        }
-        // hyper does not poll a body that says it is empty (HEAD, 204, Content-Length: 0), so a
-        // fully read body can be dropped before its end was seen: its connection is still good.
-        if let BodyKind::Stream(body, lease, ..) = &mut self.kind
-            && body.is_end_stream()
-            && let Some(lease) = lease.take()
-        {
-            lease.release();
         }
     }
 }

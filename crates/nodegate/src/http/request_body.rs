@@ -93,6 +93,20 @@ impl CappedBody {
         }
     }
 
+    /// A buffered body of at most `limit` bytes, taken out (the body is then empty), to be
+    /// written with the request's head; `None` for a streamed or larger one.
+    pub fn take_buffered_upto(&mut self, limit: usize) -> Option<Bytes> {
+        match &mut self.source {
+            Source::Buffered(d) if d.as_ref().is_some_and(|d| d.len() <= limit) => d.take(),
+            _ => None,
+        }
+    }
+
+    /// Gives back what `take_buffered_upto` took, when the request is to be sent again.
+    pub fn put_back_buffered(&mut self, data: Bytes) {
+        self.source = Source::Buffered(Some(data));
+    }
+
     /// Reads the whole body (still capped), for the routes whose body decides where they go.
     pub async fn read_all(self) -> Result<Bytes, BoxError> {
         use http_body_util::BodyExt;

@@ -14,12 +14,11 @@ use crate::body::{ProxyBody, Stall};
 use crate::error::GatewayError;
 use crate::http::headers as hdr;
 use crate::http::request_body::CappedBody;
-use crate::upstream::{self, Lease};
+use crate::upstream::{self, NodeBody};
 
 /// What a node answered: headers with the body still to stream from it, or read whole already.
 enum Answer {
-    /// The lease is `None` for an HTTP/2 (gRPC) stream: its connection is shared.
-    Stream(Response<Incoming>, Option<Lease>, InFlight),
+    Stream(Response<NodeBody>, InFlight),
     Buffered(Response<bytes::Bytes>),
 }
 
@@ -87,8 +86,8 @@ impl Pipeline {
         };
         ctx.node = Some(node.clone());
 
-        let (mut resp, lease, in_flight) = match answer {
-            Answer::Stream(resp, lease, in_flight) => (resp, lease, in_flight),
+        let (mut resp, in_flight) = match answer {
+            Answer::Stream(resp, in_flight) => (resp, in_flight),
             Answer::Buffered(mut resp) => {
                 hdr::strip_hop_by_hop(resp.headers_mut());
                 let mut resp = resp.map(ProxyBody::full);
@@ -96,14 +95,11 @@ impl Pipeline {
                 return Ok(resp);
             }
         };
-        let mut lease = lease;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection becomes the tunnel; it never goes back to the pool, and keeps its
             // place under the node's connection cap while it lasts.
-            let permit = lease.take().map(Lease::into_permit);
-            match client_upgrade {
-                Some(client_upgrade) => {
-                    let node_upgrade = hyper::upgrade::on(&mut resp);
+            match (client_upgrade, resp.body_mut().take_tunnel()) {
+                (Some(client_upgrade), Some((node_upgrade, permit))) => {
                     if ctx.jsonrpc {
                         // JSON-RPC over WebSocket: every message judged, not a blind tunnel.
                         self.spawn_rpc_relay(ctx, client_upgrade, node_upgrade, (ctx.conn.alive.clone(), permit));
@@ -119,7 +115,7 @@ impl Pipeline {
                     hdr::strip_hop_by_hop(resp.headers_mut());
                     hdr::set_websocket_upgrade(resp.headers_mut());
                 }
-                None => {
+                _ => {
                     let what = "101 Switching Protocols to a request that asked for no upgrade";
                     return Err(GatewayError::NodeBadAnswer { node: node.name.to_string(), what });
                 }
@@ -139,7 +135,7 @@ impl Pipeline {
             }
         }
         let stall = Stall::new(self.config.upstream.body_timeout, self.passive);
-        let mut resp = resp.map(|b| ProxyBody::stream(b, lease, in_flight, stall));
+        let mut resp = resp.map(|b| ProxyBody::stream(b, in_flight, stall));
         if let Some(tally) = tally {
             resp = resp.map(|b| b.on_trailers(Box::new(move |trailers| tally.judge(trailers))));
         }
@@ -188,7 +184,7 @@ impl Pipeline {
         let exchange = node.pool.send(req);
         tokio::pin!(exchange);
         match tokio::time::timeout(timeout, exchange.as_mut()).await {
-            Ok(Ok((resp, lease))) => {
+            Ok(Ok(resp)) => {
                 in_flight.answered();
                 if resp.status().is_server_error() {
                     node.failure(&self.passive);
@@ -197,9 +193,9 @@ impl Pipeline {
                 }
                 let small = |n: u64| n > 0 && n <= self.config.gateway.request_buffer;
                 if buffer && !resp.body().is_end_stream() && resp.body().size_hint().exact().is_some_and(small) {
-                    return Box::pin(self.read_whole(node, resp, lease)).await.map_err(|e| (e, None));
+                    return Box::pin(self.read_whole(node, resp.map(NodeBody::H1))).await.map_err(|e| (e, None));
                 }
-                Ok(Answer::Stream(resp, Some(lease), in_flight))
+                Ok(Answer::Stream(resp.map(NodeBody::H1), in_flight))
             }
             Ok(Err((e, unsent))) => Err((self.failed(node, &e), unsent)),
             Err(_) => Err((self.timed_out(node, timeout), None)),
@@ -245,7 +241,7 @@ impl Pipeline {
             Ok(Ok(resp)) => {
                 in_flight.answered();
                 node.success();
-                Ok(Answer::Stream(resp, None, in_flight))
+                Ok(Answer::Stream(resp.map(NodeBody::H2), in_flight))
             }
             Ok(Err(e)) => Err((self.failed(node, &e), None)),
             Err(_) => Err((self.timed_out(node, timeout), None)),
@@ -255,7 +251,7 @@ impl Pipeline {
     /// Reads a small answer's body whole (within the upstream body timeout); the connection goes
     /// back to the pool. A body that breaks off is the node's failure and a `NodeReset`, which the
     /// caller may retry.
-    async fn read_whole(&self, node: &Node, resp: Response<Incoming>, lease: Lease) -> Result<Answer, GatewayError> {
+    async fn read_whole(&self, node: &Node, resp: Response<NodeBody>) -> Result<Answer, GatewayError> {
         let (parts, body) = resp.into_parts();
         let mut read = std::pin::pin!(read_body(body));
         // Nearly always the body is in already: no timer unless the node makes the gateway wait.
@@ -265,10 +261,7 @@ impl Pipeline {
             std::task::Poll::Pending => tokio::time::timeout(self.config.upstream.body_timeout, read).await,
         };
         match result {
-            Ok(Some(data)) => {
-                lease.release();
-                Ok(Answer::Buffered(Response::from_parts(parts, data)))
-            }
+            Ok(Some(data)) => Ok(Answer::Buffered(Response::from_parts(parts, data))),
             failed => {
                 tracing::debug!(node = %node.name, timed_out = failed.is_err(), "node broke off a small answer's body");
                 node.failure(&self.passive);
@@ -280,7 +273,7 @@ impl Pipeline {
 
 /// A node's body read to its end (one frame is taken as it is, more are joined); `None` when it
 /// broke off.
-async fn read_body(mut body: Incoming) -> Option<bytes::Bytes> {
+async fn read_body(mut body: NodeBody) -> Option<bytes::Bytes> {
     use http_body_util::BodyExt;
     let mut first: Option<bytes::Bytes> = None;
     let mut more: Option<bytes::BytesMut> = None;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -340,7 +339,7 @@ impl Pipeline {
         &self,
         ctx: &mut Ctx<'_>,
         client: OnUpgrade,
-        node: OnUpgrade,
+        node: crate::upstream::NodeTunnel,
         held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let credentials = ctx.rpc.as_mut().map(|r| std::mem::take(&mut r.credentials)).unwrap_or_default();
@@ -374,16 +373,16 @@ impl Relay {
     async fn run(
         mut self,
         client: OnUpgrade,
-        node: OnUpgrade,
+        node: crate::upstream::NodeTunnel,
         mut phase: watch::Receiver<Phase>,
         held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
     ) {
         let _held = held;
-        let Some((c, n)) = crate::upstream::upgraded(client, node).await else { return };
+        let Some(c) = crate::upstream::upgraded(client).await else { return };
         let config =
             WebSocketConfig::default().max_message_size(Some(self.max_message)).max_frame_size(Some(self.max_message));
-        let mut c = WebSocketStream::from_raw_socket(TokioIo::new(c), Role::Server, Some(config)).await;
-        let mut n = WebSocketStream::from_raw_socket(TokioIo::new(n), Role::Client, Some(config)).await;
+        let mut c = WebSocketStream::from_raw_socket(c, Role::Server, Some(config)).await;
+        let mut n = WebSocketStream::from_raw_socket(node, Role::Client, Some(config)).await;
         // Subscriptions this connection holds, given back when it ends.
         let mut live = 0u32;
         loop {

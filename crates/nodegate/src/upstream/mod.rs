@@ -1,10 +1,12 @@
 //! The way to the nodes: a pool of keep-alive HTTP/1.1 connections per node, error classification
 //! into the gateway's answers, and the byte tunnel behind a WebSocket upgrade.
 
+mod h1;
 mod pool;
 mod tls;
 
-pub use pool::{Lease, NodePool, SendError};
+pub use h1::{H1Body, NodeTunnel};
+pub use pool::{NodePool, SendError};
 pub use tls::{NodeStream, TlsClient};
 
 use std::error::Error as StdError;
@@ -46,6 +48,53 @@ impl Upstream {
     }
 }
 
+/// A node's answer body: from the pool's own HTTP/1.1 client, or a gRPC stream over hyper's
+/// HTTP/2 client.
+pub enum NodeBody {
+    H1(H1Body),
+    H2(hyper::body::Incoming),
+}
+
+impl NodeBody {
+    /// After a 101 to a WebSocket upgrade: the node's side of the tunnel and its connection's
+    /// place under the node's cap.
+    pub fn take_tunnel(&mut self) -> Option<(NodeTunnel, Option<tokio::sync::OwnedSemaphorePermit>)> {
+        match self {
+            NodeBody::H1(b) => b.take_tunnel(),
+            NodeBody::H2(_) => None,
+        }
+    }
+}
+
+impl http_body::Body for NodeBody {
+    type Data = bytes::Bytes;
+    type Error = crate::http::request_body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            NodeBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            NodeBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            NodeBody::H1(b) => b.is_end_stream(),
+            NodeBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            NodeBody::H1(b) => b.size_hint(),
+            NodeBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Maps a failed exchange with a node to what the client is told.
 pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
     let sent = match err {
@@ -57,6 +106,7 @@ pub fn classify(err: &SendError, node: &str, cfg: &Upstream) -> GatewayError {
         SendError::Busy => return GatewayError::NodeBusy,
     };
     // The client's own body failed (too large, or the client went away): not the node's doing.
+    let sent: &(dyn StdError + 'static) = &**sent;
     if find_source::<BodyTooLarge>(sent).is_some()
         || find_source::<BodyTooSlow>(sent).is_some()
         || find_source::<ClientBodyError>(sent).is_some()
@@ -92,7 +142,7 @@ fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> 
 /// side closes, the tunnel sits idle past `idle`, or the gateway stops.
 pub fn spawn_tunnel(
     client: OnUpgrade,
-    node: OnUpgrade,
+    node: NodeTunnel,
     idle: Duration,
     mut phase: watch::Receiver<Phase>,
     held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
@@ -101,8 +151,8 @@ pub fn spawn_tunnel(
         // Kept while the tunnel lasts: the server's drain waits for it, and the node's connection
         // cap counts it.
         let _held = held;
-        let Some((c, n)) = upgraded(client, node).await else { return };
-        let (mut c, mut n) = (TokioIo::new(c), TokioIo::new(n));
+        let Some(mut c) = upgraded(client).await else { return };
+        let mut n = node;
         let copy = crate::upstream::copy_with_idle(&mut c, &mut n, idle);
         tokio::select! {
             res = copy => if let Err(e) = res {
@@ -113,13 +163,10 @@ pub fn spawn_tunnel(
     });
 }
 
-/// Both sides of an upgrade once they have switched; `None` (logged) when either did not.
-pub async fn upgraded(
-    client: OnUpgrade,
-    node: OnUpgrade,
-) -> Option<(hyper::upgrade::Upgraded, hyper::upgrade::Upgraded)> {
-    match tokio::try_join!(client, node) {
-        Ok(pair) => Some(pair),
+/// The client's side of an upgrade once it has switched; `None` (logged) when it did not.
+pub async fn upgraded(client: OnUpgrade) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match client.await {
+        Ok(upgraded) => Some(TokioIo::new(upgraded)),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             None

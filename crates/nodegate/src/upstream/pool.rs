@@ -1,10 +1,11 @@
 //! Pooled keep-alive HTTP/1.1 connections to one node.
 //!
-//! Leaner than hyper-util's general client, which is built for any host: no pool map to look up, and
-//! no task spawned per response to hand the connection back. A connection goes back to the idle list
-//! when the response body has been read to its end (see `Lease`); one whose body was abandoned is
-//! closed by hyper and never reused. Idle connections are taken last-in first-out (the warmest),
-//! and a reaper closes those idle past `pool_idle_timeout`.
+//! Leaner than hyper-util's general client, which is built for any host: no pool map to look up, no
+//! task per connection (`h1`: the request's own task drives its exchange). A connection goes back
+//! to the idle list when the answer's body has been read to its end (see `Lease`); one whose body
+//! was abandoned is closed and never reused. Idle connections are taken last-in first-out (the
+//! warmest), looked at before use (one the node closed or wrote to unasked is dropped), and a
+//! reaper closes those idle past `pool_idle_timeout` or closed by the node meanwhile.
 //!
 //! At most `max_connections` connections to the node exist at once (in use, idle, or carrying a
 //! WebSocket tunnel): each holds a permit. Past that, a request waits up to `queue_timeout` for a
@@ -17,16 +18,14 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Upstream;
-use crate::http::request_body::CappedBody;
-
-type Sender = SendRequest<CappedBody>;
+use super::h1::{self, Conn, Failed, H1Body};
+use crate::http::request_body::{BoxError, CappedBody};
 
 /// Why an exchange with a node failed, and whether the request may have reached it.
 #[derive(Debug)]
@@ -36,7 +35,7 @@ pub enum SendError {
     /// No connection within the connect timeout. Nothing was sent.
     ConnectTimeout,
     /// The request was (at least partly) written: it may have reached the node.
-    Sent(hyper::Error),
+    Sent(BoxError),
     /// Every connection the node may have was busy for `queue_timeout`. Nothing was sent.
     Busy,
 }
@@ -68,21 +67,21 @@ enum Room {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
     permit: OwnedSemaphorePermit,
 }
 
-/// A connection in use; give it back with [`Lease::release`] once its response has ended.
+/// A connection's place in its pool while it is in use: given back with the connection once the
+/// answer has ended cleanly (`H1Body`).
 pub struct Lease {
-    sender: Sender,
     pool: Arc<NodePool>,
     permit: OwnedSemaphorePermit,
 }
 
 impl Lease {
-    pub fn release(self) {
-        self.pool.put(self.sender, self.permit);
+    pub fn put_back(self, conn: Conn) {
+        self.pool.put(conn, self.permit);
     }
 
     /// The connection became a tunnel: it keeps its place under the cap for as long as the
@@ -128,23 +127,17 @@ impl NodePool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<CappedBody>,
-    ) -> Result<(Response<Incoming>, Lease), (SendError, Option<Request<CappedBody>>)> {
+    ) -> Result<Response<H1Body>, (SendError, Option<Request<CappedBody>>)> {
         let mut deadline = None;
         loop {
-            while let Some((mut sender, permit)) = self.take() {
-                if !sender.is_ready() {
-                    // Released just as its last response ended; hyper marks it ready a moment later.
-                    match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                        Ok(Ok(())) => {}
-                        _ => continue,
+            while let Some((conn, permit)) = self.take() {
+                match h1::exchange(conn, req, Lease { pool: self.clone(), permit }).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(Failed::Unsent(unsent, e)) => {
+                        tracing::debug!(error = %e, "idle node connection was closed; trying another");
+                        req = *unsent;
                     }
-                }
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Lease { sender, pool: self.clone(), permit })),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err((SendError::Sent(e.into_error()), None)),
-                    },
+                    Err(Failed::Sent(e)) => return Err((SendError::Sent(e), None)),
                 }
             }
             let permit = match self.permits.clone().try_acquire_owned() {
@@ -157,13 +150,15 @@ impl NodePool {
                     Room::None => return Err((SendError::Busy, Some(req))),
                 },
             };
-            let mut sender = match self.connect().await {
-                Ok(s) => s,
+            let conn = match self.open().await {
+                Ok(stream) => Conn::new(stream),
                 Err(e) => return Err((e, Some(req))),
             };
-            return match sender.send_request(req).await {
-                Ok(resp) => Ok((resp, Lease { sender, pool: self.clone(), permit })),
-                Err(e) => Err((SendError::Sent(e), None)),
+            return match h1::exchange(conn, req, Lease { pool: self.clone(), permit }).await {
+                Ok(resp) => Ok(resp),
+                // A new connection that took nothing: the request never left.
+                Err(Failed::Unsent(unsent, e)) => Err((SendError::Connect(e), Some(*unsent))),
+                Err(Failed::Sent(e)) => Err((SendError::Sent(e), None)),
             };
         }
     }
@@ -186,23 +181,20 @@ impl NodePool {
         }
     }
 
-    fn take(&self) -> Option<(Sender, OwnedSemaphorePermit)> {
+    fn take(&self) -> Option<(Conn, OwnedSemaphorePermit)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() {
-                return Some((i.sender, i.permit));
+        while let Some(mut i) = idle.pop() {
+            if i.conn.is_usable() {
+                return Some((i.conn, i.permit));
             }
         }
         None
     }
 
-    fn put(&self, sender: Sender, permit: OwnedSemaphorePermit) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, conn: Conn, permit: OwnedSemaphorePermit) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: Instant::now(), permit });
+            idle.push(Idle { conn, since: Instant::now(), permit });
             drop(idle);
             self.returned.notify_one();
         }
@@ -256,22 +248,8 @@ impl NodePool {
                 }
             }
         };
-        sender.ready().await.map_err(SendError::Sent)?;
-        sender.send_request(req).await.map_err(SendError::Sent)
-    }
-
-    async fn connect(&self) -> Result<Sender, SendError> {
-        let stream = self.open().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "node connection closed with an error");
-            }
-        });
-        Ok(sender)
+        sender.ready().await.map_err(|e| SendError::Sent(e.into()))?;
+        sender.send_request(req).await.map_err(|e| SendError::Sent(e.into()))
     }
 }
 
@@ -288,6 +266,6 @@ async fn reap(pool: Weak<NodePool>) {
         pool.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|i| !i.sender.is_closed() && i.since.elapsed() < timeout);
+            .retain_mut(|i| i.since.elapsed() < timeout && i.conn.is_usable());
     }
 }

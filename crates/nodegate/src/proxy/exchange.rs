@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use http::header;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Incoming};
@@ -35,7 +34,12 @@ impl Pipeline {
             // Boxed: most requests have no body, and inline it made every request's future larger.
             Box::pin(self.read_first(&mut p, ctx)).await?;
         }
-        let Prepared { request: up, target, client_upgrade, need_pow, .. } = p;
+        let Prepared { request: up, target, client_upgrade, need_pow, client_host, forwarding, .. } = p;
+        let stamp = hdr::Stamp {
+            forwarding: forwarding.as_ref().unwrap_or(&ctx.conn.forwarding),
+            client_host: client_host.as_ref(),
+            request_id: &ctx.request_id,
+        };
         let no_node = || if need_pow { GatewayError::NoPowNode } else { GatewayError::NoNode };
         let node = self.balancer.pick(need_pow, None).ok_or_else(no_node)?;
         // An idempotent request with no body can be rebuilt for a retry if its connection breaks
@@ -47,7 +51,7 @@ impl Pipeline {
         // Small answers to reads are read whole before the client sees anything (see `send`), where
         // another node could be tried if the body breaks off.
         let buffer = copy.is_some() && *up.method() != Method::HEAD;
-        let (answer, node) = match self.send(&node, up, &target, buffer).await {
+        let (answer, node) = match self.send(&node, up, &target, buffer, stamp).await {
             Ok(answer) => (answer, node),
             Err((err, unsent)) => {
                 // Retry once on another node: a request that never left (no connection), or an
@@ -69,7 +73,7 @@ impl Pipeline {
                         tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
                         // Boxed: the retry path is rare, and an inline second exchange made every request's
                         // future 2.8 KB larger (it is moved several times a request).
-                        match Box::pin(self.send(&other, req, &target, buffer)).await {
+                        match Box::pin(self.send(&other, req, &target, buffer, stamp)).await {
                             Ok(answer) => (answer, other),
                             Err((err, _)) => {
                                 ctx.node = Some(other.clone());
@@ -167,21 +171,22 @@ impl Pipeline {
         mut req: Request<CappedBody>,
         target: &Uri,
         buffer: bool,
+        stamp: hdr::Stamp<'_>,
     ) -> Result<Answer, (GatewayError, Option<Request<CappedBody>>)> {
         *req.uri_mut() =
             node_uri(node, target).map_err(|_| (GatewayError::BadRequest("the request target is not valid"), None))?;
-        // The node gets its own authority as Host; the client's went into X-Forwarded-Host.
-        req.headers_mut().insert(header::HOST, node.host.clone());
+        // The node gets its own authority as Host; the client's goes into X-Forwarded-Host.
         let timeout = self.config.upstream.response_timeout;
         let in_flight = node.start();
         if req.version() == http::Version::HTTP_2 {
+            stamp.apply(&node.host, req.headers_mut());
             // Boxed: inline, this rare path's future made every request's future larger (and
             // HTTP/2 moves it several times a request: bench/callgrind PROTO=h2).
             return Box::pin(self.send_grpc(node, req, in_flight, timeout)).await;
         }
         // Pinned where it is made: handing the (large) future to `timeout` by value copied it twice
         // a request (bench/callgrind).
-        let exchange = node.pool.send(req);
+        let exchange = node.pool.send(req, &stamp, &node.host);
         tokio::pin!(exchange);
         match tokio::time::timeout(timeout, exchange.as_mut()).await {
             Ok(Ok(resp)) => {

@@ -163,6 +163,10 @@ struct Prepared {
     read_first: bool,
     /// A message submission: its body says whether it asks for remote PoW.
     submission: bool,
+    /// The Host (or authority) the client sent, for the forwarding headers.
+    client_host: Option<HeaderValue>,
+    /// Who a trusted proxy named as the client; `None`: the peer (the connection's own).
+    forwarding: Option<hdr::Forwarding>,
 }
 
 impl Pipeline {
@@ -429,15 +433,21 @@ impl Pipeline {
         if websocket {
             hdr::set_websocket_upgrade(headers);
         }
-        // The connection's precomputed values, unless a trusted proxy named another client.
-        if ctx.client == ctx.conn.peer.ip().to_canonical() {
-            hdr::set_forwarded(headers, &ctx.conn.forwarding, original_host);
-        } else {
-            hdr::set_forwarded(headers, &hdr::Forwarding::new(ctx.client, ctx.conn.scheme.as_str()), original_host);
-        }
-        headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+        // The connection's precomputed values, unless a trusted proxy named another client. The
+        // forwarding headers are written when the request is sent (`hdr::Stamp`).
+        let forwarding = (ctx.client != ctx.conn.peer.ip().to_canonical())
+            .then(|| hdr::Forwarding::new(ctx.client, ctx.conn.scheme.as_str()));
         let target = http::Uri::from(target);
-        Ok(Prepared { request: up, target, client_upgrade, need_pow: false, read_first, submission })
+        Ok(Prepared {
+            request: up,
+            target,
+            client_upgrade,
+            need_pow: false,
+            read_first,
+            submission,
+            client_host: original_host,
+            forwarding,
+        })
     }
 
     /// Reads the body whole (capped by `max_body`, paced by the slow-body guards), so that it can be

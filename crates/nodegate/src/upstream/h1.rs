@@ -25,6 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::NodeStream;
 use super::pool::Lease;
+use crate::http::headers::Stamp;
 use crate::http::request_body::{BoxError, CappedBody};
 
 /// Longest answer head a node may send. A node's API needs a few hundred bytes.
@@ -180,8 +181,9 @@ enum Out {
     Chunked,
 }
 
-/// Writes the request head into `wbuf`, with the framing the body calls for.
-fn encode_head(wbuf: &mut Vec<u8>, req: &Request<CappedBody>) -> Out {
+/// Writes the request head into `wbuf`, with the gateway's own headers (`stamp`, with `host` as
+/// Host) and the framing the body calls for.
+fn encode_head(wbuf: &mut Vec<u8>, req: &Request<CappedBody>, (stamp, host): (&Stamp<'_>, &HeaderValue)) -> Out {
     let body = req.body();
     let out = if body.is_end_stream() {
         Out::None
@@ -198,8 +200,9 @@ fn encode_head(wbuf: &mut Vec<u8>, req: &Request<CappedBody>) -> Out {
     wbuf.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     wbuf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        // The framing is this side's to say, from the body it actually sends.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        // The framing is this side's to say, from the body it actually sends; the stamp's names
+        // are the gateway's to write.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || Stamp::replaces(name) {
             continue;
         }
         wbuf.extend_from_slice(name.as_str().as_bytes());
@@ -207,6 +210,7 @@ fn encode_head(wbuf: &mut Vec<u8>, req: &Request<CappedBody>) -> Out {
         wbuf.extend_from_slice(value.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
+    stamp.write(host, wbuf);
     match out {
         Out::None if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE) => {
             wbuf.extend_from_slice(b"content-length: 0\r\n");
@@ -300,8 +304,13 @@ impl Outgoing {
 
 /// Sends `req` on `conn` and reads the answer's head; the body follows as the client reads it.
 /// `lease` goes with the connection and back to its pool once the answer has ended cleanly.
-pub async fn exchange(mut conn: Conn, mut req: Request<CappedBody>, lease: Lease) -> Result<Response<H1Body>, Failed> {
-    let mut out = encode_head(&mut conn.wbuf, &req);
+pub async fn exchange(
+    mut conn: Conn,
+    mut req: Request<CappedBody>,
+    stamp: (&Stamp<'_>, &HeaderValue),
+    lease: Lease,
+) -> Result<Response<H1Body>, Failed> {
+    let mut out = encode_head(&mut conn.wbuf, &req, stamp);
     // A body read whole beforehand goes with the head, in one write.
     let joined = req.body_mut().take_buffered_upto(JOIN_BODY);
     if let Some(data) = &joined {
@@ -799,21 +808,32 @@ mod tests {
 
     #[test]
     fn request_heads_carry_the_framing_of_the_body_sent() {
+        let fwd = crate::http::headers::Forwarding::new("192.0.2.1".parse().unwrap(), "http");
+        let id = HeaderValue::from_static("r1");
+        let stamp = Stamp { forwarding: &fwd, client_host: None, request_id: &id };
+        let node = HeaderValue::from_static("node");
+        let stamped = "host: node\r\nx-forwarded-for: 192.0.2.1\r\nx-real-ip: 192.0.2.1\r\nx-forwarded-proto: http\r\nforwarded: for=192.0.2.1;proto=http\r\nx-request-id: r1\r\n";
         let mut wbuf = Vec::new();
         let mut req = Request::new(CappedBody::buffered(Bytes::from_static(b"abc")));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = "/x?y=1".parse().unwrap();
-        req.headers_mut().insert(header::HOST, HeaderValue::from_static("node"));
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("client"));
+        req.headers_mut().insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        req.headers_mut().insert("x-other", HeaderValue::from_static("kept"));
         req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(encode_head(&mut wbuf, &req) == Out::Length(3));
-        assert_eq!(wbuf, b"POST /x?y=1 HTTP/1.1\r\nhost: node\r\ncontent-length: 3\r\n\r\n");
+        assert!(encode_head(&mut wbuf, &req, (&stamp, &node)) == Out::Length(3));
+        let text = String::from_utf8(wbuf.clone()).unwrap();
+        assert_eq!(text, format!("POST /x?y=1 HTTP/1.1\r\nx-other: kept\r\n{stamped}content-length: 3\r\n\r\n"));
         let mut req = Request::new(CappedBody::buffered(Bytes::new()));
         *req.method_mut() = Method::POST;
-        assert!(encode_head(&mut wbuf, &req) == Out::None);
-        assert_eq!(wbuf, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert!(encode_head(&mut wbuf, &req, (&stamp, &node)) == Out::None);
+        assert_eq!(
+            String::from_utf8(wbuf.clone()).unwrap(),
+            format!("POST / HTTP/1.1\r\n{stamped}content-length: 0\r\n\r\n")
+        );
         let req = Request::new(CappedBody::buffered(Bytes::new()));
-        encode_head(&mut wbuf, &req);
-        assert_eq!(wbuf, b"GET / HTTP/1.1\r\n\r\n");
+        encode_head(&mut wbuf, &req, (&stamp, &node));
+        assert_eq!(String::from_utf8(wbuf.clone()).unwrap(), format!("GET / HTTP/1.1\r\n{stamped}\r\n"));
     }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::Upstream;
 use super::h1::{self, Conn, Failed, H1Body};
+use crate::http::headers::Stamp;
 use crate::http::request_body::{BoxError, CappedBody};
 
 /// Why an exchange with a node failed, and whether the request may have reached it.
@@ -127,11 +128,13 @@ impl NodePool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<CappedBody>,
+        stamp: &Stamp<'_>,
+        host: &http::HeaderValue,
     ) -> Result<Response<H1Body>, (SendError, Option<Request<CappedBody>>)> {
         let mut deadline = None;
         loop {
             while let Some((conn, permit)) = self.take() {
-                match h1::exchange(conn, req, Lease { pool: self.clone(), permit }).await {
+                match h1::exchange(conn, req, (stamp, host), Lease { pool: self.clone(), permit }).await {
                     Ok(resp) => return Ok(resp),
                     Err(Failed::Unsent(unsent, e)) => {
                         tracing::debug!(error = %e, "idle node connection was closed; trying another");
@@ -154,7 +157,7 @@ impl NodePool {
                 Ok(stream) => Conn::new(stream),
                 Err(e) => return Err((e, Some(req))),
             };
-            return match h1::exchange(conn, req, Lease { pool: self.clone(), permit }).await {
+            return match h1::exchange(conn, req, (stamp, host), Lease { pool: self.clone(), permit }).await {
                 Ok(resp) => Ok(resp),
                 // A new connection that took nothing: the request never left.
                 Err(Failed::Unsent(unsent, e)) => Err((SendError::Connect(e), Some(*unsent))),

@@ -40,6 +40,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 const JOIN_BODY: usize = 64 * 1024;
 /// What one read from a node asks for.
 const READ_SIZE: usize = 16 * 1024;
+/// A read asks for at least this much room.
+const MIN_READ: usize = 2048;
 /// An idle connection keeps at most this much of its write buffer's allocation.
 const KEEP_WBUF: usize = 16 * 1024;
 
@@ -98,7 +100,12 @@ impl Conn {
 
     /// Reads more of the node's bytes into `rbuf`; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.rbuf.reserve(READ_SIZE);
+        // The buffer's tail serves answer after answer; a new one only when it runs short (the
+        // answers before still hold the old one, so asking for READ_SIZE every time allocated
+        // 16 KiB a request).
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ {
+            self.rbuf.reserve(READ_SIZE);
+        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 

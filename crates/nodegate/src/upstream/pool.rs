@@ -185,13 +185,13 @@ impl NodePool {
     }
 
     fn take(&self) -> Option<(Conn, OwnedSemaphorePermit)> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut i) = idle.pop() {
+        loop {
+            // Looked at outside the lock: the look may be a system call.
+            let mut i = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if i.conn.is_usable() {
                 return Some((i.conn, i.permit));
             }
         }
-        None
     }
 
     fn put(&self, conn: Conn, permit: OwnedSemaphorePermit) {

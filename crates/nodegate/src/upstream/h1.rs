@@ -843,4 +843,82 @@ mod tests {
         encode_head(&mut wbuf, &req, (&stamp, &node));
         assert_eq!(String::from_utf8(wbuf.clone()).unwrap(), format!("GET / HTTP/1.1\r\n{stamped}\r\n"));
     }
+
+    use proptest::prelude::*;
+
+    /// Decodes `wire` fed in pieces cut at `cuts`, as reads from a socket would hand it over:
+    /// the data, the trailers, or the first error; `None` when the bytes ended too early.
+    /// A decoded body's data and trailers; `Err` for a refused one, `None` for one cut short.
+    type Decoding = Option<Result<(Vec<u8>, Option<HeaderMap>), ()>>;
+
+    fn decode_in_pieces(wire: &[u8], cuts: &[usize]) -> Decoding {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut buf = BytesMut::new();
+        let mut chunk = Chunk::Size;
+        let mut data = Vec::new();
+        let mut fed = 0;
+        for cut in cuts {
+            buf.extend_from_slice(&wire[fed..cut]);
+            fed = cut;
+            loop {
+                match decode_chunk(&mut chunk, &mut buf) {
+                    Ok(Decoded::Frame(f)) => data.extend_from_slice(&f.into_data().unwrap()),
+                    Ok(Decoded::Progress) => {}
+                    Ok(Decoded::End(t)) => return Some(Ok((data, t))),
+                    Ok(Decoded::More) => break,
+                    Err(_) => return Some(Err(())),
+                }
+            }
+        }
+        None
+    }
+
+    proptest! {
+        /// Any bytes at all: the head parser and the framing answer or refuse, never panic.
+        #[test]
+        fn any_bytes_as_a_head_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(Some(h)) = parse_head(&mut BytesMut::from(&bytes[..])) {
+                let _ = framing(&h, false, false);
+                let _ = framing(&h, true, true);
+            }
+        }
+
+        /// Any bytes as a chunked body, cut anywhere: never a panic, and always the same outcome
+        /// however the bytes arrive.
+        #[test]
+        fn any_bytes_as_a_chunked_body_decode_the_same_in_any_pieces(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = decode_in_pieces(&bytes, &[]);
+            let pieces = decode_in_pieces(&bytes, &cuts);
+            prop_assert_eq!(whole.map(|r| r.map(|(d, _)| d)), pieces.map(|r| r.map(|(d, _)| d)));
+        }
+
+        /// A well-formed chunked body, with extensions and trailers, cut anywhere: exactly its data.
+        #[test]
+        fn chunked_bodies_round_trip_in_any_pieces(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..6),
+            ext in proptest::bool::ANY,
+            trailer in proptest::bool::ANY,
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for c in &chunks {
+                wire.extend_from_slice(format!("{:X}{}\r\n", c.len(), if ext { ";a=b" } else { "" }).as_bytes());
+                wire.extend_from_slice(c);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailer {
+                wire.extend_from_slice(b"x-t: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let (data, trailers) = decode_in_pieces(&wire, &cuts).expect("complete").expect("valid");
+            prop_assert_eq!(data, chunks.concat());
+            prop_assert_eq!(trailers.is_some(), trailer);
+        }
+    }
 }

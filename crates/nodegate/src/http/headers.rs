@@ -129,11 +129,18 @@ impl Stamp<'_> {
         )
     }
 
-    /// The client's host, when it can go in `Forwarded` (a quoted-string: no quote or backslash).
-    fn forwarded_host(&self) -> Option<&[u8]> {
-        let host = self.client_host?;
-        let h = host.as_bytes();
-        (host.to_str().is_ok() && !h.iter().any(|b| *b == b'"' || *b == b'\\')).then_some(h)
+    /// `Forwarded`'s value: the connection's part, then the client's host when it can go in a
+    /// quoted-string (no quote or backslash).
+    fn put_forwarded(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.forwarding.forwarded.as_bytes());
+        if let Some(host) = self.client_host
+            && host.to_str().is_ok()
+            && !host.as_bytes().iter().any(|b| *b == b'"' || *b == b'\\')
+        {
+            out.extend_from_slice(b";host=\"");
+            out.extend_from_slice(host.as_bytes());
+            out.push(b'"');
+        }
     }
 
     /// Appends the stamp's header lines, with `host` (the node's authority) as Host.
@@ -147,12 +154,7 @@ impl Stamp<'_> {
         line(out, b"x-real-ip", fwd.ip.as_bytes());
         line(out, b"x-forwarded-proto", fwd.proto.as_bytes());
         out.extend_from_slice(b"forwarded: ");
-        out.extend_from_slice(fwd.forwarded.as_bytes());
-        if let Some(h) = self.forwarded_host() {
-            out.extend_from_slice(b";host=\"");
-            out.extend_from_slice(h);
-            out.push(b'"');
-        }
+        self.put_forwarded(out);
         out.extend_from_slice(b"\r\n");
         line(out, b"x-request-id", self.request_id.as_bytes());
     }
@@ -168,17 +170,10 @@ impl Stamp<'_> {
         headers.insert(&X_FORWARDED_FOR, fwd.ip.clone());
         headers.insert(&X_REAL_IP, fwd.ip.clone());
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
-        let forwarded = match self.forwarded_host() {
-            Some(h) => {
-                let mut v = Vec::with_capacity(fwd.forwarded.len() + h.len() + 8);
-                v.extend_from_slice(fwd.forwarded.as_bytes());
-                v.extend_from_slice(b";host=\"");
-                v.extend_from_slice(h);
-                v.push(b'"');
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or_else(|_| fwd.forwarded.clone())
-            }
-            None => fwd.forwarded.clone(),
-        };
+        let mut forwarded = Vec::new();
+        self.put_forwarded(&mut forwarded);
+        let forwarded =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)).unwrap_or_else(|_| fwd.forwarded.clone());
         headers.insert(header::FORWARDED, forwarded);
         headers.insert(&X_REQUEST_ID, self.request_id.clone());
     }

@@ -425,13 +425,21 @@ async fn https_nodes_are_reached_over_tls_and_verified_against_the_ca_bundle() {
     let r = get(addr(&gw), "/api/v1/info").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Kept-alive TLS connections carry answer after answer, bodies of many reads among them.
+    for _ in 0..5 {
+        let r = get(addr(&gw), "/debug/bytes?n=300000").await;
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, 300000));
+    }
+    assert_eq!(get(addr(&gw), "/api/v1/info").await.status, 200);
+    // (The node counts its API requests, not its /debug/ ones.)
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 2);
     // A node whose certificate no trusted CA signed is not talked to.
     let stranger_ca = write(&dir, "other-ca.pem", &Ca::new("other CA").pem());
     let gw = gateway(&[node_url], &format!("\n[upstream]\nca = \"{stranger_ca}\"\n")).await;
     // (502 from the request itself, or 503 once the failed health probe took the node out.)
     let r = get(addr(&gw), "/api/v1/info").await;
     assert!(matches!(r.status.as_u16(), 502 | 503), "{:?}", r.body);
-    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(n.state().requests.load(std::sync::atomic::Ordering::Relaxed), 2, "the untrusted node was reached");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ pub mod balancer;
 pub mod bans;
 pub mod body;
 pub mod cluster;
+pub mod cold;
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -32,7 +32,7 @@ impl Pipeline {
         let mut p = self.prepare(req, target, ctx)?;
         if p.read_first {
             // Boxed: most requests have no body, and inline it made every request's future larger.
-            Box::pin(self.read_first(&mut p, ctx)).await?;
+            crate::cold::rare(self.read_first(&mut p, ctx)).await?;
         }
         let Prepared { request: up, target, client_upgrade, need_pow, client_host, forwarding, .. } = p;
         let stamp = hdr::Stamp {
@@ -73,7 +73,7 @@ impl Pipeline {
                         tracing::debug!(from = %node.name, to = %other.name, error = %err, "retrying on another node");
                         // Boxed: the retry path is rare, and an inline second exchange made every request's
                         // future 2.8 KB larger (it is moved several times a request).
-                        match Box::pin(self.send(&other, req, &target, buffer, stamp)).await {
+                        match crate::cold::rare(self.send(&other, req, &target, buffer, stamp)).await {
                             Ok(answer) => (answer, other),
                             Err((err, _)) => {
                                 ctx.node = Some(other.clone());
@@ -182,7 +182,7 @@ impl Pipeline {
             stamp.apply(&node.host, req.headers_mut());
             // Boxed: inline, this rare path's future made every request's future larger (and
             // HTTP/2 moves it several times a request: bench/callgrind PROTO=h2).
-            return Box::pin(self.send_grpc(node, req, in_flight, timeout)).await;
+            return crate::cold::rare(self.send_grpc(node, req, in_flight, timeout)).await;
         }
         // Pinned where it is made: handing the (large) future to `timeout` by value copied it twice
         // a request (bench/callgrind).
@@ -198,7 +198,9 @@ impl Pipeline {
                 }
                 let small = |n: u64| n > 0 && n <= self.config.gateway.request_buffer;
                 if buffer && !resp.body().is_end_stream() && resp.body().size_hint().exact().is_some_and(small) {
-                    return Box::pin(self.read_whole(node, resp.map(NodeBody::H1))).await.map_err(|e| (e, None));
+                    return crate::cold::rare(self.read_whole(node, resp.map(NodeBody::H1)))
+                        .await
+                        .map_err(|e| (e, None));
                 }
                 Ok(Answer::Stream(resp.map(NodeBody::H1), in_flight))
             }

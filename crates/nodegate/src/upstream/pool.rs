@@ -147,13 +147,13 @@ impl NodePool {
                 Ok(p) => p,
                 // At the cap: boxed, as it is rare, and inline it made every request's future
                 // larger (moved several times a request).
-                Err(_) => match Box::pin(self.wait_for_room(&mut deadline)).await {
+                Err(_) => match crate::cold::rare(self.wait_for_room(&mut deadline)).await {
                     Room::Permit(p) => p,
                     Room::Returned => continue,
                     Room::None => return Err((SendError::Busy, Some(req))),
                 },
             };
-            let conn = match self.open().await {
+            let conn = match crate::cold::rare(self.open()).await {
                 Ok(stream) => Conn::new(stream),
                 Err(e) => return Err((e, Some(req))),
             };

@@ -126,6 +126,22 @@ async fn bytes_a_node_sends_past_its_answer_are_never_served_as_the_next_answer(
 }
 
 #[tokio::test]
+async fn a_body_a_node_sends_with_its_answer_to_head_is_never_served_as_the_next_answer() {
+    // An answer to HEAD has no body whatever its Content-Length says; bytes after its head are
+    // the node's mistake (or an attempt), and must not become the next request's answer.
+    let (url, seen) = scripted(vec![vec![Step::Answer(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 43\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+    )]])
+    .await;
+    let gw = gateway(&[url], NO_PROBES).await;
+    let c = client();
+    let r = send(&c, http::Method::HEAD, format!("http://{}/api/v1/info", addr(&gw)), &[], "").await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 0));
+    assert_eq!(get(addr(&gw), "/api/v1/info").await.body, "default", "the bytes after a HEAD answer were served");
+    assert_eq!(seen.lock().unwrap().connections, 2);
+}
+
+#[tokio::test]
 async fn answers_with_ambiguous_framing_are_502_and_their_connection_is_dropped() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"[..],

@@ -502,11 +502,14 @@ impl H1Body {
         body
     }
 
-    /// The body has ended: its connection goes back to the pool if it can carry another request.
+    /// The body has ended: its connection goes back to the pool if it can carry another request
+    /// (and the node sent nothing past the answer).
     fn finish(&mut self) {
         self.state = State::Done;
         let conn = self.conn.take();
-        if let (Some(conn), Some(lease), true) = (conn, self.lease.take(), self.keep_alive) {
+        if let (Some(conn), Some(lease), true) = (conn, self.lease.take(), self.keep_alive)
+            && conn.rbuf.is_empty()
+        {
             lease.put_back(conn);
         }
     }

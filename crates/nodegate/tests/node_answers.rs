@@ -190,6 +190,22 @@ async fn a_content_length_beside_transfer_encoding_never_reaches_the_client() {
 }
 
 #[tokio::test]
+async fn an_answer_without_length_runs_to_the_close_and_passes_whole() {
+    // RFC 9112 6.3 rule 8: no Content-Length, no Transfer-Encoding: the body ends with the
+    // connection (which then cannot carry another request).
+    let (url, seen) = scripted(vec![vec![Step::AnswerThenClose(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nthe body runs until the node closes",
+        Duration::from_millis(100),
+    )]])
+    .await;
+    let gw = gateway(&[url], NO_PROBES).await;
+    let r = get(addr(&gw), "/api/v1/info").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"the body runs until the node closes"[..]));
+    assert_eq!(get(addr(&gw), "/api/v1/info").await.body, "default");
+    assert_eq!(seen.lock().unwrap().connections, 2);
+}
+
+#[tokio::test]
 async fn a_broken_chunk_cuts_the_answer_off_and_the_connection_is_not_reused() {
     let (url, seen) = scripted(vec![vec![Step::Answer(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n",

@@ -6,11 +6,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
 use crate::access_log::RequestGuard;
 use crate::balancer::InFlight;
 use crate::upstream::NodeBody;
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 
 pub use crate::http::request_body::BoxError;
 

@@ -179,7 +179,8 @@ impl Stamp<'_> {
     }
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One header line, `name: value` and CRLF, as HTTP/1.1 puts it on the wire.
+pub fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

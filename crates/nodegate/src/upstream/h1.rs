@@ -212,10 +212,7 @@ fn encode_head(wbuf: &mut Vec<u8>, req: &Request<CappedBody>, (stamp, host): (&S
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || Stamp::replaces(name) {
             continue;
         }
-        wbuf.extend_from_slice(name.as_str().as_bytes());
-        wbuf.extend_from_slice(b": ");
-        wbuf.extend_from_slice(value.as_bytes());
-        wbuf.extend_from_slice(b"\r\n");
+        crate::http::headers::line(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
     stamp.write(host, wbuf);
     match out {
@@ -366,7 +363,7 @@ pub async fn exchange(
     drop(outgoing);
     let (state, keep_alive) = framing(&head, head_request, asked_upgrade).map_err(Failed::Sent)?;
     let mut headers = head.headers;
-    if state_is_chunked_or_eof(&state) {
+    if matches!(state, State::Chunked(_) | State::Eof) {
         // `Transfer-Encoding` decided: a `Content-Length` beside it must not reach the client.
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -378,10 +375,6 @@ pub async fn exchange(
     *resp.version_mut() = head.version;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-fn state_is_chunked_or_eof(state: &State) -> bool {
-    matches!(state, State::Chunked(_) | State::Eof)
 }
 
 /// How the answer's body is framed (RFC 9112 section 6.3), and whether the connection may carry

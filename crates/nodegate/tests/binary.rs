@@ -442,8 +442,9 @@ fn every_command_the_demo_prints_works_when_pasted_iota_chrysalis() {
 async fn the_default_workers_follow_the_cpus_the_process_may_use() {
     let n = node().await;
     let path = temp_file("workers.toml", &config_text(&[n.url()], "\n[log]\naccess = false\n"));
-    // Threads by name, once a request has been served.
-    let threads = |cpus: &str| {
+    // Worker threads by name. A thread names itself once it runs, so a fresh one reads as
+    // "nodegate" for a moment: read until `want` of them are named or two seconds have passed.
+    let workers = |cpus: &str, want: usize| {
         let (mut child, _) = started(
             Command::new("taskset")
                 .args(["-c", cpus])
@@ -453,22 +454,31 @@ async fn the_default_workers_follow_the_cpus_the_process_may_use() {
                 .stderr(Stdio::null()),
         );
         let dir = format!("/proc/{}/task", child.id());
-        let names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-            .map(|c| c.trim().to_owned())
-            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let names = loop {
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+                .map(|c| c.trim().to_owned())
+                .collect();
+            let named = names.iter().filter(|t| *t == "tokio-rt-worker").count();
+            if named >= want || std::time::Instant::now() > deadline {
+                break names;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let _ = child.kill();
         let _ = child.wait();
-        names
+        (names.iter().filter(|t| *t == "tokio-rt-worker").count(), names)
     };
     // Pinned to one CPU: one current-thread runtime, no worker threads to hand work between.
-    let one = threads("0");
-    assert_eq!(one.iter().filter(|t| *t == "tokio-rt-worker").count(), 0, "{one:?}");
+    // (Waiting for one worker that must never come: two seconds of looking for it.)
+    let (one, names) = workers("0", 1);
+    assert_eq!(one, 0, "{names:?}");
     let cpus = std::thread::available_parallelism().unwrap().get();
     if cpus > 1 {
-        let all = threads(&format!("0-{}", cpus - 1));
-        assert_eq!(all.iter().filter(|t| *t == "tokio-rt-worker").count(), cpus, "{all:?}");
+        let (all, names) = workers(&format!("0-{}", cpus - 1), cpus);
+        assert_eq!(all, cpus, "{names:?}");
     }
 }
 

@@ -32,3 +32,11 @@ pub mod upstream;
 
 pub use config::Config;
 pub use gateway::Gateway;
+
+/// How many cases a property test runs: `NODEGATE_FUZZ_CASES`, 256 by default (the same knob as
+/// tests/fuzz.rs).
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("NODEGATE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256);
+    proptest::test_runner::Config { cases, ..Default::default() }
+}

@@ -7,6 +7,9 @@
 //! scanner (`parse`) is also held to the serde-driven reference reader (`parse_reference`).
 //! `NODEGATE_FUZZ_CASES` sets how many (256 by default).
 
+mod common;
+
+use common::fuzz_cases as cases;
 use nodegate::pipeline::jsonrpc::{Envelope, Invalid, parse, parse_reference};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -38,10 +41,6 @@ impl<'de> serde::Deserialize<'de> for Keys {
 /// An outcome's kind, for comparing two readers.
 fn kind(i: &Invalid) -> String {
     format!("{i:?}")
-}
-
-fn cases() -> u32 {
-    std::env::var("NODEGATE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
 }
 
 /// A JSON string literal for `s`, each character written plainly or as a `\uXXXX` escape.

@@ -47,7 +47,12 @@ pub fn parse_rate(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(3600),
         _ => return Err(format!("bad rate `{s}`: per s, min or h")),
     };
-    Ok(per / u32::try_from(n).map_err(|_| format!("bad rate `{s}`: too large"))?)
+    // The interval in whole nanoseconds: a rate of more than one a nanosecond would be an interval
+    // of zero, which no limiter can divide by (found by tests/fuzz.rs).
+    match u64::try_from(per.as_nanos()).unwrap_or(u64::MAX) / n {
+        0 => Err(format!("bad rate `{s}`: too large (at most 1000000000/s)")),
+        nanos => Ok(Duration::from_nanos(nanos)),
+    }
 }
 
 /// A rate, as the interval between requests.
@@ -130,6 +135,14 @@ impl<'de> serde::Deserialize<'de> for ByteRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_never_an_interval_of_zero() {
+        assert_eq!(parse_rate("1000000000/s"), Ok(Duration::from_nanos(1)));
+        assert!(parse_rate("1000000001/s").unwrap_err().contains("too large"));
+        assert!(parse_rate("18446744073709551615/h").unwrap_err().contains("too large"));
+        assert_eq!(parse_rate("3/s"), Ok(Duration::from_nanos(333_333_333)));
+    }
 
     #[test]
     fn durations() {

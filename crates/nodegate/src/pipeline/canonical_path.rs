@@ -211,6 +211,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
         #[test]
         fn the_one_pass_plain_check_agrees_with_the_reference(tail in "[a./%;~]{0,12}") {
             let raw = format!("/{tail}");
@@ -298,6 +300,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
         #[test]
         fn never_panics_and_is_idempotent(raw in "(/|\\.|\\.\\.|%2e|%2E|%2f|%5c|%00|%25|%|;|\\\\|[a-zA-Z0-9?#% ]|%[0-9a-fA-F]{2}){0,24}") {
             let path = format!("/{raw}");

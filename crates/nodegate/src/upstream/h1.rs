@@ -872,6 +872,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
         /// Any bytes at all: the head parser and the framing answer or refuse, never panic.
         #[test]
         fn any_bytes_as_a_head_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -15,6 +15,12 @@ use testnode::{Options, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How many cases each property test runs: `NODEGATE_FUZZ_CASES`, 256 by default (scripts/test
+/// runs them briefly; a longer hunt sets it higher).
+pub fn fuzz_cases() -> u32 {
+    std::env::var("NODEGATE_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+}
+
 pub async fn node() -> TestNode {
     node_with(Options::default()).await
 }

@@ -547,3 +547,75 @@ proptest! {
         let _ = (parse_duration(&s), parse_size(&s), parse_rate(&s), parse_byte_rate(&s));
     }
 }
+
+// ----- request targets, end to end -----
+
+/// A request target that means an admin route (`/api/v1/peers`, `/api/plugins/spammer/start`),
+/// written every way RFC 3986 lets one write it: letters percent-encoded in either case, `.` and
+/// `x/..` segments (dots encoded or not), doubled slashes, a query or a trailing slash.
+fn admin_target() -> impl Strategy<Value = String> {
+    let segments = prop_oneof![Just(vec!["api", "v1", "peers"]), Just(vec!["api", "plugins", "spammer", "start"])];
+    let separator = prop_oneof![
+        4 => Just("/"),
+        1 => Just("//"),
+        1 => Just("/./"),
+        1 => Just("/%2e/"),
+        1 => Just("/x/../"),
+        1 => Just("/x/%2e%2e/"),
+        1 => Just("/x/.%2E/"),
+        1 => Just("/info/%2e./"),
+    ];
+    let suffix = prop_oneof![
+        3 => Just(String::new()),
+        1 => Just("/".to_owned()),
+        1 => "[a-z0-9=&/.]{0,10}".prop_map(|q| format!("?{q}")),
+        1 => Just("?/api/v1/info".to_owned()),
+    ];
+    (segments, prop::collection::vec(separator, 5), prop::collection::vec(0..3u8, 32), suffix).prop_map(
+        |(segments, seps, encodings, suffix)| {
+            let mut out = String::new();
+            let mut e = encodings.iter().cycle();
+            for (seg, sep) in segments.iter().zip(seps) {
+                out.push_str(sep);
+                for c in seg.chars() {
+                    match e.next().unwrap() {
+                        0 => out.push(c),
+                        1 => out.push_str(&format!("%{:02x}", c as u8)),
+                        _ => out.push_str(&format!("%{:02X}", c as u8)),
+                    }
+                }
+            }
+            out + &suffix
+        },
+    )
+}
+
+/// Generated spellings of an admin route, each sent as its own request to a real gateway in front
+/// of a real node: each is refused (400, 401 or 404) and none reaches the node.
+#[test]
+fn no_spelling_of_an_admin_route_reaches_the_node() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (n, gw) = rt.block_on(async {
+        let n = common::node().await;
+        let gw = common::gateway(
+            &[n.url()],
+            "\n[health]\nactive = false\n\n[rate_limit]\nper_client = \"1000000/s\"\nburst = 1000000\n",
+        )
+        .await;
+        (n, gw)
+    });
+    let g = common::addr(&gw);
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    runner
+        .run(&admin_target(), |target| {
+            let req = format!("GET {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+            let out = rt.block_on(common::raw(g, req.as_bytes(), Duration::from_secs(5)));
+            let status = out.get(9..12).unwrap_or("(no answer)");
+            prop_assert!(["400", "401", "404"].contains(&status), "{} answered {}", target, status);
+            let reached = n.state().requests.load(std::sync::atomic::Ordering::Relaxed);
+            prop_assert_eq!(reached, 0, "{} reached the node", target);
+            Ok(())
+        })
+        .unwrap();
+    drop(gw);
+}

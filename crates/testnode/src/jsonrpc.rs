@@ -43,6 +43,13 @@ pub fn answer(state: &State, body: &[u8], probe: bool) -> Value {
         "iota_getTransactionBlock" => json!({"digest": params.get(0), "checkpoint": clock_checkpoint().to_string()}),
         "iota_executeTransactionBlock" | "iota_dryRunTransactionBlock" | "iota_devInspectTransactionBlock" => {
             state.submissions.fetch_add(1, Relaxed);
+            if method == "iota_executeTransactionBlock"
+                && let (Some(log), Some(tx)) = (&state.submissions_log, params.get(0).and_then(Value::as_str))
+            {
+                use std::io::Write;
+                let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(file, "{tx}");
+            }
             json!({"digest": "5nVqkVuz3ZvSfTZRfH6Bq7ZXaDZnNfk6PhsPcmHQHkSe", "effects": {"status": {"status": "success"}}})
         }
         m if m.starts_with("iotax_query") || m.starts_with("iotax_get") && m.contains("Owned") => {

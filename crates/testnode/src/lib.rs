@@ -40,6 +40,10 @@ pub struct Options {
     pub pow: bool,
     /// Leading zero bits a PoW hash needs; each bit doubles the expected work.
     pub pow_difficulty: u32,
+    /// A file each `iota_executeTransactionBlock`'s transaction bytes (its first parameter) are
+    /// appended to, a line each: what was submitted, kept across the node's restarts (bench/soak
+    /// checks that no submission reached a node twice).
+    pub submissions_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
             failing: false,
             pow: false,
             pow_difficulty: 16,
+            submissions_log: None,
         }
     }
 }
@@ -86,6 +91,7 @@ pub struct State {
     /// JSON-RPC calls that came with an `Authorization` or `X-API-Key` header (a gateway should
     /// keep its clients' credentials to itself).
     pub rpc_credentials: AtomicU64,
+    pub(crate) submissions_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 /// A snapshot of [`State`] as JSON, for `/control/state`.
@@ -146,6 +152,10 @@ impl State {
             min_pow_score: AtomicU64::new(0),
             rpc_methods: std::sync::Mutex::new(std::collections::VecDeque::new()),
             rpc_credentials: AtomicU64::new(0),
+            submissions_log: o.submissions_log.as_ref().map(|p| {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(p);
+                std::sync::Mutex::new(file.unwrap_or_else(|e| panic!("testnode: cannot open {}: {e}", p.display())))
+            }),
         }
     }
 

@@ -38,6 +38,9 @@ struct Args {
     /// iota-rebased and EVM: checkpoints (blocks) this node stays behind the others, for lag tests.
     #[arg(long, default_value_t = 0)]
     lagging: u64,
+    /// Append each iota_executeTransactionBlock's transaction bytes to this file, a line each.
+    #[arg(long)]
+    submissions_log: Option<std::path::PathBuf>,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -57,6 +60,7 @@ fn main() -> std::io::Result<()> {
             failing: args.failing,
             pow: args.pow,
             pow_difficulty: args.pow_difficulty,
+            submissions_log: args.submissions_log.clone(),
         };
         let node = testnode::TestNode::start(args.listen, options).await?;
         node.state().checkpoint_lag.store(args.lagging, std::sync::atomic::Ordering::Relaxed);

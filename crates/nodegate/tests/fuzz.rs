@@ -1,6 +1,7 @@
 //! Every parser a client or a log file reaches, fed generated input: forwarding headers, PROXY v1/v2
-//! headers (parsed and read off a real socket cut at any point), sshd log lines, config files,
-//! rate strings, durations and sizes. (Canonical paths and request targets: `pipeline::canonical_path`'s
+//! headers (parsed and read off a real socket cut at any point), credentials (API keys, JWTs,
+//! Basic), sshd log lines and the log file they are followed in, config files, rate strings,
+//! durations and sizes, and request targets sent to a real gateway. (Canonical paths and request targets: `pipeline::canonical_path`'s
 //! own property tests; JSON-RPC envelopes: tests/jsonrpc_fuzz.rs; node answers: `upstream::h1`.)
 //!
 //! Besides "never panics", each is held to what an attacker would try to break: a forged hop left
@@ -21,8 +22,10 @@ use nodegate::Config;
 use nodegate::bans::sshd::{Filter, Mode};
 use nodegate::config::units::{parse_byte_rate, parse_duration, parse_rate, parse_size};
 use nodegate::listener::proxy_protocol::{self, Header, Parsed};
+use nodegate::pipeline::auth::{self, ApiKey, JwtKey, Role, Verdict};
 use nodegate::pipeline::identity::{ClientIpHeader, client_ip};
 use nodegate::pipeline::ip_set::IpSet;
+use nodegate::pipeline::route_policy::Access;
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -618,4 +621,146 @@ fn no_spelling_of_an_admin_route_reaches_the_node() {
         })
         .unwrap();
     drop(gw);
+}
+
+// ----- credentials -----
+
+const RIGHT_KEY: &str = "ng_the-right-key";
+const JWT_SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
+fn credentials() -> (Vec<ApiKey>, Vec<JwtKey>) {
+    let hash = auth::parse_hash(&auth::hash(RIGHT_KEY)).expect("a hash");
+    let api = ApiKey { name: "k".into(), hash, roles: vec![Role::Key, Role::Admin], limit: None };
+    let jwt = JwtKey::new(
+        "j".into(),
+        jsonwebtoken::Algorithm::HS256,
+        jsonwebtoken::DecodingKey::from_secret(JWT_SECRET),
+        JWT_SECRET,
+        None,
+        None,
+    );
+    (vec![api], vec![jwt])
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What a client without a credential may present: junk, a near miss of the key, tokens whose
+/// header names another algorithm (`none`, EdDSA, a case change) or whose signature is made up or
+/// made with another secret, Basic with any user and password.
+fn forged_credential() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+    let claims = r#"{"exp":4102444800,"roles":["key","admin"],"sub":"mallory"}"#;
+    prop_oneof![
+        "[!-~]{0,80}".prop_map(|s| ("authorization", format!("Bearer {s}").into_bytes())),
+        "[!-~]{0,40}".prop_map(|s| ("x-api-key", s.into_bytes())),
+        (0..RIGHT_KEY.len(), any::<u8>()).prop_map(|(at, b)| {
+            let mut k = RIGHT_KEY.as_bytes().to_vec();
+            k[at] = if k[at] == b { b.wrapping_add(1) } else { b };
+            ("x-api-key", k)
+        }),
+        Just(("authorization", format!("Basic {}", b64(RIGHT_KEY.as_bytes())).into_bytes())),
+        (
+            prop_oneof![Just("none"), Just("None"), Just("EdDSA"), Just("hs256"), Just("RS256"), Just("HS512")],
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(move |(alg, sig)| {
+                let head = b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+                ("authorization", format!("Bearer {head}.{}.{}", b64(claims.as_bytes()), b64(&sig)).into_bytes())
+            }),
+        prop::collection::vec(any::<u8>(), 32).prop_map(move |secret| {
+            let claims: serde_json::Value = serde_json::from_str(claims).unwrap();
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(&secret),
+            )
+            .unwrap();
+            ("authorization", format!("Bearer {token}").into_bytes())
+        }),
+        ("[!-~]{0,12}", "[!-~]{0,24}")
+            .prop_map(|(u, p)| ("authorization", format!("Basic {}", b64(format!("{u}:{p}").as_bytes())).into_bytes())),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| ("authorization", b)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// No forged credential opens a key or admin route; never a panic on any bytes.
+    #[test]
+    fn forged_credentials_open_nothing(forged in prop::collection::vec(forged_credential(), 1..3)) {
+        let (keys, jwts) = credentials();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &forged {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                headers.append(*name, v);
+            }
+        }
+        for needed in [Access::Key, Access::Admin] {
+            let verdict = auth::authorize(&keys, &jwts, &headers, needed);
+            prop_assert!(!matches!(verdict, Verdict::Allowed { .. }), "{:?} opened {:?}", headers, needed);
+        }
+    }
+}
+
+#[test]
+fn the_right_credentials_open_their_routes() {
+    // The control for the property above: the same keys do open with the real credential.
+    let (keys, jwts) = credentials();
+    let mut h = HeaderMap::new();
+    h.insert("x-api-key", HeaderValue::from_static(RIGHT_KEY));
+    assert!(matches!(auth::authorize(&keys, &jwts, &h, Access::Admin), Verdict::Allowed { .. }));
+    let claims = serde_json::json!({"exp": 4102444800u64, "roles": ["key"]});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    assert!(matches!(auth::authorize(&keys, &jwts, &h, Access::Key), Verdict::Allowed { .. }));
+}
+
+// ----- log files followed -----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: fuzz_cases().div_ceil(4), ..config() })]
+
+    /// A log file appended in pieces cut anywhere (mid-line, mid-character), read between the
+    /// pieces: the follower hands over exactly the lines written, each whole, in order.
+    #[test]
+    fn a_log_appended_in_any_pieces_gives_its_lines_whole(
+        lines in prop::collection::vec(prop_oneof![
+            "[ -~\u{e9}\u{1F600}]{0,60}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..40),
+        ], 0..12),
+        cuts in prop::collection::vec(1..50usize, 1..10),
+    ) {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("nodegate-fuzz-follow-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("auth.log");
+        std::fs::write(&path, b"history\n").unwrap();
+        let mut follower = nodegate::bans::follow::Follower::from_end(&path);
+        let text: Vec<u8> = lines.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut got = Vec::new();
+        let mut at = 0;
+        for cut in cuts.iter().cycle() {
+            if at == text.len() {
+                break;
+            }
+            let end = (at + cut).min(text.len());
+            file.write_all(&text[at..end]).unwrap();
+            at = end;
+            got.extend(follower.poll().unwrap());
+        }
+        got.extend(follower.poll().unwrap());
+        let want: Vec<String> = lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        prop_assert_eq!(got, want);
+    }
 }

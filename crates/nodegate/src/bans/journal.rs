@@ -190,7 +190,8 @@ fn parse(line: &[u8]) -> Option<(Option<Entry>, String)> {
     let Some(message) = text("MESSAGE") else { return Some((None, cursor)) };
     let time = text("__REALTIME_TIMESTAMP")
         .and_then(|t| t.parse::<i128>().ok())
-        .and_then(|us| time::OffsetDateTime::from_unix_timestamp_nanos(us * 1000).ok());
+        .and_then(|us| us.checked_mul(1000))
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok());
     let entry = Entry {
         message,
         identifier: text("SYSLOG_IDENTIFIER").unwrap_or_default(),
@@ -216,5 +217,33 @@ mod tests {
         let (entry, cursor) = parse(br#"{"__CURSOR":"c","MESSAGE":[104,105]}"#).unwrap();
         assert!(entry.is_none() && cursor == "c");
         assert!(parse(b"not json").is_none());
+    }
+
+    #[test]
+    fn a_timestamp_past_what_nanoseconds_hold_is_no_time() {
+        // Found by the property below: microseconds x 1000 overflowed i128 (a panic in debug builds).
+        let line = br#"{"__CURSOR":"c","MESSAGE":"m","__REALTIME_TIMESTAMP":"99999999999999999999999999999999999999"}"#;
+        let (entry, _) = parse(line).unwrap();
+        assert_eq!(entry.unwrap().time, None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
+        /// Any bytes as a line: an entry or nothing, never a panic.
+        #[test]
+        fn any_line(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160)) {
+            let _ = parse(&line);
+        }
+
+        /// Any timestamp text: a time when it is one, never a panic; the message and cursor kept.
+        #[test]
+        fn any_timestamp(ts in "-?[0-9]{0,40}|[ -~]{0,12}", message in "\\PC{0,40}") {
+            let line = serde_json::json!({"__CURSOR": "c", "MESSAGE": message, "__REALTIME_TIMESTAMP": ts}).to_string();
+            let (entry, cursor) = parse(line.as_bytes()).expect("an entry");
+            let entry = entry.expect("a text message");
+            proptest::prop_assert_eq!(cursor, "c");
+            proptest::prop_assert_eq!(entry.message, message);
+        }
     }
 }

@@ -37,8 +37,12 @@ struct Target {
 }
 
 async fn tcp(from: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
+    tcp_from(Ipv4Addr::new(127, 0, 0, from), to).await
+}
+
+async fn tcp_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, from)), 0))?;
+    socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
     let stream = socket.connect(to).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -353,6 +357,41 @@ async fn tricks(log: Arc<Log>, t: Target, deadline: Instant) {
     }
 }
 
+/// A flood of distinct addresses (127.1.0.1 onwards, a new one for every request): each is a new
+/// client to every per-client table (limits, in-flight counts, refusals), which must stay within
+/// their caps (the soak sets `max_clients = 20000`) so memory stays flat. Each call is answered
+/// 200 or 429.
+async fn many_addresses(log: Arc<Log>, gateway: SocketAddr, deadline: Instant) {
+    let body = rpc(1, "iota_getObject", serde_json::json!(["0x1"]));
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: soak\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        String::from_utf8_lossy(&body)
+    );
+    let mut i: u32 = 0;
+    while Instant::now() < deadline {
+        // 127.1.0.1 .. 127.200.255.254: about 13 million addresses before one comes back.
+        let from = Ipv4Addr::new(127, 1 + (i / 65_024 % 200) as u8, (i / 254 % 256) as u8, (i % 254 + 1) as u8);
+        i = i.wrapping_add(1);
+        let began = log.now();
+        let result = tokio::time::timeout(BUDGET, async {
+            let mut s = tcp_from(from, gateway).await.map_err(|e| format!("connect: {}", e.kind()))?;
+            s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            match out.get(9..12) {
+                Some(b"200") | Some(b"429") => Ok(()),
+                Some(status) => Err(format!("status {}", String::from_utf8_lossy(status))),
+                None => Err("no answer".to_owned()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("timeout".into()));
+        log.record("attack-many-addresses", began, result);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Slowloris: a request head dribbled a header line a second. The gateway must close it within
 /// `header_timeout` (3 s) and a margin.
 async fn slowloris(env: Arc<Env>, log: Arc<Log>, t: Target, deadline: Instant) {
@@ -496,6 +535,7 @@ pub fn spawn_all(env: Arc<Env>, log: Arc<Log>, deadline: Instant) -> Vec<JoinHan
     tasks.push(tokio::spawn(websocket(env.clone(), log.clone(), "ws", plain(12, false), deadline)));
     tasks.push(tokio::spawn(websocket(env.clone(), log.clone(), "wss", tls(13, false), deadline)));
     tasks.push(tokio::spawn(tricks(log.clone(), plain(152, false), deadline)));
+    tasks.push(tokio::spawn(many_addresses(log.clone(), env.plain, deadline)));
     tasks.push(tokio::spawn(slowloris(env.clone(), log.clone(), plain(153, false), deadline)));
     tasks.push(tokio::spawn(slowloris(env.clone(), log.clone(), tls(154, false), deadline)));
     tasks.push(tokio::spawn(stalled_reader(log.clone(), plain(155, false), deadline)));

@@ -167,6 +167,8 @@ allow = ["127.0.0.0/8"]
 [rate_limit]
 per_client = "300/s"
 burst = 600
+# The distinct-address flood fills this within a minute; then the oldest clients are evicted.
+max_clients = 20000
 
 [cluster]
 redis = "redis://127.0.0.1:{redis}"

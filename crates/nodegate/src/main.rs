@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 use nodegate::pipeline::auth;
 use nodegate::{Config, Gateway, demo, logging};
 
+/// mimalloc instead of glibc's malloc: under bench/soak glibc's per-thread arenas kept growing the
+/// resident set in steps (19 -> 38 MiB in ten minutes for a gateway whose heap, with one arena,
+/// stayed at 21 MiB), and mimalloc spends fewer instructions a request (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "A security gateway for distributed-ledger nodes")]
 struct Cli {

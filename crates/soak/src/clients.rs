@@ -457,6 +457,58 @@ async fn stalled_reader(log: Arc<Log>, t: Target, deadline: Instant) {
     }
 }
 
+/// A reader that is slow but keeps reading (16 KiB every 50 ms) a 4 MB answer: it must get it
+/// whole (a gateway must not take slow for stalled), and the gateway must not hold the node's
+/// answer in memory meanwhile (the RSS samples show it).
+async fn slow_reader(log: Arc<Log>, t: Target, deadline: Instant) {
+    const SIZE: usize = 4_000_000;
+    while Instant::now() < deadline {
+        let began = log.now();
+        let result = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut s = tcp(t.from, t.gateway).await.map_err(|e| format!("connect: {}", e.kind()))?;
+            let req = format!("GET /debug/bytes?n={SIZE} HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+            let mut buf = vec![0u8; 16 << 10];
+            let mut got = Vec::with_capacity(SIZE + 1024);
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("cut after {} bytes: {}", got.len(), e.kind())),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let body = body_len(&got).ok_or_else(|| format!("not an answer: {} bytes", got.len()))?;
+            if body == SIZE { Ok(()) } else { Err(format!("cut after {body} of {SIZE} bytes")) }
+        })
+        .await
+        .unwrap_or_else(|_| Err("not done in 60 s".into()));
+        log.record("attack-slow-reader", began, result);
+    }
+}
+
+/// The length of a raw HTTP/1.1 answer's body: as it came, or its chunks' data when it is chunked
+/// (`None` when the head or the chunking is broken).
+fn body_len(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let mut body = &raw[end..];
+    if !head.contains("transfer-encoding: chunked") {
+        return Some(body.len());
+    }
+    let mut total = 0;
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&body[..line_end]).ok()?.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).ok()?;
+        if size == 0 {
+            return Some(total);
+        }
+        total += size;
+        body = body.get(line_end + 2 + size + 2..)?;
+    }
+}
+
 /// An HTTP/2 client that opens its streams with a window of zero and never widens it: the
 /// answers' bodies can never be sent. The gateway must reset them (`send_timeout`) and go on.
 async fn zero_window(env: Arc<Env>, log: Arc<Log>, t: Target, deadline: Instant) {
@@ -539,6 +591,7 @@ pub fn spawn_all(env: Arc<Env>, log: Arc<Log>, deadline: Instant) -> Vec<JoinHan
     tasks.push(tokio::spawn(slowloris(env.clone(), log.clone(), plain(153, false), deadline)));
     tasks.push(tokio::spawn(slowloris(env.clone(), log.clone(), tls(154, false), deadline)));
     tasks.push(tokio::spawn(stalled_reader(log.clone(), plain(155, false), deadline)));
+    tasks.push(tokio::spawn(slow_reader(log.clone(), plain(157, false), deadline)));
     tasks.push(tokio::spawn(zero_window(env.clone(), log.clone(), plain(156, true), deadline)));
     tasks
 }
@@ -572,4 +625,20 @@ pub async fn call(
         Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(10), run).await.unwrap_or_else(|_| Err(format!("{to}: no answer in 10 s")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_len;
+
+    #[test]
+    fn body_lengths_of_plain_and_chunked_answers() {
+        assert_eq!(body_len(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc"), Some(3));
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\na\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(body_len(chunked), Some(13));
+        // Cut inside a chunk, or no head at all: not an answer.
+        assert_eq!(body_len(&chunked[..chunked.len() - 12]), None);
+        assert_eq!(body_len(b"HTTP/1.1 200 OK\r\n"), None);
+    }
 }

@@ -130,10 +130,10 @@ async fn begin(env: &Env, fault: Fault, length: f64) -> Result<(), String> {
 
 async fn end(env: &Env, fault: Fault) -> Result<(), String> {
     match fault {
-        Fault::KillNode(i) => env.start_node(i)?,
+        Fault::KillNode(i) => env.restart_node(i).await?,
         Fault::SlowNode(i) => set_node(env, i, r#"{"delay_ms":0}"#).await?,
         Fault::FailingNode(i) => set_node(env, i, r#"{"failing":false}"#).await?,
-        Fault::KillRedis => env.start_redis()?,
+        Fault::KillRedis => env.restart_redis().await?,
         Fault::FreezeRedis => env.signal_redis("CONT"),
         Fault::Reload | Fault::RenewCert | Fault::Ban => {}
     }

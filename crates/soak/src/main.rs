@@ -7,7 +7,7 @@
 //! readers over every protocol, submitters (each POST with its own transaction bytes, which the
 //! nodes log), WebSocket sessions both ways, a keyed caller, a client that gets banned and let go;
 //! and attackers: a flood, bad keys, path tricks, slowloris, a reader that stops reading, an HTTP/2
-//! client that keeps its window at zero, and a flood from a new address for every request. Meanwhile the faults in [`SCHEDULE`] run in a loop.
+//! client that keeps its window at zero, a reader that is slow but keeps reading, and a flood from a new address for every request. Meanwhile the faults in [`SCHEDULE`] run in a loop.
 //!
 //! An error is "explained" only when it falls in the window of a fault that may cause errors (a
 //! node killed or answering 5xx); every other error counts against the run (goal: 0).

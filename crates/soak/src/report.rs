@@ -242,30 +242,52 @@ pub async fn write(env: &Env, log: &Log, samples: &[Sample], minutes: f64) -> i3
         let (a, b) = (cell(s.gateways.first().unwrap_or(&None)), cell(s.gateways.get(1).unwrap_or(&None)));
         let _ = writeln!(r, "| {:.0} | {} | {} | {} | {} |", s.at, a.0, a.1, b.0, b.1);
     }
-    // Flat after warm-up: the last sample against the first one a minute in.
-    let warm = samples.iter().find(|s| s.at >= 60.0).or(samples.first());
-    if let (Some(warm), Some(last)) = (warm, samples.last()) {
-        for (i, name) in ["plain", "https"].iter().enumerate() {
-            let (Some(Some((w_rss, w_fd))), Some(Some((l_rss, l_fd)))) = (warm.gateways.get(i), last.gateways.get(i))
-            else {
-                failed.push(format!("the {name} gateway died"));
-                continue;
-            };
-            let growth = (*l_rss as f64 - *w_rss as f64) / *w_rss as f64 * 100.0;
-            // Flat after warm-up, judged on runs long enough to have one (three minutes or more).
-            if minutes >= 3.0 && growth > 25.0 {
-                failed.push(format!("the {name} gateway's RSS grew {growth:.0}% after warm-up"));
-            }
-            if minutes >= 3.0 && *l_fd > w_fd + 32 {
-                failed.push(format!("the {name} gateway's descriptors grew from {w_fd} to {l_fd}"));
-            }
-            let _ = writeln!(
-                r,
-                "\n{name}: RSS {:.1} MiB at {:.0} s, {:.1} MiB at the end ({growth:+.1}%); descriptors {w_fd} then {l_fd}.",
-                *w_rss as f64 / 1024.0,
-                warm.at,
-                *l_rss as f64 / 1024.0
-            );
+    // Flat after warm-up: the median of the run's last third against the median of the third
+    // after the first minute (single samples swing with the allocator's returns to the system).
+    let median = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied()
+    };
+    let end = samples.last().map_or(0.0, |s| s.at);
+    let third = (end - 60.0) / 3.0;
+    for (i, name) in ["plain", "https"].iter().enumerate() {
+        if samples.iter().any(|s| !matches!(s.gateways.get(i), Some(Some(_)))) {
+            failed.push(format!("the {name} gateway died"));
+            continue;
+        }
+        let of = |from: f64, to: f64, what: fn(&(u64, usize)) -> f64| {
+            let mut xs: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.at >= from && s.at <= to)
+                .filter_map(|s| s.gateways.get(i).copied().flatten())
+                .map(|g| what(&g))
+                .collect();
+            median(&mut xs)
+        };
+        let rss = |g: &(u64, usize)| g.0 as f64 / 1024.0;
+        let fds = |g: &(u64, usize)| g.1 as f64;
+        let peak =
+            samples.iter().filter_map(|s| s.gateways.get(i).copied().flatten()).map(|g| rss(&g)).fold(0.0, f64::max);
+        let (Some(early), Some(late), Some(early_fd), Some(late_fd)) = (
+            of(60.0, 60.0 + third, rss),
+            of(end - third, end, rss),
+            of(60.0, 60.0 + third, fds),
+            of(end - third, end, fds),
+        ) else {
+            continue;
+        };
+        let growth = (late - early) / early * 100.0;
+        let _ = writeln!(
+            r,
+            "\n{name}: median RSS {early:.1} MiB from 60 s to {:.0} s, {late:.1} MiB in the last third ({growth:+.1}%), peak {peak:.1} MiB; median descriptors {early_fd:.0} then {late_fd:.0}.",
+            60.0 + third
+        );
+        // Judged on runs long enough to have a warm-up and a trend (three minutes or more).
+        if minutes >= 3.0 && growth > 25.0 {
+            failed.push(format!("the {name} gateway's RSS grew {growth:.0}% after warm-up"));
+        }
+        if minutes >= 3.0 && late_fd > early_fd + 32.0 {
+            failed.push(format!("the {name} gateway's descriptors grew from {early_fd:.0} to {late_fd:.0}"));
         }
     }
     if env.gateways_alive().iter().any(|a| !a) {

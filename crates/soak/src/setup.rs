@@ -41,8 +41,11 @@ struct Procs {
     redis: Option<Child>,
 }
 
-fn free_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// `n` free loopback addresses, distinct: each is held bound until all are chosen (one chosen and
+/// let go at a time could be handed out twice).
+fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    held.iter().map(|l| l.local_addr()).collect()
 }
 
 async fn wait_listening(addr: SocketAddr, what: &str) -> Result<(), String> {
@@ -72,10 +75,9 @@ impl Env {
             }
         }
         let io = |e: std::io::Error| e.to_string();
-        let (plain, admin, tls, tls_admin) =
-            (free_addr().map_err(io)?, free_addr().map_err(io)?, free_addr().map_err(io)?, free_addr().map_err(io)?);
-        let nodes = (0..NODES).map(|_| free_addr()).collect::<Result<Vec<_>, _>>().map_err(io)?;
-        let redis_port = free_addr().map_err(io)?.port();
+        let mut addrs = free_addrs(5 + NODES).map_err(io)?;
+        let nodes = addrs.split_off(5);
+        let (plain, admin, tls, tls_admin, redis_port) = (addrs[0], addrs[1], addrs[2], addrs[3], addrs[4].port());
 
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -260,6 +262,28 @@ access = "public"
         Ok(())
     }
 
+    /// Starts Redis again on its port, again a moment later if the port was taken meanwhile (see
+    /// `restart_node`).
+    pub async fn restart_redis(&self) -> Result<(), String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.redis_port));
+        for _ in 0..40 {
+            self.start_redis()?;
+            loop {
+                let alive = self.procs().redis.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                if !alive {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            self.kill_redis();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!("redis-server could not listen on {addr} again"))
+    }
+
     pub fn kill_redis(&self) {
         if let Some(mut c) = self.procs().redis.take() {
             let _ = c.kill();
@@ -287,6 +311,28 @@ access = "public"
         procs.nodes.resize_with(NODES, || None);
         procs.nodes[i] = Some(child);
         Ok(())
+    }
+
+    /// Starts a killed node again on its port. While it was down, the port may have been taken as
+    /// the local end of some outgoing connection (they come from the same range): then the node
+    /// cannot bind, exits, and is started again a moment later.
+    pub async fn restart_node(&self, i: usize) -> Result<(), String> {
+        for _ in 0..40 {
+            self.start_node(i)?;
+            while self.node_alive(i) {
+                if tokio::net::TcpStream::connect(self.nodes[i]).await.is_ok() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            self.kill_node(i);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!("node n{i} could not listen on {} again", self.nodes[i]))
+    }
+
+    fn node_alive(&self, i: usize) -> bool {
+        self.procs().nodes.get_mut(i).and_then(Option::as_mut).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn kill_node(&self, i: usize) {
@@ -320,6 +366,13 @@ access = "public"
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Nothing outlives the soak, even when it stops half set up.
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

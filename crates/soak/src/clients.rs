@@ -257,21 +257,7 @@ async fn websocket(env: Arc<Env>, log: Arc<Log>, class: &'static str, t: Target,
         // The server's push: a subscription's notification.
         let began = log.now();
         let sub = rpc(0, "iotax_subscribeEvent", serde_json::json!([{"All": []}]));
-        let pushed = tokio::time::timeout(BUDGET, async {
-            ws.send(Message::text(String::from_utf8_lossy(&sub).into_owned()))
-                .await
-                .map_err(|e| format!("send: {e}"))?;
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.contains("\"subscription\"") => return Ok(()),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(format!("receive: {e}")),
-                    None => return Err("closed".into()),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()));
+        let pushed = ws_exchange(&mut ws, &sub, |t| t.contains("\"subscription\"").then_some(Ok(()))).await;
         let broken = pushed.is_err();
         log.record("ws-push", began, pushed);
         if broken {
@@ -283,26 +269,12 @@ async fn websocket(env: Arc<Env>, log: Arc<Log>, class: &'static str, t: Target,
             }
             let began = log.now();
             let call = rpc(id, "iota_getObject", serde_json::json!([format!("0x{id:064x}")]));
-            let answered = tokio::time::timeout(BUDGET, async {
-                ws.send(Message::text(String::from_utf8_lossy(&call).into_owned()))
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) => {
-                            let v: serde_json::Value = serde_json::from_str(&t).map_err(|_| "not JSON".to_owned())?;
-                            if v.get("id") == Some(&serde_json::json!(id)) {
-                                return if v.get("result").is_some() { Ok(()) } else { Err(format!("answer: {t}")) };
-                            }
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(format!("receive: {e}")),
-                        None => return Err("closed".into()),
-                    }
-                }
+            let answered = ws_exchange(&mut ws, &call, |t| {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else { return Some(Err("not JSON".into())) };
+                (v.get("id") == Some(&serde_json::json!(id)))
+                    .then(|| if v.get("result").is_some() { Ok(()) } else { Err(format!("answer: {t}")) })
             })
-            .await
-            .unwrap_or_else(|_| Err("timeout".into()));
+            .await;
             let broken = answered.is_err();
             log.record(class, began, answered);
             if broken {
@@ -312,6 +284,33 @@ async fn websocket(env: Arc<Env>, log: Arc<Log>, class: &'static str, t: Target,
         }
         let _ = ws.close(None).await;
     }
+}
+
+/// Sends `message` and reads text messages until `settles` says one settles the exchange (others,
+/// such as notifications, are skipped), within the budget.
+async fn ws_exchange(
+    ws: &mut tokio_tungstenite::WebSocketStream<Box<dyn Io>>,
+    message: &[u8],
+    settles: impl Fn(&str) -> Option<Result<(), String>>,
+) -> Result<(), String> {
+    let exchange = async {
+        ws.send(Message::text(String::from_utf8_lossy(message).into_owned()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(settled) = settles(&t) {
+                        return settled;
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("receive: {e}")),
+                None => return Err("closed".into()),
+            }
+        }
+    };
+    tokio::time::timeout(BUDGET, exchange).await.unwrap_or_else(|_| Err("timeout".into()))
 }
 
 /// Request targets aimed at the testnode's control routes, which no route exposes: each must be

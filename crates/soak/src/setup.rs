@@ -359,8 +359,8 @@ access = "public"
     }
 
     pub fn stop(&self) {
-        let mut procs = self.procs();
-        let Procs { gateways, nodes, redis } = &mut *procs;
+        // Taken out, so that a second call (Drop after stop) signals no pid that may be reused.
+        let Procs { mut gateways, mut nodes, mut redis } = std::mem::take(&mut *self.procs());
         for c in gateways.iter_mut().chain(nodes.iter_mut().flatten()).chain(redis.iter_mut()) {
             signal_pid(c.id(), "CONT");
             let _ = c.kill();

@@ -433,6 +433,16 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// `at` taken into `text` (modulo its length, plus one for the end) and rounded down to a
+/// character boundary.
+fn boundary(text: &str, at: usize) -> usize {
+    let mut at = at % (text.len() + 1);
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 fn apply(src: &str, edits: &[Edit]) -> String {
     let mut text = src.to_owned();
     for e in edits {
@@ -458,19 +468,10 @@ fn apply(src: &str, edits: &[Edit]) -> String {
                 .collect::<Vec<_>>()
                 .join("\n"),
             Edit::Insert(at, s) => {
-                let mut at = at % (text.len() + 1);
-                while !text.is_char_boundary(at) {
-                    at -= 1;
-                }
+                let at = boundary(&text, *at);
                 format!("{}{s}{}", &text[..at], &text[at..])
             }
-            Edit::Cut(at) => {
-                let mut at = at % (text.len() + 1);
-                while !text.is_char_boundary(at) {
-                    at -= 1;
-                }
-                text[..at].to_owned()
-            }
+            Edit::Cut(at) => text[..boundary(&text, *at)].to_owned(),
         };
     }
     text

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::Log;
 use crate::clients::call;
-use crate::setup::Env;
+use crate::setup::{Env, Service};
 
 /// What the schedule does.
 #[derive(Debug, Clone, Copy)]
@@ -111,11 +111,11 @@ async fn set_node(env: &Env, i: usize, patch: &str) -> Result<(), String> {
 async fn begin(env: &Env, fault: Fault, length: f64) -> Result<(), String> {
     match fault {
         Fault::Reload => env.signal_gateways("HUP"),
-        Fault::KillNode(i) => env.kill_node(i),
+        Fault::KillNode(i) => env.kill(Service::Node(i)),
         Fault::SlowNode(i) => set_node(env, i, r#"{"delay_ms":400}"#).await?,
         Fault::FailingNode(i) => set_node(env, i, r#"{"failing":true}"#).await?,
-        Fault::KillRedis => env.kill_redis(),
-        Fault::FreezeRedis => env.signal_redis("STOP"),
+        Fault::KillRedis => env.kill(Service::Redis),
+        Fault::FreezeRedis => env.signal(Service::Redis, "STOP"),
         Fault::RenewCert => env.renew_cert().map_err(|e| e.to_string())?,
         Fault::Ban => {
             let body = format!(r#"{{"address":"127.0.0.200","for":"{}s","reason":"soak"}}"#, length.round().max(1.0));
@@ -130,11 +130,11 @@ async fn begin(env: &Env, fault: Fault, length: f64) -> Result<(), String> {
 
 async fn end(env: &Env, fault: Fault) -> Result<(), String> {
     match fault {
-        Fault::KillNode(i) => env.restart_node(i).await?,
+        Fault::KillNode(i) => env.restart(Service::Node(i)).await?,
         Fault::SlowNode(i) => set_node(env, i, r#"{"delay_ms":0}"#).await?,
         Fault::FailingNode(i) => set_node(env, i, r#"{"failing":false}"#).await?,
-        Fault::KillRedis => env.restart_redis().await?,
-        Fault::FreezeRedis => env.signal_redis("CONT"),
+        Fault::KillRedis => env.restart(Service::Redis).await?,
+        Fault::FreezeRedis => env.signal(Service::Redis, "CONT"),
         Fault::Reload | Fault::RenewCert | Fault::Ban => {}
     }
     Ok(())

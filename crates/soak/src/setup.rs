@@ -41,6 +41,25 @@ struct Procs {
     redis: Option<Child>,
 }
 
+/// A process the faults kill and start again.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Redis,
+    Node(usize),
+}
+
+impl Procs {
+    fn slot(&mut self, service: Service) -> &mut Option<Child> {
+        match service {
+            Service::Redis => &mut self.redis,
+            Service::Node(i) => {
+                self.nodes.resize_with(NODES, || None);
+                &mut self.nodes[i]
+            }
+        }
+    }
+}
+
 /// `n` free loopback addresses, distinct: each is held bound until all are chosen (one chosen and
 /// let go at a time could be handed out twice).
 fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
@@ -122,10 +141,10 @@ impl Env {
             procs: Mutex::new(Procs::default()),
         };
         env.renew_cert().map_err(io)?;
-        env.start_redis()?;
+        env.launch(Service::Redis)?;
         wait_listening(SocketAddr::from(([127, 0, 0, 1], redis_port)), "redis-server").await?;
         for i in 0..NODES {
-            env.start_node(i)?;
+            env.launch(Service::Node(i))?;
             wait_listening(env.nodes[i], "testnode").await?;
         }
         for (name, listen, admin, tls) in [("plain", plain, admin, false), ("tls", tls, tls_admin, true)] {
@@ -241,105 +260,81 @@ access = "public"
         Ok(())
     }
 
-    pub fn start_redis(&self) -> Result<(), String> {
-        let child = spawn(
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &self.redis_port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-            "redis-server",
-        )?;
-        self.procs().redis = Some(child);
+    /// Starts a service's process (on its port, as at the start).
+    pub fn launch(&self, service: Service) -> Result<(), String> {
+        let child = match service {
+            Service::Redis => spawn(
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &self.redis_port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+                "redis-server",
+            )?,
+            Service::Node(i) => spawn(
+                Command::new(&self.testnode)
+                    .args(["--listen", &self.nodes[i].to_string(), "--name", &format!("n{i}"), "--threads", "1"])
+                    .arg("--submissions-log")
+                    .arg(self.dir.join(format!("submitted-n{i}.log")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+                "testnode",
+            )?,
+        };
+        *self.procs().slot(service) = Some(child);
         Ok(())
     }
 
-    /// Starts Redis again on its port, again a moment later if the port was taken meanwhile (see
-    /// `restart_node`).
-    pub async fn restart_redis(&self) -> Result<(), String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.redis_port));
+    fn addr(&self, service: Service) -> SocketAddr {
+        match service {
+            Service::Redis => SocketAddr::from(([127, 0, 0, 1], self.redis_port)),
+            Service::Node(i) => self.nodes[i],
+        }
+    }
+
+    fn alive(&self, service: Service) -> bool {
+        self.procs().slot(service).as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills a service's process (SIGKILL) and reaps it.
+    pub fn kill(&self, service: Service) {
+        if let Some(mut c) = self.procs().slot(service).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, service: Service, signal: &str) {
+        if let Some(c) = self.procs().slot(service) {
+            signal_pid(c.id(), signal);
+        }
+    }
+
+    /// Starts a killed service again on its port. While it was down, the port may have been taken
+    /// as the local end of some outgoing connection (they come from the same range): then the
+    /// process cannot bind, exits, and is started again a moment later.
+    pub async fn restart(&self, service: Service) -> Result<(), String> {
+        let addr = self.addr(service);
         for _ in 0..40 {
-            self.start_redis()?;
-            loop {
-                let alive = self.procs().redis.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-                if !alive {
-                    break;
-                }
+            self.launch(service)?;
+            while self.alive(service) {
                 if tokio::net::TcpStream::connect(addr).await.is_ok() {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            self.kill_redis();
+            self.kill(service);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Err(format!("redis-server could not listen on {addr} again"))
-    }
-
-    pub fn kill_redis(&self) {
-        if let Some(mut c) = self.procs().redis.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn signal_redis(&self, signal: &str) {
-        if let Some(c) = &self.procs().redis {
-            signal_pid(c.id(), signal);
-        }
-    }
-
-    pub fn start_node(&self, i: usize) -> Result<(), String> {
-        let child = spawn(
-            Command::new(&self.testnode)
-                .args(["--listen", &self.nodes[i].to_string(), "--name", &format!("n{i}"), "--threads", "1"])
-                .arg("--submissions-log")
-                .arg(self.dir.join(format!("submitted-n{i}.log")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-            "testnode",
-        )?;
-        let mut procs = self.procs();
-        procs.nodes.resize_with(NODES, || None);
-        procs.nodes[i] = Some(child);
-        Ok(())
-    }
-
-    /// Starts a killed node again on its port. While it was down, the port may have been taken as
-    /// the local end of some outgoing connection (they come from the same range): then the node
-    /// cannot bind, exits, and is started again a moment later.
-    pub async fn restart_node(&self, i: usize) -> Result<(), String> {
-        for _ in 0..40 {
-            self.start_node(i)?;
-            while self.node_alive(i) {
-                if tokio::net::TcpStream::connect(self.nodes[i]).await.is_ok() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            self.kill_node(i);
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Err(format!("node n{i} could not listen on {} again", self.nodes[i]))
-    }
-
-    fn node_alive(&self, i: usize) -> bool {
-        self.procs().nodes.get_mut(i).and_then(Option::as_mut).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn kill_node(&self, i: usize) {
-        if let Some(mut c) = self.procs().nodes.get_mut(i).and_then(Option::take) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Err(format!("{service:?} could not listen on {addr} again"))
     }
 
     /// Sends `signal` (a name kill(1) knows) to both gateways.
